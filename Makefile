@@ -1,0 +1,29 @@
+# signerd — see README.md. `make run` is the demo, `make test` the full test suite (what CI runs).
+GO ?= go
+export CGO_ENABLED := 1
+
+.PHONY: setup run test unit fuzz bench build
+
+setup:
+	./scripts/setup.sh
+
+build:
+	$(GO) build ./...
+
+run: setup
+	./scripts/demo.sh
+
+# The test command README.md shows and .ci/run calls.
+test: setup
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 40m ./...
+	./scripts/fuzz-short.sh
+
+unit:
+	$(GO) test -count=1 ./...
+
+fuzz:
+	FUZZTIME=60s ./scripts/fuzz-short.sh
+
+bench: setup
+	./scripts/bench.sh
