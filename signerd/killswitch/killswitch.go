@@ -17,16 +17,19 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/signerd/signerd/signerd/audit"
 )
 
 // StateKey is the key under which the switch keeps its state in the Store.
 const StateKey = "killswitch"
 
-// Audit event kinds the switch records.
+// Actions the switch records in its audit records (audit.KindKillSwitch, Attrs["action"]).
 const (
-	EventEngaged         = "kill_switch.engaged"
-	EventResumeRequested = "kill_switch.resume_requested"
-	EventResumed         = "kill_switch.resumed"
+	ActionEngaged         = "engaged"
+	ActionResumeRequested = "resume_requested"
+	ActionResumeExpired   = "resume_expired"
+	ActionResumed         = "resumed"
 )
 
 // Errors returned by Resume and Engage. They are safe to show to an operator.
@@ -52,19 +55,11 @@ type systemClock struct{}
 
 func (systemClock) Now() time.Time { return time.Now() }
 
-// Event is the audit record the switch asks the Store to write together with its state.
-type Event struct {
-	Kind     string            // one of the Event* constants
-	Operator string            // who did it ("trip-file", "auto" for automatic trips)
-	Reason   string            // the operator's reason, if any
-	Time     time.Time         // when
-	Fields   map[string]string // extra facts (e.g. "pending_by")
-}
-
 // Store keeps the switch's state durable and records each change in the audit log in the
-// same transaction. GetState returns (nil, nil) when the key was never written.
+// same transaction (signerd/ledger's Ledger satisfies it). GetState returns (nil, nil) when the
+// key was never written.
 type Store interface {
-	PutState(ctx context.Context, key string, value []byte, ev Event) error
+	PutState(ctx context.Context, key string, value []byte, ev audit.Event) error
 	GetState(key string) ([]byte, error)
 }
 
@@ -254,7 +249,7 @@ func (s *Switch) persistEngage(ctx context.Context, operator, reason string) (fi
 		next = persisted{Engaged: true, Reason: reason, By: operator, Since: now}
 	}
 	next.Pending = nil // a new stop cancels a pending resume
-	ev := Event{Kind: EventEngaged, Operator: operator, Reason: reason, Time: now}
+	ev := event(ActionEngaged, operator, reason, nil)
 	if err := s.put(ctx, next, ev); err != nil {
 		// Stay engaged in memory; the durable record could not be written (a later Engage
 		// retries, since s.state still says what is on disk).
@@ -264,7 +259,15 @@ func (s *Switch) persistEngage(ctx context.Context, operator, reason string) (fi
 	return first, nil
 }
 
-func (s *Switch) put(ctx context.Context, p persisted, ev Event) error {
+func event(action, operator, reason string, attrs map[string]string) audit.Event {
+	if attrs == nil {
+		attrs = map[string]string{}
+	}
+	attrs["action"] = action
+	return audit.Event{Kind: audit.KindKillSwitch, Operator: operator, Reason: reason, Attrs: attrs}
+}
+
+func (s *Switch) put(ctx context.Context, p persisted, ev audit.Event) error {
 	raw, err := json.Marshal(p)
 	if err != nil {
 		return err
@@ -311,8 +314,8 @@ func (s *Switch) Resume(ctx context.Context, operator string) (ResumeResult, err
 		case p == nil:
 			next := s.state
 			next.Pending = &PendingResume{By: operator, At: now, ExpiresAt: now.Add(s.opts.ConfirmWithin)}
-			ev := Event{Kind: EventResumeRequested, Operator: operator, Time: now,
-				Fields: map[string]string{"expires_at": next.Pending.ExpiresAt.UTC().Format(time.RFC3339Nano)}}
+			ev := event(ActionResumeRequested, operator, "",
+				map[string]string{"expires_at": next.Pending.ExpiresAt.UTC().Format(time.RFC3339Nano)})
 			if err := s.put(ctx, next, ev); err != nil {
 				return ResumeResult{}, fmt.Errorf("killswitch: recording resume request: %w", err)
 			}
@@ -322,8 +325,8 @@ func (s *Switch) Resume(ctx context.Context, operator string) (ResumeResult, err
 		case now.After(p.ExpiresAt):
 			next := s.state
 			next.Pending = nil
-			ev := Event{Kind: EventResumeRequested, Operator: operator, Time: now, Reason: "confirmation too late; pending resume dropped",
-				Fields: map[string]string{"pending_by": p.By, "expired": "true"}}
+			ev := event(ActionResumeExpired, operator, "confirmation too late; pending resume dropped",
+				map[string]string{"requested_by": p.By})
 			if err := s.put(ctx, next, ev); err != nil {
 				return ResumeResult{}, fmt.Errorf("killswitch: dropping expired resume: %w", err)
 			}
@@ -333,9 +336,9 @@ func (s *Switch) Resume(ctx context.Context, operator string) (ResumeResult, err
 			return ResumeResult{}, ErrSameOperator
 		}
 	}
-	ev := Event{Kind: EventResumed, Operator: operator, Time: now}
+	ev := event(ActionResumed, operator, "", nil)
 	if p := s.state.Pending; p != nil {
-		ev.Fields = map[string]string{"requested_by": p.By}
+		ev.Attrs["requested_by"] = p.By
 	}
 	if err := s.put(ctx, persisted{}, ev); err != nil {
 		return ResumeResult{}, fmt.Errorf("killswitch: recording resume: %w", err)

@@ -9,19 +9,21 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/signerd/signerd/signerd/audit"
 )
 
 // memStore is a Store in memory that also keeps the audit events it was given.
 type memStore struct {
 	mu     sync.Mutex
 	data   map[string][]byte
-	events []Event
+	events []audit.Event
 	fail   error
 }
 
 func newMemStore() *memStore { return &memStore{data: map[string][]byte{}} }
 
-func (m *memStore) PutState(_ context.Context, key string, value []byte, ev Event) error {
+func (m *memStore) PutState(_ context.Context, key string, value []byte, ev audit.Event) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.fail != nil {
@@ -43,7 +45,10 @@ func (m *memStore) kinds() []string {
 	defer m.mu.Unlock()
 	var k []string
 	for _, e := range m.events {
-		k = append(k, e.Kind)
+		if e.Kind != audit.KindKillSwitch {
+			panic("wrong audit kind " + e.Kind)
+		}
+		k = append(k, e.Attrs["action"])
 	}
 	return k
 }
@@ -199,7 +204,7 @@ func TestDurableAcrossReopen(t *testing.T) {
 	if s3.Engaged() {
 		t.Fatal("reopened after resume: still engaged")
 	}
-	want := []string{EventEngaged, EventResumed}
+	want := []string{ActionEngaged, ActionResumed}
 	if got := st.kinds(); len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
 		t.Fatalf("audit events %v, want %v", got, want)
 	}
