@@ -1,0 +1,400 @@
+// Package ledger is signerd's durable ledger: replay records, budget usage per window, payment
+// records and generic operator state, kept in one bbolt file together with the hash-chained
+// audit log (package signerd/audit) so that a ledger change and the audit record describing it
+// become durable in the same transaction and the same fsync.
+//
+// # Writes: one committer, group commit
+//
+// Every write (Reserve, Commit, Release, PutState, AppendAudit, AuditAsync) is queued to a single
+// committer goroutine. The committer takes the first queued operation, drains whatever else is
+// queued (up to Options.MaxBatch) and applies the whole group in ONE db.Update: one fsync for
+// the group. There is no timer and no bbolt Batch. Each operation checks everything first and
+// writes last, so a rejected operation (budget exhausted, replay conflict, unknown record) writes
+// nothing but its audit record, and gets its own result; operations later in a group see the
+// writes of earlier ones. If an operation hits an internal write error the group's transaction
+// is rolled back and re-run without it. If the transaction itself fails (I/O), every operation
+// in the group gets that error and nothing of the group is durable.
+//
+// When a write method returns without error, its effect and its audit record are on disk.
+// If its context ends before the committer takes the operation, the method returns the context
+// error and nothing is written; once taken, the method waits for the commit.
+//
+// # The signing flow
+//
+//	res, err := l.Reserve(ctx, ledger.Reservation{...})  // replay check + all budget charges + record + audit
+//	switch res.Outcome {
+//	case ledger.Reserved, ledger.Resumable:             // sign res.RecordID's digest now
+//	    sig, err := sign(...)
+//	    if err != nil { l.Release(ctx, res.RecordID, "backend_unavailable", "..."); deny }
+//	    cr, err := l.Commit(ctx, res.RecordID, sig)       // durable before the signature leaves
+//	    send(cr.Signature)                                // cr.Signature, not sig (see Commit)
+//	case ledger.Duplicate:  send(res.Signature)           // an agent retry: the stored signature
+//	case ledger.Conflict:   409 replay_conflict
+//	case ledger.BudgetExhausted: 403 res.Budget.Code()
+//	}
+//
+// Reserve audits every outcome itself (allow with the reservation, replay duplicate/resume, or a
+// deny with its code); policy denials decided before the ledger is reached are audited with
+// AuditAsync (queued, made durable with the next group, the caller does not wait) or AppendAudit.
+//
+// # Reads
+//
+// Usage implements policyengine.UsageReader over committed state (the authoritative check is
+// the one inside Reserve's transaction). Record, Recent, ByTab, Spend, SpendAll, GetState,
+// VerifyAudit and ExportAudit serve the admin API. Reads run in bbolt read transactions and
+// never wait for the committer.
+//
+// # Storage
+//
+// Amounts are *big.Int in memory and minimal big-endian bytes on disk (no leading zeros; zero is
+// never stored: a bucket that reaches zero is deleted). Budget usage uses policyengine's
+// bucketed sliding windows (BucketWidth, BucketIndex, WindowFirstBucket): a charge is added to
+// the bucket of its window at the committer's clock, and usage is the sum of the window's
+// buckets. Buckets older than their window are pruned by the committer (Options.PruneEvery),
+// so usage state is bounded; payment records and the audit log are history and are kept.
+// See docs/ledger.md for the data model and the durability guarantees.
+package ledger
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/signerd/signerd/signerd/audit"
+)
+
+// Errors. Corruption matches ErrCorrupt; I/O faults are wrapped *StoreError.
+var (
+	// ErrClosed is returned by every method after Close.
+	ErrClosed = errors.New("ledger: closed")
+	// ErrNotFound means no payment record has the given id.
+	ErrNotFound = errors.New("ledger: record not found")
+	// ErrReleased means the record was released and can no longer be signed.
+	ErrReleased = errors.New("ledger: record released")
+	// ErrAlreadySigned means the record is signed and can no longer be released.
+	ErrAlreadySigned = errors.New("ledger: record already signed")
+	// ErrInvalid marks a malformed argument (the caller's bug, not a fault of the store).
+	ErrInvalid = errors.New("ledger: invalid argument")
+	// ErrCorrupt is the class of every corruption error (ledger or audit). It is audit.ErrCorrupt.
+	ErrCorrupt = audit.ErrCorrupt
+)
+
+// StoreError is a fault of the underlying store (I/O, full disk, ...). The message is safe to
+// show; the cause is for logs.
+type StoreError struct {
+	Op  string
+	Err error
+}
+
+func (e *StoreError) Error() string {
+	return "ledger: store failure during " + e.Op + ": " + e.Err.Error()
+}
+
+// Unwrap returns the cause.
+func (e *StoreError) Unwrap() error { return e.Err }
+
+// Options configure Open. Path is required; the rest have defaults.
+type Options struct {
+	// Path of the bbolt file; created with mode 0600 if absent.
+	Path string
+	// Clock is the appliance clock used for budget windows, record and audit times. Default time.Now.
+	Clock func() time.Time
+	// MaxBatch bounds how many operations one transaction groups. Default 1024, at most 65536.
+	MaxBatch int
+	// QueueSize is the capacity of the operation queue; writers block (honouring their context)
+	// when it is full. Default 4096.
+	QueueSize int
+	// PruneEvery is how much clock time passes between sweeps of expired usage buckets. Default
+	// one minute; negative disables pruning.
+	PruneEvery time.Duration
+	// LockTimeout is how long Open waits for the file lock held by another process. Default 1 s.
+	LockTimeout time.Duration
+}
+
+func (o *Options) validate() error {
+	if o.Path == "" {
+		return fmt.Errorf("%w: Options.Path is required", ErrInvalid)
+	}
+	if o.Clock == nil {
+		o.Clock = time.Now
+	}
+	switch {
+	case o.MaxBatch == 0:
+		o.MaxBatch = 1024
+	case o.MaxBatch < 0 || o.MaxBatch > 65536:
+		return fmt.Errorf("%w: Options.MaxBatch %d out of range [1, 65536]", ErrInvalid, o.MaxBatch)
+	}
+	switch {
+	case o.QueueSize == 0:
+		o.QueueSize = 4096
+	case o.QueueSize < 0:
+		return fmt.Errorf("%w: Options.QueueSize %d negative", ErrInvalid, o.QueueSize)
+	}
+	if o.PruneEvery == 0 {
+		o.PruneEvery = time.Minute
+	}
+	if o.LockTimeout == 0 {
+		o.LockTimeout = time.Second
+	} else if o.LockTimeout < 0 {
+		return fmt.Errorf("%w: Options.LockTimeout negative", ErrInvalid)
+	}
+	return nil
+}
+
+// Ledger is an open ledger file. All methods are safe for concurrent use.
+type Ledger struct {
+	db    *bolt.DB
+	opts  Options
+	clock func() time.Time
+
+	mu     sync.RWMutex // guards closed and sending on q
+	closed bool
+	q      chan op
+	done   chan struct{} // closed when the committer exits
+	once   sync.Once
+
+	lastPrune time.Time // committer-only
+
+	groups, ops, updates, asyncErrs, pruned atomic.Uint64
+}
+
+// Stats are counters for metrics and tests.
+type Stats struct {
+	Updates     uint64 // db.Update transactions run (including re-runs after a failed op)
+	Groups      uint64 // groups committed
+	Ops         uint64 // operations applied
+	AsyncErrors uint64 // AuditAsync records that could not be written
+	Pruned      uint64 // usage buckets pruned
+}
+
+// Open opens (or creates) the ledger file and starts the committer.
+func Open(opts Options) (*Ledger, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	db, err := bolt.Open(opts.Path, 0o600, &bolt.Options{
+		Timeout:        opts.LockTimeout,
+		NoFreelistSync: true, // freelist rebuilt on open: fewer pages per commit, same safety
+		FreelistType:   bolt.FreelistMapType,
+	})
+	if err != nil {
+		return nil, &StoreError{Op: "open", Err: err}
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketMeta, bucketRecords, bucketReplay, bucketUsage, bucketState} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		m := tx.Bucket(bucketMeta)
+		if v := m.Get(schemaKey); v == nil {
+			if err := m.Put(schemaKey, schemaVersion); err != nil {
+				return err
+			}
+		} else if string(v) != string(schemaVersion) {
+			return fmt.Errorf("%w: ledger schema %q, this build reads %q", ErrInvalid, v, schemaVersion)
+		}
+		return audit.Init(tx)
+	})
+	if err != nil {
+		_ = db.Close()
+		if errors.Is(err, ErrInvalid) {
+			return nil, err
+		}
+		return nil, &StoreError{Op: "init", Err: err}
+	}
+	l := &Ledger{db: db, opts: opts, clock: opts.Clock, q: make(chan op, opts.QueueSize), done: make(chan struct{})}
+	l.lastPrune = opts.Clock()
+	go l.commitLoop()
+	return l, nil
+}
+
+// Close stops accepting writes, commits everything already queued, and closes the file.
+func (l *Ledger) Close() error {
+	var err error
+	l.once.Do(func() {
+		l.mu.Lock()
+		l.closed = true
+		close(l.q)
+		l.mu.Unlock()
+		<-l.done
+		if e := l.db.Close(); e != nil {
+			err = &StoreError{Op: "close", Err: e}
+		}
+	})
+	return err
+}
+
+// Stats returns the counters.
+func (l *Ledger) Stats() Stats {
+	return Stats{Updates: l.updates.Load(), Groups: l.groups.Load(), Ops: l.ops.Load(),
+		AsyncErrors: l.asyncErrs.Load(), Pruned: l.pruned.Load()}
+}
+
+// Path returns the file path.
+func (l *Ledger) Path() string { return l.opts.Path }
+
+// Op states.
+const (
+	stQueued int32 = iota
+	stTaken
+	stCanceled
+)
+
+// opBase is embedded in every operation.
+type opBase struct {
+	state atomic.Int32
+	done  chan struct{}
+	err   error // per-op outcome error (set by apply) or the group's store error
+	async bool
+}
+
+func (b *opBase) base() *opBase { return b }
+
+// op is one queued write. apply runs inside the group's transaction: it records its own
+// outcome (including per-op errors) and returns a non-nil error only for an internal write
+// failure that leaves partial writes, which rolls back the group.
+type op interface {
+	base() *opBase
+	apply(tx *bolt.Tx, now time.Time) error
+}
+
+func newBase(async bool) opBase { return opBase{done: make(chan struct{}), async: async} }
+
+// submit queues o and waits for its commit (see the package comment for context handling).
+func (l *Ledger) submit(ctx context.Context, o op) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	l.mu.RLock()
+	if l.closed {
+		l.mu.RUnlock()
+		return ErrClosed
+	}
+	select {
+	case l.q <- o:
+	case <-ctx.Done():
+		l.mu.RUnlock()
+		return ctx.Err()
+	}
+	l.mu.RUnlock()
+	b := o.base()
+	select {
+	case <-b.done:
+	case <-ctx.Done():
+		if b.state.CompareAndSwap(stQueued, stCanceled) {
+			return ctx.Err()
+		}
+		<-b.done
+	}
+	return b.err
+}
+
+// errRerun rolls back a group so it can be re-run without a failed op.
+var errRerun = errors.New("ledger: re-run group")
+
+func (l *Ledger) commitLoop() {
+	defer close(l.done)
+	batch := make([]op, 0, 64)
+	for first := range l.q {
+		batch = append(batch[:0], first)
+	drain:
+		for len(batch) < l.opts.MaxBatch {
+			select {
+			case o, ok := <-l.q:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, o)
+			default:
+				break drain
+			}
+		}
+		live := batch[:0]
+		for _, o := range batch {
+			b := o.base()
+			if b.state.CompareAndSwap(stQueued, stTaken) {
+				live = append(live, o)
+			} else {
+				close(b.done) // cancelled by its caller
+			}
+		}
+		if len(live) > 0 {
+			l.runGroup(live)
+		}
+	}
+}
+
+func (l *Ledger) runGroup(group []op) {
+	failed := make([]bool, len(group))
+	var err error
+	for {
+		now := l.clock()
+		l.updates.Add(1)
+		err = l.db.Update(func(tx *bolt.Tx) error {
+			for i, o := range group {
+				if failed[i] {
+					continue
+				}
+				o.base().err = nil
+				if e := o.apply(tx, now); e != nil {
+					failed[i] = true
+					o.base().err = e
+					return errRerun
+				}
+			}
+			if l.opts.PruneEvery > 0 && now.Sub(l.lastPrune) >= l.opts.PruneEvery {
+				n, e := pruneUsage(tx, now)
+				if e != nil {
+					return e
+				}
+				l.pruned.Add(uint64(n))
+				l.lastPrune = now
+			}
+			return nil
+		})
+		if !errors.Is(err, errRerun) {
+			break
+		}
+	}
+	l.groups.Add(1)
+	l.ops.Add(uint64(len(group)))
+	for i, o := range group {
+		b := o.base()
+		if err != nil && !failed[i] {
+			b.err = &StoreError{Op: "commit", Err: err}
+		}
+		if b.async && b.err != nil {
+			l.asyncErrs.Add(1)
+		}
+		close(b.done)
+	}
+}
+
+// view runs fn in a read transaction, mapping errors.
+func (l *Ledger) view(what string, fn func(tx *bolt.Tx) error) error {
+	l.mu.RLock()
+	closed := l.closed
+	l.mu.RUnlock()
+	if closed {
+		return ErrClosed
+	}
+	err := l.db.View(fn)
+	if err == nil || errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrInvalid) {
+		return err
+	}
+	var se *StoreError
+	if errors.As(err, &se) {
+		return err
+	}
+	return &StoreError{Op: what, Err: err}
+}
+
+// DB exposes the bbolt handle for read-only inspection by tests and tools. Never write to it.
+func (l *Ledger) DB() *bolt.DB { return l.db }

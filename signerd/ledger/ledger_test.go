@@ -1,0 +1,374 @@
+package ledger
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/big"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ethereum/go-ethereum/common"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/signerd/signerd/policyengine"
+	"github.com/signerd/signerd/signerd/audit"
+)
+
+// fakeClock is an injectable clock.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+var t0 = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+
+func openTest(t testing.TB, clk *fakeClock) *Ledger {
+	t.Helper()
+	opts := Options{Path: filepath.Join(t.TempDir(), "ledger.db")}
+	if clk != nil {
+		opts.Clock = clk.Now
+	}
+	l, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	return l
+}
+
+var wallet = common.HexToAddress("0x1111111111111111111111111111111111111111")
+
+func charge(budget string, window time.Duration, limit, amount int64) policyengine.Charge {
+	return policyengine.Charge{Budget: budget, Key: budget + "/agent-a", Window: window,
+		Limit: big.NewInt(limit), Amount: big.NewInt(amount)}
+}
+
+func resv(tab, req int64, claims string, charges ...policyengine.Charge) Reservation {
+	return Reservation{Wallet: wallet, TabID: big.NewInt(tab), ReqID: big.NewInt(req),
+		Claims: []byte(claims), Charges: charges, Principal: "uid:1000", Agent: "agent-a",
+		PolicyHash: bytes.Repeat([]byte{0xab}, 32), Rule: "allow-all", Digest: [32]byte{byte(req)}, Scheme: "eip712"}
+}
+
+func sig65(b byte) []byte { return bytes.Repeat([]byte{b}, 65) }
+
+// TestReserveOutcomes walks every Reserve outcome in one ledger, in order.
+func TestReserveOutcomes(t *testing.T) {
+	clk := &fakeClock{t: t0}
+	l := openTest(t, clk)
+	ctx := context.Background()
+	day := 24 * time.Hour
+	steps := []struct {
+		name   string
+		do     func() (Result, error)
+		want   Outcome
+		check  func(t *testing.T, r Result)
+		usedAt int64 // usage of daily/agent-a after the step
+	}{
+		{"new request reserves", func() (Result, error) { return l.Reserve(ctx, resv(1, 1, `{"a":1}`, charge("daily", day, 100, 40))) },
+			Reserved, func(t *testing.T, r Result) {
+				if r.RecordID != 1 {
+					t.Errorf("record id %d, want 1", r.RecordID)
+				}
+			}, 40},
+		{"retry before signing is resumable, not charged again", func() (Result, error) {
+			return l.Reserve(ctx, resv(1, 1, `{"a":1}`, charge("daily", day, 100, 40)))
+		}, Resumable, func(t *testing.T, r Result) {
+			if r.RecordID != 1 || r.Digest != ([32]byte{1}) {
+				t.Errorf("got %+v", r)
+			}
+		}, 40},
+		{"same key different claims conflicts", func() (Result, error) {
+			return l.Reserve(ctx, resv(1, 1, `{"a":2}`, charge("daily", day, 100, 40)))
+		}, Conflict, func(t *testing.T, r Result) {
+			if r.RecordID != 1 {
+				t.Errorf("conflict should name record 1, got %d", r.RecordID)
+			}
+		}, 40},
+		{"commit then retry is duplicate with stored signature", func() (Result, error) {
+			if _, err := l.Commit(ctx, 1, sig65(7)); err != nil {
+				return Result{}, err
+			}
+			return l.Reserve(ctx, resv(1, 1, `{"a":1}`, charge("daily", day, 100, 40)))
+		}, Duplicate, func(t *testing.T, r Result) {
+			if !bytes.Equal(r.Signature, sig65(7)) || r.RecordID != 1 {
+				t.Errorf("got %+v", r)
+			}
+		}, 40},
+		{"conflict after signing", func() (Result, error) {
+			return l.Reserve(ctx, resv(1, 1, `{"a":3}`))
+		}, Conflict, nil, 40},
+		{"over budget is exhausted and writes nothing", func() (Result, error) {
+			return l.Reserve(ctx, resv(1, 2, `{"a":4}`, charge("daily", day, 100, 61)))
+		}, BudgetExhausted, func(t *testing.T, r Result) {
+			if r.Budget == nil || r.Budget.Budget != "daily" || r.Budget.Code() != policyengine.CodeBudgetExhausted {
+				t.Errorf("budget %+v", r.Budget)
+			}
+		}, 40},
+		{"exactly the limit fits", func() (Result, error) {
+			return l.Reserve(ctx, resv(1, 2, `{"a":4}`, charge("daily", day, 100, 60)))
+		}, Reserved, nil, 100},
+		{"one charge of several over limit: nothing debited", func() (Result, error) {
+			return l.Reserve(ctx, resv(1, 3, `{"a":5}`, charge("hourly", time.Hour, 1000, 1), charge("daily", day, 100, 1)))
+		}, BudgetExhausted, func(t *testing.T, r Result) {
+			if u, _ := l.Usage("hourly/agent-a", time.Hour, clk.Now()); u.Sign() != 0 {
+				t.Errorf("hourly debited %s on a rejected reservation", u)
+			}
+		}, 100},
+		{"two charges on the same counter add up", func() (Result, error) {
+			return l.Reserve(ctx, resv(1, 4, `{"a":6}`, charge("rate", time.Minute, 3, 2), charge("rate", time.Minute, 3, 2)))
+		}, BudgetExhausted, nil, 100},
+		{"rate limit code", func() (Result, error) {
+			c := charge("rate", time.Minute, 0, 1)
+			c.Count = true
+			return l.Reserve(ctx, resv(1, 5, `{"a":7}`, c))
+		}, BudgetExhausted, func(t *testing.T, r Result) {
+			if r.Budget.Code() != policyengine.CodeRateLimited {
+				t.Errorf("code %s", r.Budget.Code())
+			}
+		}, 100},
+		{"other wallet same tab/req is independent", func() (Result, error) {
+			r := resv(1, 1, `{"a":9}`)
+			r.Wallet = common.HexToAddress("0x2222222222222222222222222222222222222222")
+			return l.Reserve(ctx, r)
+		}, Reserved, nil, 100},
+	}
+	for _, s := range steps {
+		t.Run(s.name, func(t *testing.T) {
+			r, err := s.do()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Outcome != s.want {
+				t.Fatalf("outcome %s, want %s (%+v)", r.Outcome, s.want, r)
+			}
+			if r.AuditSeq == 0 {
+				t.Errorf("no audit record")
+			}
+			if s.check != nil {
+				s.check(t, r)
+			}
+			u, err := l.Usage("daily/agent-a", day, clk.Now())
+			if err != nil || u.Int64() != s.usedAt {
+				t.Errorf("daily usage %v (err %v), want %d", u, err, s.usedAt)
+			}
+		})
+	}
+	// Every Reserve wrote one audit record, Commit one more: chain verifies.
+	rep, err := l.VerifyAudit()
+	if err != nil || !rep.OK || rep.Records != uint64(len(steps)+1) {
+		t.Fatalf("verify: %+v %v (want %d records)", rep, err, len(steps)+1)
+	}
+}
+
+func TestCommitAndReleaseErrors(t *testing.T) {
+	l := openTest(t, &fakeClock{t: t0})
+	ctx := context.Background()
+	if _, err := l.Commit(ctx, 99, sig65(1)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("commit unknown: %v", err)
+	}
+	if err := l.Release(ctx, 99, "", "x"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("release unknown: %v", err)
+	}
+	if _, err := l.Commit(ctx, 1, nil); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("commit empty sig: %v", err)
+	}
+	r, err := l.Reserve(ctx, resv(5, 1, "c1"))
+	if err != nil || r.Outcome != Reserved {
+		t.Fatal(r, err)
+	}
+	cr, err := l.Commit(ctx, r.RecordID, sig65(1))
+	if err != nil || cr.AlreadySigned || !bytes.Equal(cr.Signature, sig65(1)) {
+		t.Fatal(cr, err)
+	}
+	// A second commit (two resumers raced) returns the first durable signature.
+	cr, err = l.Commit(ctx, r.RecordID, sig65(2))
+	if err != nil || !cr.AlreadySigned || !bytes.Equal(cr.Signature, sig65(1)) {
+		t.Fatal(cr, err)
+	}
+	if err := l.Release(ctx, r.RecordID, "", "late"); !errors.Is(err, ErrAlreadySigned) {
+		t.Fatalf("release signed: %v", err)
+	}
+	r2, _ := l.Reserve(ctx, resv(5, 2, "c2"))
+	if err := l.Release(ctx, r2.RecordID, "backend_unavailable", "hsm gone"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Release(ctx, r2.RecordID, "", "again"); err != nil {
+		t.Fatalf("second release should be a no-op: %v", err)
+	}
+	if _, err := l.Commit(ctx, r2.RecordID, sig65(3)); !errors.Is(err, ErrReleased) {
+		t.Fatalf("commit released: %v", err)
+	}
+	rec, err := l.Record(r2.RecordID)
+	if err != nil || rec.Status != StatusReleased || rec.Code != "backend_unavailable" || rec.Reason != "hsm gone" {
+		t.Fatalf("%+v %v", rec, err)
+	}
+	if _, err := l.Reserve(ctx, Reservation{Wallet: wallet, TabID: big.NewInt(-1), ReqID: big.NewInt(1), Claims: []byte("x")}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("negative tab: %v", err)
+	}
+	bad := charge("a", time.Hour, 1, 1)
+	bad.Key = "a\x00b"
+	if _, err := l.Reserve(ctx, resv(5, 3, "c", bad)); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("nul in key: %v", err)
+	}
+}
+
+func TestReleaseRefundsAndFreesReplayKey(t *testing.T) {
+	clk := &fakeClock{t: t0}
+	l := openTest(t, clk)
+	ctx := context.Background()
+	c := func(a int64) []policyengine.Charge {
+		return []policyengine.Charge{charge("daily", 24*time.Hour, 100, a), charge("hourly", time.Hour, 50, a)}
+	}
+	r1, _ := l.Reserve(ctx, resv(1, 1, "claims-1", c(30)...))
+	clk.Advance(10 * time.Minute) // a different bucket: the refund must hit the original one
+	r2, _ := l.Reserve(ctx, resv(1, 2, "claims-2", c(20)...))
+	if r1.Outcome != Reserved || r2.Outcome != Reserved {
+		t.Fatal(r1, r2)
+	}
+	if r, _ := l.Reserve(ctx, resv(1, 3, "claims-3", c(1)...)); r.Outcome != BudgetExhausted {
+		t.Fatalf("hourly should be full: %v", r.Outcome)
+	}
+	if err := l.Release(ctx, r1.RecordID, "", "hsm error"); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []struct {
+		key string
+		w   time.Duration
+	}{{"daily/agent-a", 24 * time.Hour}, {"hourly/agent-a", time.Hour}} {
+		u, _ := l.Usage(k.key, k.w, clk.Now())
+		if u.Int64() != 20 {
+			t.Errorf("%s usage %s after refund, want 20", k.key, u)
+		}
+	}
+	// The replay key is free again: the same request reserves afresh (a new record)...
+	r3, err := l.Reserve(ctx, resv(1, 1, "claims-1", c(30)...))
+	if err != nil || r3.Outcome != Reserved || r3.RecordID == r1.RecordID {
+		t.Fatalf("re-reserve after release: %+v %v", r3, err)
+	}
+	// ... and the audit log has signing_failed and reservation_released for r1.
+	var kinds []audit.Kind
+	var buf bytes.Buffer
+	if err := l.ExportAudit(&buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	for seq := uint64(1); ; seq++ {
+		ar, ok, err := l.AuditRecord(seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		if ar.Event.RecordID == uint64(r1.RecordID) {
+			kinds = append(kinds, ar.Event.Kind)
+		}
+	}
+	want := []audit.Kind{audit.KindDecision, audit.KindSigningFailed, audit.KindReservationReleased}
+	if fmt.Sprint(kinds) != fmt.Sprint(want) {
+		t.Fatalf("audit kinds for record %d: %v, want %v", r1.RecordID, kinds, want)
+	}
+	if bytes.Count(buf.Bytes(), []byte("\n")) != 6 {
+		t.Fatalf("export lines:\n%s", buf.String())
+	}
+}
+
+func TestWindowRollOver(t *testing.T) {
+	clk := &fakeClock{t: t0}
+	l := openTest(t, clk)
+	ctx := context.Background()
+	c := charge("hourly", time.Hour, 10, 10)
+	if r, _ := l.Reserve(ctx, resv(1, 1, "a", c)); r.Outcome != Reserved {
+		t.Fatal(r)
+	}
+	clk.Advance(59 * time.Minute)
+	if r, _ := l.Reserve(ctx, resv(1, 2, "b", c)); r.Outcome != BudgetExhausted {
+		t.Fatalf("inside the window: %v", r.Outcome)
+	}
+	// The charge is counted until its bucket leaves the window (at most one bucket width late).
+	clk.Advance(time.Minute + policyengine.BucketWidth(time.Hour))
+	if u, _ := l.Usage("hourly/agent-a", time.Hour, clk.Now()); u.Sign() != 0 {
+		t.Fatalf("usage after roll-over %s", u)
+	}
+	if r, _ := l.Reserve(ctx, resv(1, 3, "c", c)); r.Outcome != Reserved {
+		t.Fatalf("after roll-over: %v", r.Outcome)
+	}
+	// Pruning: advance past PruneEvery; the old bucket is deleted by the next group.
+	clk.Advance(2 * time.Hour)
+	if _, err := l.AppendAudit(ctx, audit.Event{Kind: audit.KindPolicyReload}); err != nil {
+		t.Fatal(err)
+	}
+	if st := l.Stats(); st.Pruned != 2 {
+		t.Fatalf("pruned %d buckets, want 2", st.Pruned)
+	}
+	n := 0
+	_ = l.DB().View(func(tx *bolt.Tx) error { n = tx.Bucket(bucketUsage).Stats().KeyN; return nil })
+	if n != 0 {
+		t.Fatalf("%d usage buckets left after prune", n)
+	}
+	// Lifetime counters (window 0) are never pruned.
+	lc := charge("task", 0, 5, 5)
+	if r, _ := l.Reserve(ctx, resv(1, 4, "d", lc)); r.Outcome != Reserved {
+		t.Fatal(r)
+	}
+	clk.Advance(1000 * time.Hour)
+	_, _ = l.AppendAudit(ctx, audit.Event{Kind: audit.KindPolicyReload})
+	if r, _ := l.Reserve(ctx, resv(1, 5, "e", lc)); r.Outcome != BudgetExhausted {
+		t.Fatalf("lifetime counter forgot usage: %v", r.Outcome)
+	}
+}
+
+func TestConcurrentBudgetNeverExceeded(t *testing.T) {
+	clk := &fakeClock{t: t0}
+	l := openTest(t, clk)
+	ctx := context.Background()
+	const limit, workers, per = 1000, 64, 12
+	var granted, exhausted atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < per; i++ {
+				amt := int64(1 + (w*7+i*3)%5)
+				r, err := l.Reserve(ctx, resv(int64(w), int64(i), fmt.Sprint(w, i), charge("daily", 24*time.Hour, limit, amt)))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				switch r.Outcome {
+				case Reserved:
+					granted.Add(amt)
+				case BudgetExhausted:
+					exhausted.Add(1)
+				default:
+					t.Errorf("outcome %s", r.Outcome)
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	u, _ := l.Usage("daily/agent-a", 24*time.Hour, clk.Now())
+	if granted.Load() > limit || u.Int64() != granted.Load() {
+		t.Fatalf("granted %d, usage %s, limit %d", granted.Load(), u, limit)
+	}
+	if exhausted.Load() == 0 || granted.Load() < limit-5 {
+		t.Fatalf("budget not used up: granted %d, exhausted %d", granted.Load(), exhausted.Load())
+	}
+	st := l.Stats()
+	t.Logf("ops %d in %d groups (%d updates)", st.Ops, st.Groups, st.Updates)
+	if st.Groups >= st.Ops/2 {
+		t.Errorf("group commit did not group: %d ops in %d groups", st.Ops, st.Groups)
+	}
+}

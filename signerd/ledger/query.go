@@ -1,0 +1,219 @@
+package ledger
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"math/big"
+	"sort"
+	"time"
+
+	"github.com/ethereum/go-ethereum/common"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/signerd/signerd/policyengine"
+	"github.com/signerd/signerd/signerd/audit"
+)
+
+var _ policyengine.UsageReader = (*Ledger)(nil)
+
+// Usage implements policyengine.UsageReader: committed usage of (key, window) in the sliding
+// window ending at now. It reads committed state only; Reserve re-checks inside its transaction.
+func (l *Ledger) Usage(key string, window time.Duration, now time.Time) (*big.Int, error) {
+	var out *big.Int
+	err := l.view("usage", func(tx *bolt.Tx) error {
+		var err error
+		out, err = usageTx(tx, key, window, now)
+		return err
+	})
+	return out, err
+}
+
+// Spend is the usage of one counter at a time.
+type Spend struct {
+	Key     string        `json:"key"`
+	Window  time.Duration `json:"window"`
+	Used    *big.Int      `json:"used"`
+	Buckets int           `json:"buckets"` // non-empty buckets inside the window
+}
+
+// Spend returns the usage of (key, window) at now (the same number as Usage).
+func (l *Ledger) Spend(key string, window time.Duration, now time.Time) (Spend, error) {
+	u, err := l.Usage(key, window, now)
+	if err != nil {
+		return Spend{}, err
+	}
+	return Spend{Key: key, Window: window, Used: u}, nil
+}
+
+// SpendAll lists every counter with usage inside its window at now, sorted by key then window.
+func (l *Ledger) SpendAll(now time.Time) ([]Spend, error) {
+	type kw struct {
+		k string
+		w time.Duration
+	}
+	acc := map[kw]*Spend{}
+	err := l.view("spend", func(tx *bolt.Tx) error {
+		var v1 big.Int
+		return tx.Bucket(bucketUsage).ForEach(func(k, v []byte) error {
+			key, w, b, ok := splitUsageKey(k)
+			if !ok {
+				return corruptf("usage key %x malformed", k)
+			}
+			if b < policyengine.WindowFirstBucket(w, now) || b > policyengine.BucketIndex(w, now) {
+				return nil
+			}
+			s := acc[kw{key, w}]
+			if s == nil {
+				s = &Spend{Key: key, Window: w, Used: new(big.Int)}
+				acc[kw{key, w}] = s
+			}
+			s.Used.Add(s.Used, v1.SetBytes(v))
+			s.Buckets++
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Spend, 0, len(acc))
+	for _, s := range acc {
+		out = append(out, *s)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Key != out[j].Key {
+			return out[i].Key < out[j].Key
+		}
+		return out[i].Window < out[j].Window
+	})
+	return out, nil
+}
+
+// Record returns one payment record (ErrNotFound if absent).
+func (l *Ledger) Record(id RecordID) (*PaymentRecord, error) {
+	var r *PaymentRecord
+	err := l.view("record", func(tx *bolt.Tx) error {
+		var err error
+		r, err = getRecord(tx, id)
+		return err
+	})
+	return r, err
+}
+
+// Recent returns up to n records, newest first.
+func (l *Ledger) Recent(n int) ([]*PaymentRecord, error) {
+	var out []*PaymentRecord
+	err := l.view("recent", func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketRecords).Cursor()
+		for k, v := c.Last(); k != nil && len(out) < n; k, v = c.Prev() {
+			r, err := decodeRecord(RecordID(binary.BigEndian.Uint64(k)), v)
+			if err != nil {
+				return err
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// ByTab returns the current record of every req_id used in (wallet, tab), in req_id order.
+// With tab nil it covers every tab of the wallet. Records superseded after a release are found
+// through Record or Recent.
+func (l *Ledger) ByTab(wallet common.Address, tab *big.Int) ([]*PaymentRecord, error) {
+	prefix := append([]byte(nil), wallet[:]...)
+	if tab != nil {
+		if tab.Sign() < 0 || tab.BitLen() > 256 {
+			return nil, ErrInvalid
+		}
+		prefix = append(prefix, tab.FillBytes(make([]byte, 32))...)
+	}
+	var out []*PaymentRecord
+	err := l.view("by_tab", func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketReplay).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+			e, err := parseReplay(k, v)
+			if err != nil {
+				return err
+			}
+			r, err := getRecord(tx, e.id)
+			if err != nil {
+				if errors.Is(err, ErrNotFound) {
+					return corruptf("replay entry %x points to missing record %d", k, e.id)
+				}
+				return err
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// GetState returns the value stored under key by PutState (ok=false if absent).
+func (l *Ledger) GetState(key string) (value []byte, ok bool, err error) {
+	err = l.view("get_state", func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketState).Get([]byte(key)); v != nil {
+			value, ok = append([]byte(nil), v...), true
+		}
+		return nil
+	})
+	return value, ok, err
+}
+
+// StateWithPrefix returns every state key with the given prefix and its value, in key order
+// (e.g. all pending approvals under "approval/").
+func (l *Ledger) StateWithPrefix(prefix string) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	err := l.view("state_prefix", func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketState).Cursor()
+		p := []byte(prefix)
+		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+			out[string(k)] = append([]byte(nil), v...)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// VerifyAudit verifies the whole audit chain (see audit.Verify). Corruption is returned as an
+// error matching ErrCorrupt together with the report naming the first bad record.
+func (l *Ledger) VerifyAudit() (audit.Report, error) {
+	var rep audit.Report
+	err := l.view("audit_verify", func(tx *bolt.Tx) error {
+		var err error
+		rep, err = audit.VerifyTx(tx)
+		return err
+	})
+	return rep, err
+}
+
+// ExportAudit writes audit records with seq ≥ from as JSON lines (see audit.Export).
+func (l *Ledger) ExportAudit(w io.Writer, from uint64) error {
+	return l.view("audit_export", func(tx *bolt.Tx) error { return audit.ExportTx(tx, w, from) })
+}
+
+// AuditRecord returns one audit record (ok=false if absent).
+func (l *Ledger) AuditRecord(seq uint64) (audit.Record, bool, error) {
+	var r audit.Record
+	var ok bool
+	err := l.view("audit_get", func(tx *bolt.Tx) error {
+		var err error
+		r, ok, err = audit.Get(tx, seq)
+		return err
+	})
+	return r, ok, err
+}
+
+// AuditHead returns the last audit seq and its hash (anchor it outside the appliance).
+func (l *Ledger) AuditHead() (uint64, [32]byte, error) {
+	var seq uint64
+	var h [32]byte
+	err := l.view("audit_head", func(tx *bolt.Tx) error {
+		var err error
+		seq, h, err = audit.Head(tx)
+		return err
+	})
+	return seq, h, err
+}
