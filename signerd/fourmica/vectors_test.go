@@ -12,19 +12,16 @@ import (
 	"github.com/ethereum/go-ethereum/crypto"
 )
 
-// sharedDir returns SIGNERD_SHARED_DIR or <repo root>/../shared (repo root = dir with go.mod).
-func sharedDir(t testing.TB) string {
+// repoRoot walks up from the test directory to the directory holding go.mod.
+func repoRoot(t testing.TB) string {
 	t.Helper()
-	if d := os.Getenv("SIGNERD_SHARED_DIR"); d != "" {
-		return d
-	}
 	dir, err := os.Getwd()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for {
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return filepath.Join(dir, "..", "shared")
+			return dir
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
@@ -32,6 +29,25 @@ func sharedDir(t testing.TB) string {
 		}
 		dir = parent
 	}
+}
+
+// sharedDir returns SIGNERD_SHARED_DIR or <repo root>/../shared.
+func sharedDir(t testing.TB) string {
+	t.Helper()
+	if d := os.Getenv("SIGNERD_SHARED_DIR"); d != "" {
+		return d
+	}
+	return filepath.Join(repoRoot(t), "..", "shared")
+}
+
+// claimsTestdata returns <repo root>/testdata/claims/<name>.
+func claimsTestdata(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "testdata", "claims", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 type vectorFile struct {
