@@ -1,0 +1,37 @@
+// Package policyengine compiles signerd's spending policy (YAML, one file or a directory) into an
+// immutable Policy and decides payment intents against it. It is pure: no sockets, no HSM, no
+// writes; Load only reads the policy files. Counters live outside the engine.
+//
+// # Contracts used by the daemon and the ledger
+//
+//   - Caller (socket credentials) → agent: Policy.Principal(c). Unknown or ambiguous callers fail.
+//     Policy.Wallets(agent) lists the wallets the agent may use, the first being its default; an
+//     agent declared `wallets: any` gets CompileOptions.Wallets (the wallets the daemon holds) and,
+//     if that list is empty, may use any non-zero wallet (dev mode, where the daemon generates its
+//     key at start: pass the generated address in CompileOptions.Wallets to pin it).
+//   - Policy.Evaluate(intent, usage, now) → Decision{Outcome: Allow | Deny | NeedsApproval, Code,
+//     Rule, Reason, Group, Timeout, Charges, Matches}. Deny is the zero Outcome. Denial codes are
+//     the exported Code* constants. A usage read error denies with CodeUsageUnavailable and the
+//     cause in Decision.Err (a fault, logged, never shown to the caller).
+//   - Charges: the caller must check-and-debit all Decision.Charges atomically before signing
+//     (MemLedger.Apply here; signerd/ledger durably). A Charge is {Budget, Key, Window, Limit,
+//     Amount, Count}; Window 0 is a lifetime counter. Limit and Amount are shared: read-only.
+//   - Windows are bucketed (BucketWidth, BucketIndex, WindowFirstBucket, WindowBuckets): a charge
+//     applied at now lands in bucket BucketIndex(window, now); usage at now is the sum of buckets
+//     with index in [WindowFirstBucket(window, now), BucketIndex(window, now)]. This never
+//     under-counts the last `window`; it may over-count by up to one bucket (w/60).
+//   - MemLedger: in-memory UsageReader with Apply(charges, now), all-or-nothing; an exhausted
+//     charge returns *BudgetError, errors.Is(err, ErrBudgetExhausted).
+//   - Load(path, opts) / Compile(files, opts) with CompileOptions{SelfUID, Wallets}: `uid: self`
+//     in a caller means SelfUID. Compile errors are CompileErrors (file:line:col: path: message).
+//   - Policy.Hash(): SHA-256 over the deterministic CBOR (CoreDetEncOptions) of the compiled IR;
+//     reordering rules or splitting files does not change it. Policy.KillSwitch() returns the
+//     compiled kill_switch.auto_trip section.
+//   - DecodeIntent(json) decodes the `signerctl policy explain` intent file (Intent's JSON tags).
+//
+// # Semantics
+//
+// Deny-overrides with default deny: a request is allowed only if no deny rule matches, at least
+// one allow rule allows it, every applicable budget and rate limit has room, and no approval
+// threshold applies (then NeedsApproval). Rule order never matters. See docs/policy.md.
+package policyengine

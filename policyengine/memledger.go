@@ -1,0 +1,156 @@
+package policyengine
+
+import (
+	"errors"
+	"fmt"
+	"math/big"
+	"sync"
+	"time"
+)
+
+// ErrBudgetExhausted is matched (errors.Is) by the error Apply returns when a charge does not fit.
+var ErrBudgetExhausted = errors.New("policyengine: budget exhausted")
+
+// BudgetError identifies the charge that did not fit. It wraps ErrBudgetExhausted.
+type BudgetError struct {
+	Budget string
+	Key    string
+	Window time.Duration
+	Count  bool // a request-count limit (rate_limited) rather than an amount budget
+}
+
+func (e *BudgetError) Error() string {
+	return fmt.Sprintf("policyengine: budget %s exhausted (key %s, window %s)", e.Budget, e.Key, e.Window)
+}
+
+// Unwrap returns ErrBudgetExhausted.
+func (e *BudgetError) Unwrap() error { return ErrBudgetExhausted }
+
+// Code is the denial code the exhaustion maps to (budget_exhausted or rate_limited).
+func (e *BudgetError) Code() string {
+	if e.Count {
+		return CodeRateLimited
+	}
+	return CodeBudgetExhausted
+}
+
+// MemLedger is an in-memory UsageReader with atomic check-and-debit, for tests, dry runs and the
+// CLI. It uses the bucket scheme of BucketIndex, so memory per counter is bounded by
+// WindowBuckets(window). Safe for concurrent use.
+type MemLedger struct {
+	mu       sync.Mutex
+	counters map[counterKey]*ring
+}
+
+type counterKey struct {
+	key    string
+	window time.Duration
+}
+
+type ring struct {
+	idx []int64
+	amt []*big.Int
+}
+
+// NewMemLedger returns an empty ledger.
+func NewMemLedger() *MemLedger { return &MemLedger{counters: map[counterKey]*ring{}} }
+
+func newRing(window time.Duration) *ring {
+	n := WindowBuckets(window)
+	r := &ring{idx: make([]int64, n), amt: make([]*big.Int, n)}
+	for i := range r.idx {
+		r.idx[i] = -1 << 63
+	}
+	return r
+}
+
+func (r *ring) sum(first, cur int64, out *big.Int) {
+	out.SetInt64(0)
+	for i, ix := range r.idx {
+		if ix >= first && ix <= cur && r.amt[i] != nil {
+			out.Add(out, r.amt[i])
+		}
+	}
+}
+
+func (r *ring) add(cur int64, amount *big.Int) {
+	n := int64(len(r.idx))
+	s := int(((cur % n) + n) % n)
+	if r.idx[s] != cur || r.amt[s] == nil {
+		r.idx[s] = cur
+		r.amt[s] = new(big.Int)
+	}
+	r.amt[s].Add(r.amt[s], amount)
+}
+
+// Usage implements UsageReader.
+func (l *MemLedger) Usage(key string, window time.Duration, now time.Time) (*big.Int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := new(big.Int)
+	if r := l.counters[counterKey{key, window}]; r != nil {
+		r.sum(WindowFirstBucket(window, now), BucketIndex(window, now), out)
+	}
+	return out, nil
+}
+
+// Apply checks every charge against its limit at now and, only if all fit, debits all of them:
+// all or nothing, under one lock. The error identifies the first charge that does not fit.
+func (l *MemLedger) Apply(charges []Charge, now time.Time) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	// Charges in one request could share a counter; accumulate what this call adds per counter.
+	pending := make(map[counterKey]*big.Int, len(charges))
+	var used big.Int
+	for _, c := range charges {
+		if c.Amount == nil || c.Limit == nil || c.Amount.Sign() < 0 {
+			return fmt.Errorf("policyengine: malformed charge for budget %s", c.Budget)
+		}
+		ck := counterKey{c.Key, c.Window}
+		used.SetInt64(0)
+		if r := l.counters[ck]; r != nil {
+			r.sum(WindowFirstBucket(c.Window, now), BucketIndex(c.Window, now), &used)
+		}
+		p := pending[ck]
+		if p == nil {
+			p = new(big.Int)
+			pending[ck] = p
+		}
+		p.Add(p, c.Amount)
+		used.Add(&used, p)
+		if used.Cmp(c.Limit) > 0 {
+			return &BudgetError{Budget: c.Budget, Key: c.Key, Window: c.Window, Count: c.Count}
+		}
+	}
+	for ck, p := range pending {
+		r := l.counters[ck]
+		if r == nil {
+			r = newRing(ck.window)
+			l.counters[ck] = r
+		}
+		r.add(BucketIndex(ck.window, now), p)
+	}
+	return nil
+}
+
+// Prune drops counters with nothing left inside their window at now (windowed counters only).
+func (l *MemLedger) Prune(now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for ck, r := range l.counters {
+		if ck.window == 0 {
+			continue
+		}
+		first := WindowFirstBucket(ck.window, now)
+		live := false
+		for _, ix := range r.idx {
+			if ix >= first {
+				live = true
+				break
+			}
+		}
+		if !live {
+			delete(l.counters, ck)
+		}
+	}
+}
