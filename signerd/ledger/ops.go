@@ -418,20 +418,19 @@ type stateOp struct {
 
 // PutState sets key to value (nil value deletes the key) and appends ev to the audit log in one
 // durable transaction: for the kill switch, approvals and other operator state. ev.Kind must be
-// a valid audit kind.
-func (l *Ledger) PutState(ctx context.Context, key string, value []byte, ev audit.Event) (audit.Record, error) {
+// a valid audit kind. When it returns nil both are on disk.
+func (l *Ledger) PutState(ctx context.Context, key string, value []byte, ev audit.Event) error {
 	if key == "" || len(key) > 4096 {
-		return audit.Record{}, fmt.Errorf("%w: state key length %d", ErrInvalid, len(key))
+		return fmt.Errorf("%w: state key length %d", ErrInvalid, len(key))
 	}
 	if !ev.Kind.Valid() {
-		return audit.Record{}, fmt.Errorf("%w: audit kind %q", ErrInvalid, ev.Kind)
+		return fmt.Errorf("%w: audit kind %q", ErrInvalid, ev.Kind)
 	}
 	o := &stateOp{opBase: newBase(false), key: key, ev: ev, value: value}
 	if value != nil {
 		o.value = append([]byte{}, value...)
 	}
-	err := l.submit(ctx, o)
-	return o.rec, err
+	return l.submit(ctx, o)
 }
 
 func (o *stateOp) apply(tx *bolt.Tx, now time.Time) error {

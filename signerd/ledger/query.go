@@ -151,15 +151,16 @@ func (l *Ledger) ByTab(wallet common.Address, tab *big.Int) ([]*PaymentRecord, e
 	return out, err
 }
 
-// GetState returns the value stored under key by PutState (ok=false if absent).
-func (l *Ledger) GetState(key string) (value []byte, ok bool, err error) {
+// GetState returns the committed value stored under key by PutState, or (nil, nil) if the key
+// was never written (or was deleted). A stored empty value is returned as a non-nil empty slice.
+func (l *Ledger) GetState(key string) (value []byte, err error) {
 	err = l.view("get_state", func(tx *bolt.Tx) error {
 		if v := tx.Bucket(bucketState).Get([]byte(key)); v != nil {
-			value, ok = append([]byte(nil), v...), true
+			value = append([]byte{}, v...)
 		}
 		return nil
 	})
-	return value, ok, err
+	return value, err
 }
 
 // StateWithPrefix returns every state key with the given prefix and its value, in key order
