@@ -307,7 +307,7 @@ func VerifyTx(tx *bolt.Tx) (Report, error) {
 	if rb == nil || tx.Bucket(BucketHead) == nil {
 		return fail(&CorruptError{Seq: 1, Problem: "audit buckets missing"})
 	}
-	var prev [32]byte
+	var prev, prevPrev [32]byte
 	want := uint64(1)
 	c := rb.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
@@ -325,16 +325,27 @@ func VerifyTx(tx *bolt.Tx) (Report, error) {
 			return fail(&CorruptError{Seq: want, Problem: fmt.Sprintf("record stored at %d says seq %d (reordered)", want, r.Seq)})
 		}
 		if !bytes.Equal(r.Prev, prev[:]) {
-			p := fmt.Sprintf("prev hash does not match record %d (record %d or this record was altered)", want-1, want-1)
 			if want == 1 {
-				p = "first record's prev hash is not zero"
+				return fail(&CorruptError{Seq: 1, Problem: "first record's prev hash is not zero"})
 			}
-			return fail(&CorruptError{Seq: want - boolU(want > 1), Problem: p})
+			// The link want-1 → want is broken: either record want-1 was altered, or record
+			// want was (its prev field, or it was replaced). If want's own forward link holds,
+			// want is consistent with the rest of the chain and want-1 is the altered one.
+			if forwardLinkHolds(tx, r) {
+				rep.Records, rep.HeadSeq = want-2, want-2
+				if want-2 > 0 {
+					rep.HeadHash = "0x" + hex.EncodeToString(prevPrev[:])
+				} else {
+					rep.HeadHash = "0x" + hex.EncodeToString(make([]byte, 32))
+				}
+				return fail(&CorruptError{Seq: want - 1, Problem: fmt.Sprintf("record %d was altered: its hash does not match record %d's prev hash", want-1, want)})
+			}
+			return fail(&CorruptError{Seq: want, Problem: fmt.Sprintf("record %d was altered or replaced: its prev hash does not match record %d", want, want-1)})
 		}
 		if !r.Event.Kind.Valid() {
 			return fail(&CorruptError{Seq: want, Problem: fmt.Sprintf("unknown kind %q", r.Event.Kind)})
 		}
-		prev = r.Hash
+		prevPrev, prev = prev, r.Hash
 		rep.Records, rep.HeadSeq = want, want
 		rep.HeadHash = "0x" + hex.EncodeToString(prev[:])
 		want++
@@ -348,21 +359,31 @@ func VerifyTx(tx *bolt.Tx) (Report, error) {
 		}
 		return rep, err
 	}
-	if seq != rep.HeadSeq {
+	if seq > rep.HeadSeq {
 		return fail(&CorruptError{Seq: rep.HeadSeq + 1, Problem: fmt.Sprintf("head says seq %d but the chain ends at %d (records missing at the end)", seq, rep.HeadSeq)})
 	}
+	if seq < rep.HeadSeq {
+		rep.Records, rep.HeadSeq = seq, seq
+		return fail(&CorruptError{Seq: seq + 1, Problem: fmt.Sprintf("record %d is beyond the head (seq %d): appended outside the log", seq+1, seq)})
+	}
 	if h != prev {
-		return fail(&CorruptError{Seq: rep.HeadSeq, Problem: "last record does not match the head hash (altered)"})
+		rep.Records, rep.HeadSeq = rep.HeadSeq-1, rep.HeadSeq-1
+		rep.HeadHash = "0x" + hex.EncodeToString(prevPrev[:])
+		return fail(&CorruptError{Seq: seq, Problem: "last record does not match the head hash (altered)"})
 	}
 	rep.OK = true
 	return rep, nil
 }
 
-func boolU(b bool) uint64 {
-	if b {
-		return 1
+// forwardLinkHolds reports whether r's hash is the prev hash of the next record (or, for the
+// last record, the head hash).
+func forwardLinkHolds(tx *bolt.Tx, r Record) bool {
+	if v := tx.Bucket(BucketRecords).Get(seqKey(r.Seq + 1)); v != nil {
+		next, err := Decode(r.Seq+1, v)
+		return err == nil && bytes.Equal(next.Prev, r.Hash[:])
 	}
-	return 0
+	seq, h, err := Head(tx)
+	return err == nil && seq == r.Seq && h == r.Hash
 }
 
 // jsonLine is the export form of one record.
