@@ -89,7 +89,11 @@ func (p *Policy) evaluate(in *Intent, usage UsageReader, now time.Time, verbose 
 		return deny(&d, CodeStaleTimestamp, "settings.max_timestamp_skew", "claim timestamp missing or out of range")
 	}
 	if diff := now.Unix() - int64(in.Timestamp); diff > skew || diff < -skew {
-		return deny(&d, CodeStaleTimestamp, "settings.max_timestamp_skew", fmt.Sprintf("claim timestamp is %ds from the appliance clock (max %ds)", -diff, skew))
+		when := fmt.Sprintf("%ds old", diff)
+		if diff < 0 {
+			when = fmt.Sprintf("%ds in the future", -diff)
+		}
+		return deny(&d, CodeStaleTimestamp, "settings.max_timestamp_skew", fmt.Sprintf("claim timestamp is %s (max skew %ds)", when, skew))
 	}
 	// 5. Deny rules: any match denies.
 	var denyBy *rule
@@ -234,8 +238,13 @@ func windowName(w time.Duration) string {
 	if w == 0 {
 		return "lifetime"
 	}
-	if w%(24*time.Hour) == 0 {
+	switch {
+	case w%(24*time.Hour) == 0:
 		return fmt.Sprintf("%dd", w/(24*time.Hour))
+	case w%time.Hour == 0:
+		return fmt.Sprintf("%dh", w/time.Hour)
+	case w%time.Minute == 0:
+		return fmt.Sprintf("%dm", w/time.Minute)
 	}
 	return w.String()
 }
