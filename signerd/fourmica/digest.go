@@ -164,19 +164,30 @@ func StructHashV2(c *ClaimsV2) Hash {
 	return h.structV2(c)
 }
 
-func (h *hasher) structV1(c *ClaimsV1) Hash {
-	b := h.grow(256)
+// encodeDataV1 writes EIP-712 encodeData (typeHash ‖ 7 words) into b[0:256].
+func encodeDataV1(b []byte, c *ClaimsV1) {
 	copy(b[0:32], TypeHashV1[:])
 	putV1Words(b[32:256], c)
+}
+
+// encodeDataV2 writes EIP-712 encodeData (typeHash ‖ 16 words) into b[0:544]; tagHash is
+// keccak256 of the UTF-8 tag.
+func encodeDataV2(b []byte, c *ClaimsV2, tagHash *Hash) {
+	copy(b[0:32], TypeHashV2[:])
+	putV2Words(b[32:512], c)
+	copy(b[512:544], tagHash[:])
+}
+
+func (h *hasher) structV1(c *ClaimsV1) Hash {
+	b := h.grow(256)
+	encodeDataV1(b, c)
 	return h.sum(b)
 }
 
 func (h *hasher) structV2(c *ClaimsV2) Hash {
 	tag := h.sumString(c.RequiredValidationTag)
 	b := h.grow(544)
-	copy(b[0:32], TypeHashV2[:])
-	putV2Words(b[32:512], c)
-	copy(b[512:544], tag[:])
+	encodeDataV2(b, c, &tag)
 	return h.sum(b)
 }
 

@@ -288,3 +288,6 @@ func u64FromJSON(b []byte) (uint64, error) {
 	}
 	return n, nil
 }
+
+// Bytes returns a copy of h as a slice.
+func (h Hash) Bytes() []byte { return append([]byte(nil), h[:]...) }
