@@ -865,6 +865,14 @@ func (c *compiler) compileSellers(file string, items []*yaml.Node, path string) 
 
 func (c *compiler) ruleHeader(i int, it item, kind string, extra ...string) (id string, path string, f map[string]*yaml.Node, ok bool) {
 	path = fmt.Sprintf("%s[%d]", kind, i)
+	if it.val.Kind == yaml.MappingNode { // name errors by id when the id is readable
+		for j := 0; j+1 < len(it.val.Content); j += 2 {
+			if k, v := it.val.Content[j], it.val.Content[j+1]; k.Value == "id" && v.Kind == yaml.ScalarNode && reIdent.MatchString(v.Value) {
+				path = fmt.Sprintf("%s[%s]", kind, v.Value)
+				break
+			}
+		}
+	}
 	allowed := append(append([]string{"id", "description"}, selectorFields...), extra...)
 	f = c.fields(it.file, it.val, path, allowed...)
 	idn, has := f["id"]

@@ -18,7 +18,8 @@
 //     Amount, Count}; Window 0 is a lifetime counter. Limit and Amount are shared: read-only.
 //   - Windows are bucketed (BucketWidth, BucketIndex, WindowFirstBucket, WindowBuckets): a charge
 //     applied at now lands in bucket BucketIndex(window, now); usage at now is the sum of buckets
-//     with index in [WindowFirstBucket(window, now), BucketIndex(window, now)]. This never
+//     with index in [WindowFirstBucket(window, now), BucketIndex(window, now)] (MemLedger sums
+//     every bucket ≥ first, so a writer whose clock ran ahead is still counted). This never
 //     under-counts the last `window`; it may over-count by up to one bucket (w/60).
 //   - MemLedger: in-memory UsageReader with Apply(charges, now), all-or-nothing; an exhausted
 //     charge returns *BudgetError, errors.Is(err, ErrBudgetExhausted).

@@ -64,10 +64,12 @@ func newRing(window time.Duration) *ring {
 	return r
 }
 
-func (r *ring) sum(first, cur int64, out *big.Int) {
+// sum adds every bucket with index ≥ first. Buckets after cur exist only when callers' clocks
+// disagree (a charge applied with a later now); counting them keeps the window conservative.
+func (r *ring) sum(first int64, out *big.Int) {
 	out.SetInt64(0)
 	for i, ix := range r.idx {
-		if ix >= first && ix <= cur && r.amt[i] != nil {
+		if ix >= first && r.amt[i] != nil {
 			out.Add(out, r.amt[i])
 		}
 	}
@@ -76,6 +78,12 @@ func (r *ring) sum(first, cur int64, out *big.Int) {
 func (r *ring) add(cur int64, amount *big.Int) {
 	n := int64(len(r.idx))
 	s := int(((cur % n) + n) % n)
+	if r.idx[s] > cur && r.amt[s] != nil {
+		// The slot holds a newer bucket (this caller's clock is behind): merge into it, which
+		// keeps the amount counted at least as long as its own bucket would.
+		r.amt[s].Add(r.amt[s], amount)
+		return
+	}
 	if r.idx[s] != cur || r.amt[s] == nil {
 		r.idx[s] = cur
 		r.amt[s] = new(big.Int)
@@ -89,7 +97,7 @@ func (l *MemLedger) Usage(key string, window time.Duration, now time.Time) (*big
 	defer l.mu.Unlock()
 	out := new(big.Int)
 	if r := l.counters[counterKey{key, window}]; r != nil {
-		r.sum(WindowFirstBucket(window, now), BucketIndex(window, now), out)
+		r.sum(WindowFirstBucket(window, now), out)
 	}
 	return out, nil
 }
@@ -109,7 +117,7 @@ func (l *MemLedger) Apply(charges []Charge, now time.Time) error {
 		ck := counterKey{c.Key, c.Window}
 		used.SetInt64(0)
 		if r := l.counters[ck]; r != nil {
-			r.sum(WindowFirstBucket(c.Window, now), BucketIndex(c.Window, now), &used)
+			r.sum(WindowFirstBucket(c.Window, now), &used)
 		}
 		p := pending[ck]
 		if p == nil {

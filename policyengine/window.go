@@ -5,7 +5,9 @@ import "time"
 // Sliding windows are bucketed so counter state stays bounded: a window w is split into buckets
 // of BucketWidth(w) (w/60 rounded down to whole seconds, at least 1 s). A charge applied at time t
 // lands in bucket BucketIndex(w, t). Usage at now is the sum of the buckets with index in
-// [WindowFirstBucket(w, now), BucketIndex(w, now)]. The first bucket is the one containing now-w,
+// [WindowFirstBucket(w, now), BucketIndex(w, now)] — in practice every bucket with index ≥ first,
+// since a bucket after the current one only exists if a writer's clock was ahead, and counting
+// it keeps the window conservative. The first bucket is the one containing now-w,
 // so everything charged in the last w is always counted (never under-counts); up to one bucket
 // width older than w may also be counted (errs towards denying). The durable ledger uses exactly
 // these functions. Window 0 means a lifetime counter with a single bucket (index 0).
