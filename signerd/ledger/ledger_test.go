@@ -436,3 +436,190 @@ func TestStateAndAudit(t *testing.T) {
 		t.Fatalf("deleted key still %q", v)
 	}
 }
+
+// testOp lets tests put arbitrary work into a group.
+type testOp struct {
+	opBase
+	f func(tx *bolt.Tx) error
+}
+
+func (o *testOp) apply(tx *bolt.Tx, _ time.Time) error { return o.f(tx) }
+
+// blockCommitter queues an op that holds the committer until the returned func is called, so
+// that the ops queued meanwhile form one group.
+func blockCommitter(t *testing.T, l *Ledger) (unblock func()) {
+	started, gate := make(chan struct{}), make(chan struct{})
+	o := &testOp{opBase: newBase(false), f: func(*bolt.Tx) error { close(started); <-gate; return nil }}
+	go func() { _ = l.submit(context.Background(), o) }()
+	<-started
+	return func() { close(gate); <-o.done }
+}
+
+func TestGroupCommitGroups(t *testing.T) {
+	l := openTest(t, &fakeClock{t: t0})
+	ctx := context.Background()
+	// Serial: one op per transaction.
+	for i := 0; i < 10; i++ {
+		if _, err := l.Reserve(ctx, resv(1, int64(i), "s")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := l.Stats(); st.Updates != 10 || st.Ops != 10 {
+		t.Fatalf("serial: %+v", st)
+	}
+	// 64 concurrent writers: far fewer transactions than operations.
+	var wg sync.WaitGroup
+	for w := 0; w < 64; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < 10; i++ {
+				r, err := l.Reserve(ctx, resv(int64(100+w), int64(i), "c"))
+				if err == nil {
+					_, err = l.Commit(ctx, r.RecordID, sig65(1))
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	st := l.Stats()
+	ops, upd := st.Ops-10, st.Updates-10
+	t.Logf("concurrent: %d ops in %d transactions (avg group %.1f)", ops, upd, float64(ops)/float64(upd))
+	if ops != 1280 || upd > ops/4 || st.Groups != st.Updates {
+		t.Fatalf("group commit did not group: %+v", st)
+	}
+}
+
+func TestFailedOpIsRerunAlone(t *testing.T) {
+	l := openTest(t, &fakeClock{t: t0})
+	ctx := context.Background()
+	unblock := blockCommitter(t, l)
+	errBoom := errors.New("boom")
+	results := make(chan error, 3)
+	var ids [2]RecordID
+	go func() { r, err := l.Reserve(ctx, resv(1, 1, "a")); ids[0] = r.RecordID; results <- err }()
+	time.Sleep(20 * time.Millisecond)
+	bad := &testOp{opBase: newBase(false), f: func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketState).Put([]byte("partial"), []byte("x")); err != nil {
+			return err
+		}
+		return errBoom // partial write then failure: must be rolled back
+	}}
+	go func() { results <- l.submit(ctx, bad) }()
+	time.Sleep(20 * time.Millisecond)
+	go func() { r, err := l.Reserve(ctx, resv(1, 2, "b")); ids[1] = r.RecordID; results <- err }()
+	time.Sleep(20 * time.Millisecond)
+	before := l.Stats()
+	unblock()
+	var got []error
+	for i := 0; i < 3; i++ {
+		got = append(got, <-results)
+	}
+	n := 0
+	for _, e := range got {
+		if errors.Is(e, errBoom) {
+			n++
+		} else if e != nil {
+			t.Fatal(e)
+		}
+	}
+	if n != 1 {
+		t.Fatalf("errors %v", got)
+	}
+	if v, _ := l.GetState("partial"); v != nil {
+		t.Fatal("partial write of a failed op was committed")
+	}
+	for _, id := range ids {
+		if r, err := l.Record(id); err != nil || r.Status != StatusReserved {
+			t.Fatalf("record %d: %v %v", id, r, err)
+		}
+	}
+	// The blocker's group was already counted in Updates; it and the group of three finish now.
+	if st := l.Stats(); st.Updates-before.Updates != 2 || st.Groups-before.Groups != 2 || st.Ops-before.Ops != 4 {
+		t.Fatalf("want one group in two transactions: before %+v after %+v", before, st)
+	}
+	if rep, err := l.VerifyAudit(); err != nil || rep.Records != 2 {
+		t.Fatalf("%+v %v", rep, err)
+	}
+}
+
+func TestCancelledWhileQueuedWritesNothing(t *testing.T) {
+	l := openTest(t, &fakeClock{t: t0})
+	unblock := blockCommitter(t, l)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() {
+		_, err := l.Reserve(ctx, resv(1, 1, "a", charge("daily", time.Hour, 10, 5)))
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v", err)
+	}
+	unblock()
+	if u, _ := l.Usage("daily/agent-a", time.Hour, t0); u.Sign() != 0 {
+		t.Fatalf("cancelled reservation charged %s", u)
+	}
+	if rs, _ := l.Recent(10); len(rs) != 0 {
+		t.Fatalf("cancelled reservation left %d records", len(rs))
+	}
+}
+
+func TestQueriesAndOptions(t *testing.T) {
+	if _, err := Open(Options{}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("empty path: %v", err)
+	}
+	if _, err := Open(Options{Path: filepath.Join(t.TempDir(), "x"), MaxBatch: -1}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("bad MaxBatch: %v", err)
+	}
+	clk := &fakeClock{t: t0}
+	l := openTest(t, clk)
+	// A second Open of the same file fails on the lock instead of corrupting it.
+	if _, err := Open(Options{Path: l.Path(), LockTimeout: 50 * time.Millisecond}); err == nil {
+		t.Fatal("second open of a locked file succeeded")
+	}
+	ctx := context.Background()
+	for i := int64(0); i < 5; i++ {
+		r, _ := l.Reserve(ctx, resv(7, i, fmt.Sprint(i), charge("daily", 24*time.Hour, 100, 3), charge("hourly", time.Hour, 100, 2)))
+		if i%2 == 0 {
+			_, _ = l.Commit(ctx, r.RecordID, sig65(byte(i)))
+		}
+	}
+	_, _ = l.Reserve(ctx, resv(8, 0, "other tab"))
+	recent, err := l.Recent(3)
+	if err != nil || len(recent) != 3 || recent[0].ID != 6 || recent[2].ID != 4 {
+		t.Fatalf("recent: %v %v", recent, err)
+	}
+	byTab, err := l.ByTab(wallet, big.NewInt(7))
+	if err != nil || len(byTab) != 5 || byTab[4].ReqID.Int64() != 4 || byTab[4].Status != StatusSigned {
+		t.Fatalf("by tab: %v %v", byTab, err)
+	}
+	all, _ := l.ByTab(wallet, nil)
+	if len(all) != 6 {
+		t.Fatalf("by wallet: %d", len(all))
+	}
+	spend, err := l.SpendAll(clk.Now())
+	if err != nil || len(spend) != 2 || spend[0].Key != "daily/agent-a" || spend[0].Used.Int64() != 15 || spend[1].Used.Int64() != 10 {
+		t.Fatalf("spend: %+v %v", spend, err)
+	}
+	rec, _ := l.Record(1)
+	js, err := rec.MarshalJSON()
+	if err != nil || !bytes.Contains(js, []byte(`"status":"signed"`)) || !bytes.Contains(js, []byte(`"tab_id":"7"`)) {
+		t.Fatalf("json %s %v", js, err)
+	}
+	if _, err := l.Record(999); !errors.Is(err, ErrNotFound) {
+		t.Fatal(err)
+	}
+	if id, err := ParseRecordID("42"); err != nil || id != 42 {
+		t.Fatal(id, err)
+	}
+	seq, _, err := l.AuditHead()
+	if err != nil || seq != 9 {
+		t.Fatalf("audit head %d %v", seq, err)
+	}
+}
