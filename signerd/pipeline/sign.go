@@ -1,0 +1,322 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/ethereum/go-ethereum/common"
+
+	"github.com/signerd/signerd/hsm"
+	"github.com/signerd/signerd/policyengine"
+	"github.com/signerd/signerd/signerd/audit"
+	"github.com/signerd/signerd/signerd/fourmica"
+	"github.com/signerd/signerd/signerd/ledger"
+)
+
+// Sign runs the pipeline from the policy step on for an admitted caller: policy → replay
+// check and durable reservation → kill switch pass → HSM signature → verification → durable
+// commit. On success the caller must write the response and then call Result.Done.
+func (p *Pipeline) Sign(ctx context.Context, a *Admission, req *Request) (res *Result, err error) {
+	out := Outcome{}
+	defer func() {
+		if p.o.Observe != nil {
+			if err != nil {
+				e := AsError(err)
+				out.Code = e.Code
+				switch e.Kind {
+				case Denied:
+					out.Decision = "deny"
+				case Pending:
+					out.Decision = "needs_approval"
+				case Invalid:
+					out.Decision = "invalid"
+				case Conflict:
+					out.Decision = "conflict"
+				default:
+					out.Decision = "fault"
+				}
+			} else {
+				out.Decision, out.Code, out.Replayed = "allow", "ok", res.Replayed
+			}
+			p.o.Observe(out)
+		}
+	}()
+
+	pay := req.Claims.Payment()
+	if pay == nil {
+		return nil, invalid("claims", "missing")
+	}
+	out.Amount = &pay.Amount
+	wallet := common.Address(pay.User)
+	if req.Wallet != nil && *req.Wallet != wallet {
+		return nil, invalid("wallet", "does not match claims.user_address")
+	}
+	switch req.Scheme {
+	case fourmica.SchemeEIP712, fourmica.SchemeEIP191:
+	default:
+		return nil, invalid("scheme", "want eip712 or eip191")
+	}
+	if req.Claims.Version == fourmica.V2 && req.Claims.V2.ValidationChainID != p.o.Domain.ChainID() {
+		return nil, invalid("claims.validation_chain_id", "must equal the chain id %d", p.o.Domain.ChainID())
+	}
+
+	now := p.o.Clock()
+	pol := a.policy
+	intent := p.intent(a, req, wallet, pay)
+	dec := pol.Evaluate(intent, p.o.Ledger, now)
+
+	canon, merr := req.Claims.MarshalJSON()
+	if merr != nil {
+		return nil, invalid("claims", "%s", merr.Error())
+	}
+	chash := claimsHash(req.Scheme, canon)
+	phash := pol.Hash()
+	base := audit.Event{
+		Kind: audit.KindDecision, Principal: a.Principal(), Agent: a.Agent, Wallet: hexAddr(wallet),
+		TabID: pay.TabID.Dec(), ReqID: pay.ReqID.Dec(), PolicyHash: phash[:], ClaimsHash: chash[:],
+		Scheme: string(req.Scheme),
+	}
+
+	var approvalID string // the approval that let the request through (audited by the approvals manager)
+	switch dec.Outcome {
+	case policyengine.Allow:
+	case policyengine.NeedsApproval:
+		st, aerr := p.awaitApproval(ctx, a, req, wallet, pay, chash, dec, base)
+		if aerr != nil {
+			return nil, aerr
+		}
+		approvalID = st.ID
+		p.o.Logger.Debug("approved request proceeds", "approval_id", approvalID)
+	default:
+		if dec.Code == policyengine.CodeUsageUnavailable {
+			p.o.Logger.Error("policy could not read usage", "err", dec.Err)
+			return nil, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the budget ledger is unavailable", dec.Err)
+		}
+		ev := base
+		ev.Decision, ev.Code, ev.Rule, ev.Reason = "deny", dec.Code, dec.Rule, dec.Reason
+		p.auditAsync(ctx, ev)
+		return nil, denied(http.StatusForbidden, dec.Code, dec.Rule, dec.Reason)
+	}
+
+	// The key must exist before anything is reserved.
+	signer, serr := p.o.Keys.Signer(ctx, wallet)
+	if serr != nil {
+		if errors.Is(serr, hsm.ErrUnknownKey) || errors.Is(serr, hsm.ErrKeyRetired) {
+			return nil, denied(http.StatusForbidden, CodeUnknownWallet, "", "no active key for this wallet")
+		}
+		return nil, backendFault(serr)
+	}
+
+	var digest [32]byte
+	dh, derr := p.o.Domain.Digest(req.Claims, req.Scheme)
+	if derr != nil {
+		return nil, invalid("claims", "%s", derr.Error())
+	}
+	digest = dh
+
+	rr, rerr := p.o.Ledger.Reserve(ctx, ledger.Reservation{
+		Wallet: wallet, TabID: pay.TabID.Big(), ReqID: pay.ReqID.Big(), Claims: canon, Charges: dec.Charges,
+		Principal: a.Principal(), Agent: a.Agent, PolicyHash: phash[:], Rule: dec.Rule, Digest: digest,
+		Scheme: string(req.Scheme), TaskID: req.TaskID,
+	})
+	if rerr != nil {
+		return nil, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the ledger could not record the request", rerr)
+	}
+	id := rr.RecordID
+	conflict := func() error {
+		return &Error{Kind: Conflict, Status: http.StatusConflict, Code: CodeReplayConflict, RecordID: uint64(id),
+			Reason: "this (wallet, tab_id, req_id) was already used with different claims"}
+	}
+	switch rr.Outcome {
+	case ledger.Reserved:
+	case ledger.Resumable:
+		if rr.Digest != digest { // same claims under another scheme
+			return nil, conflict()
+		}
+	case ledger.Duplicate:
+		if rr.Digest != digest || len(rr.Signature) != 65 {
+			return nil, conflict()
+		}
+		release, ok := p.o.KillSwitch.Pass()
+		if !ok {
+			return nil, errKillSwitch()
+		}
+		res = &Result{Claims: req.Claims, Scheme: req.Scheme, Digest: digest, RecordID: id, Replayed: true, release: release}
+		copy(res.Signature[:], rr.Signature)
+		return res, nil
+	case ledger.Conflict:
+		return nil, conflict()
+	case ledger.BudgetExhausted:
+		code, rule := policyengine.CodeBudgetExhausted, ""
+		if b := rr.Budget; b != nil {
+			code, rule = b.Code(), b.Budget
+		}
+		return nil, denied(http.StatusForbidden, code, rule, "the budget would be exceeded")
+	default:
+		return nil, fault(http.StatusInternalServerError, CodeInternal, "internal error", errors.New("unknown reserve outcome "+rr.Outcome.String()))
+	}
+
+	// Kill switch again: a pass is held until the response is written.
+	release, ok := p.o.KillSwitch.Pass()
+	if !ok {
+		p.release(id, CodeKillSwitch, "kill switch engaged before signing")
+		e := errKillSwitch()
+		e.RecordID = uint64(id)
+		return nil, e
+	}
+	sig, err := signer.SignDigest(ctx, digest)
+	if err == nil {
+		// Verified by recovery under Core's rule, against the claims' user_address.
+		err = verify(digest, sig, wallet)
+	}
+	if err != nil {
+		release()
+		p.o.Logger.Error("signing failed after reservation", "record_id", uint64(id), "wallet", hexAddr(wallet), "err", err)
+		p.release(id, ledger.CodeSigningFailed, "signing failed: "+safeCause(err))
+		e := backendFault(err)
+		e.RecordID = uint64(id)
+		return nil, e
+	}
+	cr, err := p.o.Ledger.Commit(ctx, id, sig[:])
+	if err != nil || len(cr.Signature) != 65 {
+		release()
+		if err == nil {
+			err = errors.New("ledger returned a malformed signature")
+		}
+		p.o.Logger.Error("commit failed; signature withheld", "record_id", uint64(id), "err", err)
+		e := fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the signature could not be recorded; it was not released", err)
+		e.RecordID = uint64(id)
+		return nil, e
+	}
+	res = &Result{Claims: req.Claims, Scheme: req.Scheme, Digest: digest, RecordID: id, Replayed: cr.AlreadySigned, release: release}
+	copy(res.Signature[:], cr.Signature)
+	return res, nil
+}
+
+// release undoes a reservation; a failure is logged (the record stays reserved and is
+// resumable, which never lets a signature out).
+func (p *Pipeline) release(id ledger.RecordID, code, reason string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.o.Ledger.Release(ctx, id, code, reason); err != nil {
+		p.o.Logger.Error("releasing a reservation failed", "record_id", uint64(id), "err", err)
+	}
+}
+
+// verify checks the signature by recovery, with Core's rule (v 27/28 accepted, recovered
+// address must equal user_address).
+func verify(digest [32]byte, sig [65]byte, wallet common.Address) error {
+	return fourmica.VerifySignature(digest, sig[:], fourmica.Address(wallet))
+}
+
+func backendFault(err error) *Error {
+	switch {
+	case errors.Is(err, hsm.ErrOverloaded):
+		e := fault(http.StatusServiceUnavailable, CodeOverloaded, "the key backend is busy; retry shortly", err)
+		e.RetryAfter = time.Second
+		return e
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return fault(http.StatusServiceUnavailable, CodeBackendUnavailable, "the request was cancelled before it was signed", err)
+	default:
+		return fault(http.StatusServiceUnavailable, CodeBackendUnavailable, "the key backend could not sign", err)
+	}
+}
+
+// safeCause names the class of a signing error without its details.
+func safeCause(err error) string {
+	for _, s := range []error{hsm.ErrOverloaded, hsm.ErrUnavailable, hsm.ErrSignature, hsm.ErrKeyRetired,
+		hsm.ErrUnknownKey, hsm.ErrCorrupt, hsm.ErrPolicyMismatch, context.Canceled, context.DeadlineExceeded} {
+		if errors.Is(err, s) {
+			return s.Error()
+		}
+	}
+	return "backend error"
+}
+
+func hexAddr(a common.Address) string { return fourmica.Address(a).Hex() }
+
+func (p *Pipeline) intent(a *Admission, req *Request, wallet common.Address, pay *fourmica.ClaimsV1) *policyengine.Intent {
+	in := &policyengine.Intent{
+		Caller:      a.Caller,
+		Agent:       a.Agent,
+		Wallet:      wallet,
+		PayTo:       common.Address(pay.Recipient),
+		ResourceURL: req.ResourceURL,
+		Host:        req.Host,
+		Network:     p.o.Network,
+		ChainID:     p.o.Domain.ChainID(),
+		Asset:       common.Address(pay.Asset),
+		Amount:      pay.Amount.Big(),
+		Version:     int(req.Claims.Version),
+		Timestamp:   pay.Timestamp,
+		TaskID:      req.TaskID,
+		TaskLabels:  req.TaskLabels,
+	}
+	if v2 := req.Claims.V2; req.Claims.Version == fourmica.V2 && v2 != nil {
+		in.ValidationRegistry = common.Address(v2.ValidationRegistry)
+		in.Validator = common.Address(v2.Validator)
+		in.MinScore = v2.MinValidationScore
+		in.Tag = v2.RequiredValidationTag
+		in.ValidationChainID = v2.ValidationChainID
+	}
+	return in
+}
+
+// awaitApproval files the request for approval (or finds the existing one) and long-polls it.
+func (p *Pipeline) awaitApproval(ctx context.Context, a *Admission, req *Request, wallet common.Address,
+	pay *fourmica.ClaimsV1, chash [32]byte, dec policyengine.Decision, base audit.Event) (ApprovalStatus, error) {
+	if p.o.Approvals == nil {
+		return ApprovalStatus{}, denied(http.StatusForbidden, CodeApprovalDenied, dec.Rule, "this request needs approval and approvals are not configured")
+	}
+	fp := approvalFingerprint(a.Agent, chash)
+	st, err := p.o.Approvals.Submit(ctx, ApprovalRequest{
+		Fingerprint: fp, Agent: a.Agent, Principal: a.Principal(), Wallet: wallet, Rule: dec.Rule,
+		Group: dec.Group, Timeout: dec.Timeout,
+		Summary: map[string]string{
+			"amount": pay.Amount.Dec(), "asset": pay.Asset.Hex(), "recipient": pay.Recipient.Hex(),
+			"tab_id": pay.TabID.Dec(), "req_id": pay.ReqID.Dec(), "scheme": string(req.Scheme),
+			"resource": req.ResourceURL, "task_id": req.TaskID, "reason": dec.Reason,
+		},
+	})
+	if err != nil {
+		return st, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the approval could not be filed", err)
+	}
+	if st.State == ApprovalWaiting && p.o.MaxWait > 0 {
+		if st, err = p.o.Approvals.Wait(ctx, st.ID, p.o.MaxWait); err != nil && st.ID == "" {
+			return st, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the approval could not be read", err)
+		}
+	}
+	switch st.State {
+	case ApprovalApproved:
+		return st, nil
+	case ApprovalDenied:
+		reason := "an operator denied this request, or its approval expired"
+		if st.Reason != "" {
+			reason = st.Reason
+		}
+		e := denied(http.StatusForbidden, CodeApprovalDenied, dec.Rule, reason)
+		e.ApprovalID = st.ID
+		return st, e
+	default:
+		return st, &Error{Kind: Pending, Status: http.StatusAccepted, Code: CodeApprovalPending, Rule: dec.Rule,
+			ApprovalID: st.ID, Reason: "held for approval by group " + dec.Group + "; poll the approval and submit again once approved"}
+	}
+}
+
+func approvalFingerprint(agent string, chash [32]byte) [32]byte {
+	return claimsHash(fourmica.Scheme("approval:"+agent), chash[:])
+}
+
+// auditAsync records a decision that lets no signature out without waiting for the fsync;
+// when the ledger queue is full it waits instead.
+func (p *Pipeline) auditAsync(ctx context.Context, ev audit.Event) {
+	err := p.o.Ledger.AuditAsync(ev)
+	if errors.Is(err, ledger.ErrOverloaded) {
+		_, err = p.o.Ledger.AppendAudit(ctx, ev)
+	}
+	if err != nil {
+		p.o.Logger.Error("audit of a decision failed", "code", ev.Code, "err", err)
+	}
+}

@@ -1,0 +1,550 @@
+package server
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"math/big"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ethereum/go-ethereum/common"
+
+	"github.com/signerd/signerd/hsm"
+	"github.com/signerd/signerd/signerd/approvals"
+	"github.com/signerd/signerd/signerd/audit"
+	"github.com/signerd/signerd/signerd/config"
+	"github.com/signerd/signerd/signerd/fourmica"
+	"github.com/signerd/signerd/signerd/killswitch"
+	"github.com/signerd/signerd/signerd/ledger"
+	"github.com/signerd/signerd/signerd/pipeline"
+)
+
+// adminRoutes is the admin socket's API: operators only (config.Operators, by peer uid).
+func (d *Daemon) adminRoutes() http.Handler {
+	mux := http.NewServeMux()
+	op := func(route string, h func(http.ResponseWriter, *http.Request, config.Operator)) http.HandlerFunc {
+		return d.instrument("admin", route, func(w http.ResponseWriter, r *http.Request) {
+			c, ok := d.caller(w, r)
+			if !ok {
+				return
+			}
+			o, ok := d.cfg.Operator(c.UID)
+			if !ok {
+				writeError(w, r, &pipeline.Error{Kind: pipeline.Denied, Status: http.StatusForbidden, Code: pipeline.CodeUnknownCaller,
+					Reason: "uid " + strconv.FormatUint(uint64(c.UID), 10) + " is not an operator"})
+				return
+			}
+			h(w, r, o)
+		})
+	}
+	mux.HandleFunc("POST /v1/admin/kill-switch", op("kill_switch", d.handleKillSwitch))
+	mux.HandleFunc("GET /v1/admin/kill-switch", op("kill_switch_status", func(w http.ResponseWriter, r *http.Request, _ config.Operator) {
+		writeValue(w, r, http.StatusOK, d.ks.Status())
+	}))
+	mux.HandleFunc("GET /v1/admin/status", op("status", d.handleStatus))
+	mux.HandleFunc("POST /v1/admin/policy/reload", op("policy_reload", d.handlePolicyReload))
+	mux.HandleFunc("GET /v1/admin/policy", op("policy", func(w http.ResponseWriter, r *http.Request, _ config.Operator) {
+		writeValue(w, r, http.StatusOK, d.policyInfo(d.policy.Load(), ""))
+	}))
+	mux.HandleFunc("GET /v1/admin/approvals", op("approvals", d.handleApprovalsList))
+	mux.HandleFunc("GET /v1/admin/approvals/{id}", op("approval", d.handleApprovalGet))
+	mux.HandleFunc("POST /v1/admin/approvals/{id}/approve", op("approval_approve", d.handleApprove))
+	mux.HandleFunc("POST /v1/admin/approvals/{id}/deny", op("approval_deny", d.handleDeny))
+	mux.HandleFunc("GET /v1/admin/audit/verify", op("audit_verify", d.handleAuditVerify))
+	mux.HandleFunc("GET /v1/admin/audit/export", op("audit_export", d.handleAuditExport))
+	mux.HandleFunc("GET /v1/admin/ledger/spend", op("ledger_spend", d.handleSpend))
+	mux.HandleFunc("GET /v1/admin/ledger/records", op("ledger_records", d.handleRecords))
+	mux.HandleFunc("GET /v1/admin/keys", op("keys", d.handleKeys))
+	mux.HandleFunc("POST /v1/admin/keys/generate", op("keys_generate", d.handleKeyGenerate))
+	mux.HandleFunc("POST /v1/admin/keys/import", op("keys_import", d.handleKeyImport))
+	mux.HandleFunc("POST /v1/admin/keys/retire", op("keys_retire", d.handleKeyRetire))
+	mux.HandleFunc("GET /v1/ready", op("ready", d.handleReady))
+	mux.HandleFunc("GET /v1/health", d.instrument("admin", "health", d.handleHealth))
+	mh := d.metricsHandler()
+	mux.HandleFunc("GET /metrics", op("metrics", func(w http.ResponseWriter, r *http.Request, _ config.Operator) { mh.ServeHTTP(w, r) }))
+	mux.HandleFunc("/", d.instrument("admin", "not_found", notFound))
+	return mux
+}
+
+// adminError writes an operator-facing error (operators see the cause's text: it never
+// holds secrets, and they need it).
+func adminError(w http.ResponseWriter, r *http.Request, status int, code string, err error) {
+	writeError(w, r, &pipeline.Error{Kind: pipeline.Failed, Status: status, Code: code, Reason: err.Error()})
+}
+
+func (d *Daemon) handleKillSwitch(w http.ResponseWriter, r *http.Request, o config.Operator) {
+	var body struct {
+		Engaged *bool  `json:"engaged"`
+		Reason  string `json:"reason"`
+	}
+	if e := decodeBody(r, d.cfg.Limits.MaxBodyBytes, &body); e != nil {
+		writeError(w, r, e)
+		return
+	}
+	if body.Engaged == nil {
+		writeError(w, r, pipeline.Invalidf("engaged", "missing (true to stop signing, false to resume)"))
+		return
+	}
+	if *body.Engaged {
+		if strings.TrimSpace(body.Reason) == "" {
+			writeError(w, r, pipeline.Invalidf("reason", "required when engaging"))
+			return
+		}
+		if err := d.EngageKillSwitch(r.Context(), o.Name, body.Reason); err != nil {
+			adminError(w, r, http.StatusServiceUnavailable, "kill_switch_not_drained", err)
+			return
+		}
+		d.log.Warn("kill switch engaged", "operator", o.Name, "reason", body.Reason)
+		writeValue(w, r, http.StatusOK, map[string]any{"status": d.ks.Status()})
+		return
+	}
+	res, err := d.ks.Resume(r.Context(), o.Name)
+	if err != nil {
+		status, code := http.StatusConflict, "resume_refused"
+		switch {
+		case errors.Is(err, killswitch.ErrNotEngaged):
+			code = "not_engaged"
+		case errors.Is(err, killswitch.ErrSameOperator):
+			code = "second_operator_required"
+		case errors.Is(err, killswitch.ErrConfirmExpired):
+			code = "confirmation_expired"
+		case errors.Is(err, killswitch.ErrTripFilePresent):
+			code = "trip_file_present"
+		default:
+			status, code = http.StatusServiceUnavailable, pipeline.CodeStoreUnavailable
+		}
+		adminError(w, r, status, code, err)
+		return
+	}
+	if res.Resumed {
+		d.metrics.killSwitch.Set(0)
+		d.log.Warn("kill switch released", "operator", o.Name)
+	}
+	status := http.StatusOK
+	if res.Pending != nil {
+		status = http.StatusAccepted
+	}
+	writeValue(w, r, status, map[string]any{"status": d.ks.Status(), "resume": res})
+}
+
+func (d *Daemon) handleStatus(w http.ResponseWriter, r *http.Request, _ config.Operator) {
+	ok, rd := d.ready(r.Context())
+	st := d.ledger.Stats()
+	writeValue(w, r, http.StatusOK, map[string]any{
+		"ready":       ok,
+		"readiness":   rd,
+		"kill_switch": d.ks.Status(),
+		"policy":      d.policyInfo(d.policy.Load(), ""),
+		"network":     d.cfg.Protocol.Network,
+		"domain":      map[string]any{"name": d.cfg.Protocol.EIP712Name, "version": d.cfg.Protocol.EIP712Version, "chain_id": d.cfg.Protocol.ChainID},
+		"wallets":     d.Wallets(),
+		"ledger":      map[string]any{"path": d.ledger.Path(), "groups": st.Groups, "ops": st.Ops, "updates": st.Updates, "async_errors": st.AsyncErrors},
+		"approvals":   map[string]any{"pending": countPending(d.approvals.List())},
+		"inflight":    len(d.sem),
+		"uptime":      time.Since(d.started).Round(time.Second).String(),
+		"pid":         pid(),
+	})
+}
+
+func countPending(as []approvals.Approval) int {
+	n := 0
+	for _, a := range as {
+		if a.State == approvals.Pending {
+			n++
+		}
+	}
+	return n
+}
+
+func (d *Daemon) handlePolicyReload(w http.ResponseWriter, r *http.Request, o config.Operator) {
+	info, err := d.ReloadPolicy(r.Context(), o.Name, "admin")
+	if err != nil {
+		code, status := "policy_invalid", http.StatusUnprocessableEntity
+		if !errors.Is(err, ErrPolicyRejected) {
+			code, status = pipeline.CodeStoreUnavailable, http.StatusServiceUnavailable
+		}
+		adminError(w, r, status, code, err)
+		return
+	}
+	writeValue(w, r, http.StatusOK, info)
+}
+
+func (d *Daemon) handleApprovalsList(w http.ResponseWriter, r *http.Request, _ config.Operator) {
+	list := d.approvals.List()
+	if s := r.URL.Query().Get("state"); s != "" {
+		out := list[:0]
+		for _, a := range list {
+			if string(a.State) == s {
+				out = append(out, a)
+			}
+		}
+		list = out
+	}
+	if list == nil {
+		list = []approvals.Approval{}
+	}
+	writeValue(w, r, http.StatusOK, map[string]any{"approvals": list})
+}
+
+func approvalError(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, approvals.ErrNotFound):
+		adminError(w, r, http.StatusNotFound, "not_found", err)
+	case errors.Is(err, approvals.ErrDecided):
+		adminError(w, r, http.StatusConflict, "already_decided", err)
+	case errors.Is(err, approvals.ErrNotInGroup):
+		adminError(w, r, http.StatusForbidden, "not_in_group", err)
+	default:
+		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeStoreUnavailable, err)
+	}
+}
+
+func (d *Daemon) handleApprovalGet(w http.ResponseWriter, r *http.Request, _ config.Operator) {
+	a, err := d.approvals.Get(r.PathValue("id"))
+	if err != nil {
+		approvalError(w, r, err)
+		return
+	}
+	writeValue(w, r, http.StatusOK, a)
+}
+
+func (d *Daemon) handleApprove(w http.ResponseWriter, r *http.Request, o config.Operator) {
+	if r.ContentLength != 0 {
+		var body struct {
+			Reason string `json:"reason"`
+		}
+		if e := decodeBody(r, d.cfg.Limits.MaxBodyBytes, &body); e != nil {
+			writeError(w, r, e)
+			return
+		}
+	}
+	a, err := d.approvals.Approve(r.Context(), r.PathValue("id"), o.Name)
+	if err != nil {
+		approvalError(w, r, err)
+		return
+	}
+	writeValue(w, r, http.StatusOK, a)
+}
+
+func (d *Daemon) handleDeny(w http.ResponseWriter, r *http.Request, o config.Operator) {
+	var body struct {
+		Reason string `json:"reason"`
+	}
+	if r.ContentLength != 0 {
+		if e := decodeBody(r, d.cfg.Limits.MaxBodyBytes, &body); e != nil {
+			writeError(w, r, e)
+			return
+		}
+	}
+	a, err := d.approvals.Deny(r.Context(), r.PathValue("id"), o.Name, body.Reason)
+	if err != nil {
+		approvalError(w, r, err)
+		return
+	}
+	writeValue(w, r, http.StatusOK, a)
+}
+
+func (d *Daemon) handleAuditVerify(w http.ResponseWriter, r *http.Request, _ config.Operator) {
+	rep, err := d.ledger.VerifyAudit()
+	if err != nil && !errors.Is(err, audit.ErrCorrupt) {
+		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeStoreUnavailable, err)
+		return
+	}
+	writeValue(w, r, http.StatusOK, rep)
+}
+
+func (d *Daemon) handleAuditExport(w http.ResponseWriter, r *http.Request, _ config.Operator) {
+	var from uint64
+	if s := r.URL.Query().Get("from"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			writeError(w, r, pipeline.Invalidf("from", "want a sequence number"))
+			return
+		}
+		from = v
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	if err := d.ledger.ExportAudit(w, from); err != nil {
+		d.log.Error("audit export failed midway", "err", err)
+	}
+}
+
+func (d *Daemon) handleSpend(w http.ResponseWriter, r *http.Request, _ config.Operator) {
+	q := r.URL.Query()
+	now := d.clock()
+	key := q.Get("key")
+	if key == "" {
+		all, err := d.ledger.SpendAll(now)
+		if err != nil {
+			adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeStoreUnavailable, err)
+			return
+		}
+		if all == nil {
+			all = []ledger.Spend{}
+		}
+		writeValue(w, r, http.StatusOK, map[string]any{"spend": all})
+		return
+	}
+	win, err := parseWindow(q.Get("window"))
+	if err != nil {
+		writeError(w, r, pipeline.Invalidf("window", "want minute, hour, day, 30d, a duration like 15m, or 0 (lifetime)"))
+		return
+	}
+	sp, err := d.ledger.Spend(key, win, now)
+	if err != nil {
+		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeStoreUnavailable, err)
+		return
+	}
+	writeValue(w, r, http.StatusOK, sp)
+}
+
+// parseWindow reads a budget window: minute, hour, day, 30d, a Go duration, or 0.
+func parseWindow(s string) (time.Duration, error) {
+	switch s {
+	case "", "0", "lifetime":
+		return 0, nil
+	case "minute":
+		return time.Minute, nil
+	case "hour":
+		return time.Hour, nil
+	case "day":
+		return 24 * time.Hour, nil
+	case "30d", "30days", "month":
+		return 30 * 24 * time.Hour, nil
+	}
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		v, err := strconv.Atoi(n)
+		if err == nil && v > 0 {
+			return time.Duration(v) * 24 * time.Hour, nil
+		}
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil || v < 0 {
+		return 0, errors.New("bad window")
+	}
+	return v, nil
+}
+
+func (d *Daemon) handleRecords(w http.ResponseWriter, r *http.Request, _ config.Operator) {
+	q := r.URL.Query()
+	if s := q.Get("id"); s != "" {
+		id, err := ledger.ParseRecordID(s)
+		if err != nil {
+			writeError(w, r, pipeline.Invalidf("id", "want a record id"))
+			return
+		}
+		rec, err := d.ledger.Record(id)
+		if errors.Is(err, ledger.ErrNotFound) {
+			adminError(w, r, http.StatusNotFound, "not_found", err)
+			return
+		} else if err != nil {
+			adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeStoreUnavailable, err)
+			return
+		}
+		writeValue(w, r, http.StatusOK, map[string]any{"records": []*ledger.PaymentRecord{rec}})
+		return
+	}
+	var recs []*ledger.PaymentRecord
+	var err error
+	if ws := q.Get("wallet"); ws != "" {
+		a, perr := fourmica.ParseAddress(ws)
+		if perr != nil {
+			writeError(w, r, pipeline.Invalidf("wallet", "not an address"))
+			return
+		}
+		var tab *big.Int
+		if ts := q.Get("tab"); ts != "" {
+			u, perr := fourmica.ParseU256(ts)
+			if perr != nil {
+				writeError(w, r, pipeline.Invalidf("tab", "not a 256-bit integer"))
+				return
+			}
+			tab = u.Big()
+		}
+		recs, err = d.ledger.ByTab(common.Address(a), tab)
+	} else {
+		n := 50
+		if s := q.Get("limit"); s != "" {
+			if n, err = strconv.Atoi(s); err != nil || n < 1 || n > 10000 {
+				writeError(w, r, pipeline.Invalidf("limit", "want 1..10000"))
+				return
+			}
+		}
+		recs, err = d.ledger.Recent(n)
+	}
+	if err != nil {
+		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeStoreUnavailable, err)
+		return
+	}
+	if recs == nil {
+		recs = []*ledger.PaymentRecord{}
+	}
+	writeValue(w, r, http.StatusOK, map[string]any{"records": recs})
+}
+
+func (d *Daemon) handleKeys(w http.ResponseWriter, r *http.Request, _ config.Operator) {
+	keys, err := d.backend.List(r.Context())
+	if err != nil {
+		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeBackendUnavailable, err)
+		return
+	}
+	if keys == nil {
+		keys = []hsm.KeyInfo{}
+	}
+	writeValue(w, r, http.StatusOK, map[string]any{"keys": keys})
+}
+
+// keysChanged refreshes the signers and recompiles the policy for the new wallet set, and
+// audits the key operation.
+func (d *Daemon) keysChanged(ctx context.Context, o config.Operator, action string, k hsm.KeyInfo) error {
+	ev := audit.Event{Kind: audit.KindKeyOp, Operator: o.Name, Wallet: fourmica.Address(k.Address).Hex(),
+		Attrs: map[string]string{"action": action, "uri": k.URI, "label": k.Label, "backend": k.Backend, "origin": string(k.Origin)}}
+	if _, err := d.ledger.AppendAudit(ctx, ev); err != nil {
+		d.log.Error("audit of a key operation failed", "action", action, "err", err)
+	}
+	if err := d.keys.refresh(ctx); err != nil {
+		return err
+	}
+	if _, err := d.ReloadPolicy(ctx, o.Name, "keys:"+action); err != nil {
+		d.log.Error("policy recompile after a key change failed", "err", err)
+	}
+	return nil
+}
+
+func keyError(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, hsm.ErrInvalidOptions), errors.Is(err, hsm.ErrBadKey):
+		adminError(w, r, http.StatusBadRequest, pipeline.CodeInvalidRequest, err)
+	case errors.Is(err, hsm.ErrUnknownKey), errors.Is(err, hsm.ErrBadURI):
+		adminError(w, r, http.StatusNotFound, "unknown_key", err)
+	case errors.Is(err, hsm.ErrKeyRetired):
+		adminError(w, r, http.StatusConflict, "key_retired", err)
+	default:
+		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeBackendUnavailable, err)
+	}
+}
+
+func (d *Daemon) handleKeyGenerate(w http.ResponseWriter, r *http.Request, o config.Operator) {
+	var body struct {
+		Label string `json:"label"`
+	}
+	if e := decodeBody(r, d.cfg.Limits.MaxBodyBytes, &body); e != nil {
+		writeError(w, r, e)
+		return
+	}
+	if body.Label == "" {
+		writeError(w, r, pipeline.Invalidf("label", "required"))
+		return
+	}
+	k, err := d.backend.Generate(r.Context(), hsm.GenerateOptions{Label: body.Label})
+	if err != nil {
+		keyError(w, r, err)
+		return
+	}
+	if err := d.keysChanged(r.Context(), o, "generate", k); err != nil {
+		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeBackendUnavailable, err)
+		return
+	}
+	writeValue(w, r, http.StatusOK, map[string]any{"key": k})
+}
+
+func (d *Daemon) handleKeyImport(w http.ResponseWriter, r *http.Request, o config.Operator) {
+	var body struct {
+		Label      string          `json:"label"`
+		KeyHex     *string         `json:"key_hex"`
+		Keystore   json.RawMessage `json:"keystore"`
+		Passphrase string          `json:"passphrase"`
+	}
+	if e := decodeBody(r, d.cfg.Limits.MaxBodyBytes, &body); e != nil {
+		writeError(w, r, e)
+		return
+	}
+	opts := hsm.ImportOptions{Label: body.Label, Passphrase: body.Passphrase}
+	hasKS := len(body.Keystore) > 0 && string(body.Keystore) != "null"
+	switch {
+	case body.Label == "":
+		writeError(w, r, pipeline.Invalidf("label", "required"))
+		return
+	case body.KeyHex != nil && hasKS:
+		writeError(w, r, pipeline.Invalidf("key_hex", "give key_hex or keystore, not both"))
+		return
+	case body.KeyHex != nil:
+		k, err := hex.DecodeString(strings.TrimPrefix(*body.KeyHex, "0x"))
+		if err != nil || len(k) != 32 {
+			writeError(w, r, pipeline.Invalidf("key_hex", "want 32 bytes of hex"))
+			return
+		}
+		opts.Key = k
+	case hasKS:
+		ks := []byte(body.Keystore)
+		// The keystore may be sent as a JSON string holding the JSON.
+		var s string
+		if json.Unmarshal(ks, &s) == nil {
+			ks = []byte(s)
+		}
+		opts.Keystore = ks
+	default:
+		writeError(w, r, pipeline.Invalidf("key_hex", "key_hex or keystore is required"))
+		return
+	}
+	k, err := d.backend.Import(r.Context(), opts)
+	clear(opts.Key)
+	if err != nil {
+		keyError(w, r, err)
+		return
+	}
+	if err := d.keysChanged(r.Context(), o, "import", k); err != nil {
+		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeBackendUnavailable, err)
+		return
+	}
+	writeValue(w, r, http.StatusOK, map[string]any{"key": k})
+}
+
+func (d *Daemon) handleKeyRetire(w http.ResponseWriter, r *http.Request, o config.Operator) {
+	var body struct {
+		URI string `json:"uri"`
+	}
+	if e := decodeBody(r, d.cfg.Limits.MaxBodyBytes, &body); e != nil {
+		writeError(w, r, e)
+		return
+	}
+	if body.URI == "" {
+		writeError(w, r, pipeline.Invalidf("uri", "required"))
+		return
+	}
+	if err := d.backend.Retire(r.Context(), body.URI); err != nil {
+		keyError(w, r, err)
+		return
+	}
+	var info hsm.KeyInfo
+	if keys, err := d.backend.List(r.Context()); err == nil {
+		for _, k := range keys {
+			if k.URI == body.URI {
+				info = k
+			}
+		}
+	}
+	if info.URI == "" {
+		info = hsm.KeyInfo{URI: body.URI, Retired: true}
+	}
+	if err := d.keysChanged(r.Context(), o, "retire", info); err != nil {
+		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeBackendUnavailable, err)
+		return
+	}
+	writeValue(w, r, http.StatusOK, map[string]any{"key": info})
+}
+
+func (d *Daemon) handleReady(w http.ResponseWriter, r *http.Request, _ config.Operator) {
+	ok, st := d.ready(r.Context())
+	st["ready"] = ok
+	status := http.StatusOK
+	if !ok {
+		status = http.StatusServiceUnavailable
+	}
+	writeValue(w, r, status, st)
+}

@@ -1,0 +1,419 @@
+// Package server is signerd's daemon: two HTTP/1.1 servers on Unix sockets (agent and admin),
+// caller identity from SO_PEERCRED, JSON and CBOR codecs with strict decoding, the error
+// envelope, the agent and admin routes, Prometheus metrics, and the assembly of the daemon's
+// parts (key backend, ledger and audit log, policy, kill switch, approvals, signing pipeline).
+//
+// Open builds a Daemon from a config; Serve runs it; Shutdown drains in-flight requests and
+// closes everything. cmd/signerd wraps it with signals; tests start it in-process.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/signerd/signerd/hsm"
+	_ "github.com/signerd/signerd/hsm/backends" // link every key backend this build includes
+	"github.com/signerd/signerd/policyengine"
+	"github.com/signerd/signerd/signerd/approvals"
+	"github.com/signerd/signerd/signerd/audit"
+	"github.com/signerd/signerd/signerd/config"
+	"github.com/signerd/signerd/signerd/fourmica"
+	"github.com/signerd/signerd/signerd/killswitch"
+	"github.com/signerd/signerd/signerd/ledger"
+	"github.com/signerd/signerd/signerd/pipeline"
+)
+
+// Options configure Open beyond the config file.
+type Options struct {
+	Config *config.Config
+	Logger *slog.Logger     // default: slog.Default()
+	Clock  func() time.Time // default: time.Now
+	// Backend, if set, is used instead of opening Config.HSM (tests). The daemon closes it.
+	Backend hsm.Backend
+	// SelfUID is the uid a policy's `uid: self` means (default: the process's uid).
+	SelfUID *uint32
+}
+
+// Daemon is a running signerd.
+type Daemon struct {
+	cfg   *config.Config
+	log   *slog.Logger
+	clock func() time.Time
+	self  uint32
+
+	backend   hsm.Backend
+	keys      *keyring
+	ledger    *ledger.Ledger
+	ks        *killswitch.Switch
+	approvals *approvals.Manager
+	pipe      *pipeline.Pipeline
+	metrics   *metrics
+
+	reloadMu sync.Mutex // serializes policy compiles
+	policy   atomic.Pointer[loadedPolicy]
+
+	agentLn, adminLn   *net.UnixListener
+	agentSrv, adminSrv *http.Server
+	sem                chan struct{} // bounds in-flight signing requests
+
+	started  time.Time
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup
+	closeMu  sync.Mutex
+	closed   bool
+	serveErr chan error
+}
+
+// loadedPolicy is the policy in force with what operators see about it.
+type loadedPolicy struct {
+	p        *policyengine.Policy
+	hash     [32]byte
+	loadedAt time.Time
+}
+
+// Open assembles a daemon from opts and binds its sockets; it does not serve yet. On error
+// everything opened so far is closed.
+func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
+	cfg := opts.Config
+	if cfg == nil {
+		return nil, errors.New("server: Options.Config is required")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	d = &Daemon{cfg: cfg, log: opts.Logger, clock: opts.Clock, started: time.Now(), serveErr: make(chan error, 2)}
+	if d.log == nil {
+		d.log = slog.Default()
+	}
+	if d.clock == nil {
+		d.clock = time.Now
+	}
+	d.self = uint32(os.Getuid())
+	if opts.SelfUID != nil {
+		d.self = *opts.SelfUID
+	}
+	defer func() {
+		if err != nil {
+			d.closeAll()
+		}
+	}()
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+
+	// Key backend.
+	d.backend = opts.Backend
+	if d.backend == nil {
+		if d.backend, err = hsm.Open(ctx, cfg.HSM); err != nil {
+			return nil, fmt.Errorf("opening key backend %q: %w", cfg.HSM.Type, err)
+		}
+	}
+	d.keys = newKeyring(d.backend)
+	if err := d.keys.refresh(ctx); err != nil {
+		return nil, err
+	}
+
+	// Ledger and audit log.
+	if d.ledger, err = ledger.Open(ledger.Options{Path: filepath.Join(cfg.StateDir, "signerd.db"), Clock: d.clock}); err != nil {
+		return nil, fmt.Errorf("opening ledger: %w", err)
+	}
+
+	// Policy.
+	lp, err := d.compilePolicy()
+	if err != nil {
+		return nil, fmt.Errorf("loading policy: %w", err)
+	}
+	d.policy.Store(lp)
+
+	// Kill switch (durable: a daemon restarted while engaged starts engaged).
+	ksOpts := killswitch.Options{
+		Store: d.ledger, Clock: clockFunc(d.clock),
+		RequireSecondOperator: cfg.KillSwitch.TwoOperatorResume, ConfirmWithin: cfg.KillSwitch.ConfirmWithin,
+		TripFile: cfg.KillSwitch.TripFile, TripInterval: cfg.KillSwitch.PollInterval,
+		AutoTrip: autoTrip(lp.p),
+	}
+	if d.ks, err = killswitch.New(ksOpts); err != nil {
+		if d.ks == nil {
+			return nil, err
+		}
+		d.log.Error("kill switch state unreadable: starting engaged", "err", err)
+		err = nil
+	}
+
+	// Approvals.
+	if d.approvals, err = approvals.New(approvals.Options{Auditor: d.ledger, Clock: clockFunc(d.clock), Groups: cfg.ApprovalGroups()}); err != nil {
+		return nil, err
+	}
+
+	// Pipeline.
+	dom, err := fourmica.NewDomain(cfg.Protocol.EIP712Name, cfg.Protocol.EIP712Version, cfg.Protocol.ChainID)
+	if err != nil {
+		return nil, fmt.Errorf("protocol: %w", err)
+	}
+	d.metrics = newMetrics()
+	d.pipe, err = pipeline.New(pipeline.Options{
+		Domain: dom, Network: cfg.Protocol.Network, Ledger: d.ledger, KillSwitch: d.ks, Keys: d.keys,
+		Approvals: approvals.ForPipeline(d.approvals), MaxWait: cfg.Approvals.MaxWait,
+		Logger: d.log, Clock: d.clock, Observe: d.observe,
+	}, lp.p)
+	if err != nil {
+		return nil, err
+	}
+
+	// Sockets.
+	d.sem = make(chan struct{}, cfg.Limits.MaxInFlight)
+	if d.agentLn, err = Listen(cfg.Sockets.Agent); err != nil {
+		return nil, err
+	}
+	if d.adminLn, err = Listen(cfg.Sockets.Admin); err != nil {
+		return nil, err
+	}
+	d.agentSrv = d.httpServer(d.agentRoutes())
+	d.adminSrv = d.httpServer(d.adminRoutes())
+	return d, nil
+}
+
+func (d *Daemon) httpServer(h http.Handler) *http.Server {
+	l := d.cfg.Limits
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: l.ReadHeaderTimeout,
+		ReadTimeout:       l.ReadTimeout,
+		WriteTimeout:      l.WriteTimeout,
+		IdleTimeout:       l.IdleTimeout,
+		MaxHeaderBytes:    16 << 10,
+		ConnContext:       connContext,
+		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
+	}
+}
+
+// Serve starts the background tasks and serves both sockets; it returns when Shutdown is
+// called (nil) or a server fails.
+func (d *Daemon) Serve() error {
+	d.Start()
+	err := <-d.serveErr
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Start serves both sockets in the background (see Serve).
+func (d *Daemon) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	d.bgCancel = cancel
+	d.bg.Add(2)
+	go func() {
+		defer d.bg.Done()
+		d.ks.Watch(ctx, func(err error) { d.log.Error("kill switch trip file", "err", err) })
+	}()
+	go func() {
+		defer d.bg.Done()
+		d.approvals.Run(ctx, time.Second)
+	}()
+	go func() { d.serveErr <- d.agentSrv.Serve(d.agentLn) }()
+	go func() { d.serveErr <- d.adminSrv.Serve(d.adminLn) }()
+	d.log.Info("signerd serving", "agent", d.cfg.Sockets.Agent.Path, "admin", d.cfg.Sockets.Admin.Path,
+		"network", d.cfg.Protocol.Network, "wallets", len(d.keys.addresses()), "policy", fourmica.Hash(d.policy.Load().hash).Hex(),
+		"kill_switch_engaged", d.ks.Engaged())
+}
+
+// Shutdown stops accepting connections, waits for in-flight requests (bounded by ctx), then
+// closes the ledger and the key backend.
+func (d *Daemon) Shutdown(ctx context.Context) error {
+	d.closeMu.Lock()
+	if d.closed {
+		d.closeMu.Unlock()
+		return nil
+	}
+	d.closeMu.Unlock()
+	var errs []error
+	var wg sync.WaitGroup
+	for _, s := range []*http.Server{d.agentSrv, d.adminSrv} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Shutdown(ctx); err != nil {
+				errs = append(errs, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if d.bgCancel != nil {
+		d.bgCancel()
+	}
+	d.bg.Wait()
+	select {
+	case d.serveErr <- http.ErrServerClosed:
+	default:
+	}
+	if err := d.closeAll(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Daemon) closeAll() error {
+	d.closeMu.Lock()
+	defer d.closeMu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	var errs []error
+	for _, ln := range []*net.UnixListener{d.agentLn, d.adminLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	if d.ledger != nil {
+		if err := d.ledger.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if d.backend != nil {
+		if err := d.backend.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// compilePolicy compiles the configured policy for the current wallets.
+func (d *Daemon) compilePolicy() (*loadedPolicy, error) {
+	p, err := policyengine.Load(d.cfg.Policy, policyengine.CompileOptions{SelfUID: policyengine.UID(d.self), Wallets: d.keys.addresses()})
+	if err != nil {
+		return nil, err
+	}
+	return &loadedPolicy{p: p, hash: p.Hash(), loadedAt: d.clock()}, nil
+}
+
+// PolicyInfo describes the policy in force.
+type PolicyInfo struct {
+	Hash     string    `json:"hash"`
+	Previous string    `json:"previous,omitempty"`
+	Path     string    `json:"path"`
+	LoadedAt time.Time `json:"loaded_at"`
+	Agents   []string  `json:"agents"`
+	Changed  bool      `json:"changed"`
+}
+
+// ErrPolicyRejected wraps a policy that failed to compile; the last good one stays in force.
+var ErrPolicyRejected = errors.New("policy rejected; the previous policy stays in force")
+
+// ReloadPolicy recompiles the policy and swaps it in atomically. A policy that fails to
+// compile leaves the last good one in force. Both outcomes are audited.
+func (d *Daemon) ReloadPolicy(ctx context.Context, operator, why string) (PolicyInfo, error) {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	old := d.policy.Load()
+	oldHash := fourmica.Hash(old.hash).Hex()
+	lp, err := d.compilePolicy()
+	ev := audit.Event{Kind: audit.KindPolicyReload, Operator: operator, PolicyHash: old.hash[:],
+		Attrs: map[string]string{"path": d.cfg.Policy, "trigger": why, "old_hash": oldHash}}
+	if err != nil {
+		ev.Decision, ev.Code, ev.Reason = "deny", "policy_invalid", truncate(err.Error(), 2000)
+		if _, aerr := d.ledger.AppendAudit(ctx, ev); aerr != nil {
+			d.log.Error("audit of a rejected policy failed", "err", aerr)
+		}
+		d.log.Error("policy reload rejected; previous policy stays in force", "operator", operator, "err", err)
+		return d.policyInfo(old, ""), fmt.Errorf("%w: %v", ErrPolicyRejected, err)
+	}
+	ev.Decision, ev.PolicyHash = "allow", lp.hash[:]
+	ev.Attrs["new_hash"] = fourmica.Hash(lp.hash).Hex()
+	if _, aerr := d.ledger.AppendAudit(ctx, ev); aerr != nil {
+		// Fail closed: an unaudited policy change is not applied.
+		return d.policyInfo(old, ""), fmt.Errorf("policy reload not applied: audit failed: %w", aerr)
+	}
+	d.policy.Store(lp)
+	d.pipe.SetPolicy(lp.p)
+	d.log.Info("policy reloaded", "operator", operator, "hash", fourmica.Hash(lp.hash).Hex(), "previous", oldHash)
+	info := d.policyInfo(lp, oldHash)
+	info.Changed = lp.hash != old.hash
+	return info, nil
+}
+
+func (d *Daemon) policyInfo(lp *loadedPolicy, prev string) PolicyInfo {
+	return PolicyInfo{Hash: fourmica.Hash(lp.hash).Hex(), Previous: prev, Path: d.cfg.Policy, LoadedAt: lp.loadedAt, Agents: lp.p.Agents()}
+}
+
+// EngageKillSwitch engages the kill switch; when it returns nil no further signature leaves.
+func (d *Daemon) EngageKillSwitch(ctx context.Context, operator, reason string) error {
+	err := d.ks.Engage(ctx, operator, reason)
+	d.metrics.killSwitch.Set(1)
+	return err
+}
+
+// KillSwitch exposes the switch (status, resume) to the admin routes and tests.
+func (d *Daemon) KillSwitch() *killswitch.Switch { return d.ks }
+
+// Ledger exposes the ledger to tests and tools (read-only use).
+func (d *Daemon) Ledger() *ledger.Ledger { return d.ledger }
+
+// Wallets lists the active wallet addresses, default first.
+func (d *Daemon) Wallets() []string {
+	var out []string
+	for _, a := range d.keys.addresses() {
+		out = append(out, fourmica.Address(a).Hex())
+	}
+	return out
+}
+
+// observe feeds metrics and the kill switch's automatic trips.
+func (d *Daemon) observe(o pipeline.Outcome) {
+	d.metrics.decisions.WithLabelValues(o.Decision, o.Code).Inc()
+	switch o.Decision {
+	case "deny":
+		d.ks.ObserveDenial()
+	case "allow":
+		if o.Amount != nil && !o.Replayed {
+			if v, ok := o.Amount.Uint64(); ok {
+				d.ks.ObserveSpend(v)
+			} else {
+				d.ks.ObserveSpend(^uint64(0))
+			}
+		}
+	}
+}
+
+// autoTrip maps the policy's automatic kill-switch triggers onto the switch. Spend velocity
+// is per asset in the policy and summed over assets by the switch: the smallest limit is used.
+func autoTrip(p *policyengine.Policy) *killswitch.AutoTrip {
+	k := p.KillSwitch()
+	var a killswitch.AutoTrip
+	if k.DenialBurst.Count > 0 {
+		a.MaxDenials, a.Window = k.DenialBurst.Count, k.DenialBurst.Window
+	}
+	for _, sv := range k.SpendVelocity {
+		if sv.Limit != nil && sv.Limit.IsUint64() && (a.MaxSpend == 0 || sv.Limit.Uint64() < a.MaxSpend) {
+			a.MaxSpend = sv.Limit.Uint64()
+			if a.Window == 0 || sv.Window < a.Window {
+				a.Window = sv.Window
+			}
+		}
+	}
+	if a.MaxDenials == 0 && a.MaxSpend == 0 {
+		return nil
+	}
+	return &a
+}
+
+type clockFunc func() time.Time
+
+func (c clockFunc) Now() time.Time { return c() }
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

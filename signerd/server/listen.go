@@ -1,0 +1,53 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/signerd/signerd/signerd/config"
+)
+
+// Listen creates the Unix socket s.Path with mode s.Mode and group s.Group. A stale socket
+// file left by a dead daemon is replaced; a live one (something answers) is an error, and so
+// is any other kind of file at the path. The socket is created under the daemon's umask
+// (owner only) and widened afterwards, so it is never more open than configured.
+func Listen(s config.Socket) (*net.UnixListener, error) {
+	if fi, err := os.Lstat(s.Path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("listen %s: a non-socket file is in the way", s.Path)
+		}
+		if c, err := net.DialTimeout("unix", s.Path, 200*time.Millisecond); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("listen %s: another process is serving this socket", s.Path)
+		}
+		if err := os.Remove(s.Path); err != nil {
+			return nil, fmt.Errorf("listen %s: removing stale socket: %w", s.Path, err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: s.Path, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	ln.SetUnlinkOnClose(true)
+	if s.Group != "" {
+		gid, err := config.LookupGroup(s.Group)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("listen %s: group %q: %w", s.Path, s.Group, err)
+		}
+		if err := os.Chown(s.Path, -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("listen %s: chown group %d: %w", s.Path, gid, err)
+		}
+	}
+	if err := os.Chmod(s.Path, os.FileMode(s.Mode)); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listen %s: chmod: %w", s.Path, err)
+	}
+	return ln, nil
+}

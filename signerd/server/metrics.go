@@ -1,0 +1,47 @@
+package server
+
+import (
+	"net/http"
+	"os"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are the daemon's Prometheus series, served at /metrics on the admin socket.
+type metrics struct {
+	reg        *prometheus.Registry
+	decisions  *prometheus.CounterVec   // signing outcomes by decision and code
+	requests   *prometheus.CounterVec   // HTTP requests by socket, route and status class
+	latency    *prometheus.HistogramVec // signing latency by route
+	killSwitch prometheus.Gauge
+	inflight   prometheus.Gauge
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "signerd_decisions_total", Help: "Signing requests by final decision (allow, deny, needs_approval, invalid, conflict, fault) and code.",
+		}, []string{"decision", "code"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "signerd_http_requests_total", Help: "HTTP requests by socket, route and status code.",
+		}, []string{"socket", "route", "status"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "signerd_sign_duration_seconds", Help: "Time to answer a signing request.",
+			Buckets: []float64{.0002, .0005, .001, .002, .005, .01, .025, .05, .1, .5, 1, 5, 30},
+		}, []string{"route"}),
+		killSwitch: prometheus.NewGauge(prometheus.GaugeOpts{Name: "signerd_kill_switch_engaged", Help: "1 while the kill switch is engaged."}),
+		inflight:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "signerd_inflight_requests", Help: "Signing requests in flight."}),
+	}
+	m.reg.MustRegister(m.decisions, m.requests, m.latency, m.killSwitch, m.inflight,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (d *Daemon) metricsHandler() http.Handler {
+	return promhttp.HandlerFor(d.metrics.reg, promhttp.HandlerOpts{})
+}
+
+func pid() int { return os.Getpid() }
