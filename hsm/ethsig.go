@@ -20,12 +20,12 @@ var (
 func FromRS(digest [32]byte, rs []byte, pub65 []byte) ([65]byte, error) {
 	var sig [65]byte
 	if len(rs) != 64 {
-		return sig, fmt.Errorf("%w: device returned %d signature bytes, want 64", ErrSignature, len(rs))
+		return [65]byte{}, fmt.Errorf("%w: device returned %d signature bytes, want 64", ErrSignature, len(rs))
 	}
 	copy(sig[:64], rs)
 	s := new(big.Int).SetBytes(sig[32:64])
 	if s.Sign() == 0 || s.Cmp(secpN) >= 0 {
-		return sig, fmt.Errorf("%w: s out of range", ErrSignature)
+		return [65]byte{}, fmt.Errorf("%w: s out of range", ErrSignature)
 	}
 	if s.Cmp(secpHalfN) > 0 {
 		s.Sub(secpN, s)

@@ -494,10 +494,10 @@ var privAttrs = []uint{p11.CKA_ID, p11.CKA_LABEL, p11.CKA_EC_PARAMS, p11.CKA_LOC
 
 // keyFacts are the attributes of a private key object that matter to a security team.
 type keyFacts struct {
-	id, label                                  []byte
-	secp256k1                                  bool
-	local, alwaysSensitive, neverExtractable   bool
-	sensitive, extractable, sign               bool
+	id, label                                []byte
+	secp256k1                                bool
+	local, alwaysSensitive, neverExtractable bool
+	sensitive, extractable, sign             bool
 }
 
 func (b *Backend) readFacts(sh p11.SessionHandle, h p11.ObjectHandle) (keyFacts, error) {

@@ -1,0 +1,209 @@
+//go:build !no_pkcs11
+
+package pkcs11_test
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/signerd/signerd/hsm"
+	"github.com/signerd/signerd/hsm/pkcs11"
+)
+
+var (
+	benchOnce    sync.Once
+	benchBackend *pkcs11.Backend
+	benchKey     hsm.KeyInfo
+	benchErr     error
+	benchDigests [1024][32]byte
+)
+
+// benchSetup opens the "bench" token once (4 sessions) and generates one key on it.
+func benchSetup(b *testing.B) (*pkcs11.Backend, hsm.KeyInfo) {
+	benchOnce.Do(func() {
+		o := env.Options("bench")
+		o.PKCS11.Sessions = 4
+		var be hsm.Backend
+		be, benchErr = hsm.Open(context.Background(), o)
+		if benchErr != nil {
+			return
+		}
+		benchBackend = be.(*pkcs11.Backend)
+		benchKey, benchErr = benchBackend.Generate(context.Background(), hsm.GenerateOptions{Label: "bench"})
+		for i := range benchDigests {
+			rand.Read(benchDigests[i][:])
+		}
+	})
+	if benchErr != nil {
+		b.Fatal(benchErr)
+	}
+	return benchBackend, benchKey
+}
+
+// runConcurrent runs b.N calls of op spread over conc goroutines (goroutine g calls op(g, i))
+// and reports ops/s, p50 and p99 latency.
+func runConcurrent(b *testing.B, conc int, op func(g, i int) error) {
+	lat := make([]time.Duration, b.N)
+	cpu0 := cpuTime()
+	var next atomic.Int64
+	var failed atomic.Value
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for g := 0; g < conc; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= b.N {
+					return
+				}
+				t0 := time.Now()
+				if err := op(g, i); err != nil {
+					failed.Store(err)
+					return
+				}
+				lat[i] = time.Since(t0)
+			}
+		}(g)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	cpu := cpuTime() - cpu0
+	b.StopTimer()
+	if err, _ := failed.Load().(error); err != nil {
+		b.Fatal(err)
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
+}
+
+// cpuTime is the process's user+system CPU time (the machine is shared, so CPU per op is a
+// steadier cost measure than wall-clock throughput).
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkSignPKCS11 is the backend's full signing path: pool slot, C_SignInit + C_Sign,
+// low-s, v by recovery (verification) — a 65-byte Ethereum signature.
+func BenchmarkSignPKCS11(b *testing.B) {
+	be, ki := benchSetup(b)
+	s, err := be.Signer(context.Background(), ki.URI)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, conc := range []int{1, 2, 4} {
+		b.Run(fmt.Sprintf("c=%d", conc), func(b *testing.B) {
+			runConcurrent(b, conc, func(_, i int) error {
+				_, err := s.SignDigest(context.Background(), benchDigests[i%len(benchDigests)])
+				return err
+			})
+		})
+	}
+}
+
+// BenchmarkRawCSign is the floor: a bare C_SignInit + C_Sign loop on the same token and key,
+// one session per goroutine, raw r‖s only.
+func BenchmarkRawCSign(b *testing.B) {
+	be, ki := benchSetup(b)
+	for _, conc := range []int{1, 2, 4} {
+		b.Run(fmt.Sprintf("c=%d", conc), func(b *testing.B) {
+			raws := make([]*pkcs11.RawKey, conc)
+			for g := range raws {
+				r, err := pkcs11.OpenRawKey(be, ki.URI)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer r.Close()
+				raws[g] = r
+			}
+			runConcurrent(b, conc, func(g, i int) error {
+				_, err := raws[g].Sign(benchDigests[i%len(benchDigests)][:])
+				return err
+			})
+		})
+	}
+}
+
+// BenchmarkSignVsRaw alternates short rounds of the backend path and the raw C_Sign loop at
+// each concurrency, so that load from other processes on a shared machine hits both alike,
+// and reports each side's throughput and their ratio.
+func BenchmarkSignVsRaw(b *testing.B) {
+	be, ki := benchSetup(b)
+	s, err := be.Signer(context.Background(), ki.URI)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, conc := range []int{1, 2, 4} {
+		b.Run(fmt.Sprintf("c=%d", conc), func(b *testing.B) {
+			raws := make([]*pkcs11.RawKey, conc)
+			for g := range raws {
+				r, err := pkcs11.OpenRawKey(be, ki.URI)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer r.Close()
+				raws[g] = r
+			}
+			const round = 100
+			var tBackend, tRaw time.Duration
+			var nBackend, nRaw int
+			run := func(op func(g, i int) error) time.Duration {
+				var next atomic.Int64
+				var wg sync.WaitGroup
+				start := time.Now()
+				for g := 0; g < conc; g++ {
+					wg.Add(1)
+					go func(g int) {
+						defer wg.Done()
+						for {
+							i := int(next.Add(1) - 1)
+							if i >= round {
+								return
+							}
+							if err := op(g, i); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					}(g)
+				}
+				wg.Wait()
+				return time.Since(start)
+			}
+			b.ResetTimer()
+			for done := 0; done < b.N; done += 2 * round {
+				tBackend += run(func(_, i int) error {
+					_, err := s.SignDigest(context.Background(), benchDigests[(done+i)%len(benchDigests)])
+					return err
+				})
+				nBackend += round
+				tRaw += run(func(g, i int) error {
+					_, err := raws[g].Sign(benchDigests[(done+i)%len(benchDigests)][:])
+					return err
+				})
+				nRaw += round
+			}
+			b.StopTimer()
+			ob, or := float64(nBackend)/tBackend.Seconds(), float64(nRaw)/tRaw.Seconds()
+			b.ReportMetric(ob, "backend-ops/s")
+			b.ReportMetric(or, "raw-ops/s")
+			b.ReportMetric(ob/or, "ratio")
+		})
+	}
+}
