@@ -1,0 +1,817 @@
+package main
+
+// Admin commands: they talk to a running daemon over its admin socket (--socket PATH, default
+// $SIGNERD_ADMIN_SOCKET or /run/signerd/admin.sock). Every command prints a short human summary,
+// or the daemon's JSON with --json. A refusal by the daemon exits 1 and prints its error code
+// and reason; a usage error exits 2; a daemon that cannot be reached exits 3.
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/big"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/signerd/signerd/signerd/audit"
+)
+
+// Exit codes of the admin commands.
+const (
+	exitOK          = 0
+	exitRefused     = 1 // the daemon answered with an error, or audit verify found corruption
+	exitUsage       = 2
+	exitUnreachable = 3
+)
+
+func init() {
+	register("stop", "engage the kill switch of a running daemon (stop --reason R)", cmdStop)
+	register("resume", "release the kill switch (a second operator may have to confirm)", cmdResume)
+	register("status", "show a running daemon's status", cmdStatus)
+	register("reload-policy", "reload the policy of a running daemon (atomic; a bad policy is refused)", cmdReloadPolicy)
+	register("approvals", "list, show, approve or deny held requests", cmdApprovals)
+	register("audit", "verify or export the audit log (audit verify|export)", cmdAudit)
+	register("ledger", "query budget spend and payment records (ledger spend|records)", cmdLedger)
+}
+
+// adminFlags are the flags every admin command takes.
+type adminFlags struct {
+	fs     *flag.FlagSet
+	socket *string
+	json   *bool
+}
+
+func newAdminFlags(name string, stderr io.Writer) *adminFlags {
+	fs := flag.NewFlagSet("signerctl "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return &adminFlags{fs: fs,
+		socket: fs.String("socket", "", "admin socket path (default $SIGNERD_ADMIN_SOCKET or "+defaultAdminSocket+")"),
+		json:   fs.Bool("json", false, "print the daemon's answer as JSON"),
+	}
+}
+
+// parse parses flags that may appear before or after positional arguments.
+func (a *adminFlags) parse(args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := a.fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := a.fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
+func (a *adminFlags) client() *daemonClient { return newDaemonClient(adminSocket(*a.socket)) }
+
+// fail prints err and returns the exit code for it.
+func (a *adminFlags) fail(err error, stdout, stderr io.Writer) int {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		if *a.json {
+			b, _ := json.Marshal(map[string]any{"error": ae, "status": ae.Status})
+			fmt.Fprintln(stdout, string(b))
+		}
+		fmt.Fprintf(stderr, "signerctl: refused by signerd (HTTP %d): %s\n", ae.Status, ae.Error())
+		return exitRefused
+	}
+	fmt.Fprintf(stderr, "signerctl: %v\n", err)
+	if strings.Contains(err.Error(), "cannot reach signerd") {
+		return exitUnreachable
+	}
+	return exitRefused
+}
+
+func printJSON(w io.Writer, v any) {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		fmt.Fprintf(w, "%v\n", v)
+		return
+	}
+	fmt.Fprintln(w, string(b))
+}
+
+// ---- kill switch ----
+
+type pendingResume struct {
+	By        string    `json:"by"`
+	At        time.Time `json:"at"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+type ksStatus struct {
+	Engaged               bool           `json:"engaged"`
+	Reason                string         `json:"reason"`
+	By                    string         `json:"by"`
+	Since                 time.Time      `json:"since"`
+	PendingResume         *pendingResume `json:"pending_resume"`
+	RequireSecondOperator bool           `json:"require_second_operator"`
+	Inflight              int64          `json:"inflight"`
+}
+
+func (s ksStatus) line() string {
+	if !s.Engaged {
+		return "released (signing allowed)"
+	}
+	l := fmt.Sprintf("ENGAGED since %s by %s: %s", fmtTime(s.Since), s.By, s.Reason)
+	if p := s.PendingResume; p != nil {
+		l += fmt.Sprintf("; resume asked by %s, waiting for a second operator until %s", p.By, fmtTime(p.ExpiresAt))
+	}
+	return l
+}
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func cmdStop(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	a := newAdminFlags("stop", stderr)
+	reason := a.fs.String("reason", "", "why signing is stopped (required; recorded in the audit log)")
+	if pos, err := a.parse(args); err != nil || len(pos) != 0 {
+		fmt.Fprintln(stderr, "usage: signerctl stop --reason REASON [--socket PATH] [--json]")
+		return exitUsage
+	}
+	if strings.TrimSpace(*reason) == "" {
+		fmt.Fprintln(stderr, "signerctl stop: --reason is required")
+		return exitUsage
+	}
+	var out struct {
+		Status ksStatus `json:"status"`
+	}
+	var raw json.RawMessage
+	if err := a.client().do("POST", "/v1/admin/kill-switch", map[string]any{"engaged": true, "reason": *reason}, &raw); err != nil {
+		return a.fail(err, stdout, stderr)
+	}
+	if *a.json {
+		fmt.Fprintln(stdout, string(raw))
+		return exitOK
+	}
+	_ = json.Unmarshal(raw, &out)
+	fmt.Fprintf(stdout, "kill switch %s\nno signature leaves signerd until it is resumed (signerctl resume)\n", out.Status.line())
+	return exitOK
+}
+
+func cmdResume(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	a := newAdminFlags("resume", stderr)
+	if pos, err := a.parse(args); err != nil || len(pos) != 0 {
+		fmt.Fprintln(stderr, "usage: signerctl resume [--socket PATH] [--json]")
+		return exitUsage
+	}
+	var raw json.RawMessage
+	if err := a.client().do("POST", "/v1/admin/kill-switch", map[string]any{"engaged": false}, &raw); err != nil {
+		return a.fail(err, stdout, stderr)
+	}
+	if *a.json {
+		fmt.Fprintln(stdout, string(raw))
+		return exitOK
+	}
+	var out struct {
+		Status ksStatus `json:"status"`
+		Resume struct {
+			Resumed bool           `json:"resumed"`
+			Pending *pendingResume `json:"pending"`
+		} `json:"resume"`
+	}
+	_ = json.Unmarshal(raw, &out)
+	switch {
+	case out.Resume.Resumed:
+		fmt.Fprintln(stdout, "kill switch released: signing resumed")
+	case out.Resume.Pending != nil:
+		p := out.Resume.Pending
+		fmt.Fprintf(stdout, "resume requested by %s; a second, different operator must run `signerctl resume` before %s\n", p.By, fmtTime(p.ExpiresAt))
+	default:
+		fmt.Fprintf(stdout, "kill switch %s\n", out.Status.line())
+	}
+	return exitOK
+}
+
+// ---- status ----
+
+func cmdStatus(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	a := newAdminFlags("status", stderr)
+	if pos, err := a.parse(args); err != nil || len(pos) != 0 {
+		fmt.Fprintln(stderr, "usage: signerctl status [--socket PATH] [--json]")
+		return exitUsage
+	}
+	var raw json.RawMessage
+	if err := a.client().do("GET", "/v1/admin/status", nil, &raw); err != nil {
+		return a.fail(err, stdout, stderr)
+	}
+	if *a.json {
+		fmt.Fprintln(stdout, string(raw))
+		return exitOK
+	}
+	var st struct {
+		Ready      bool           `json:"ready"`
+		Readiness  map[string]any `json:"readiness"`
+		KillSwitch ksStatus       `json:"kill_switch"`
+		Policy     struct {
+			Hash     string    `json:"hash"`
+			Path     string    `json:"path"`
+			LoadedAt time.Time `json:"loaded_at"`
+		} `json:"policy"`
+		Network string `json:"network"`
+		Domain  struct {
+			Name    string `json:"name"`
+			Version string `json:"version"`
+			ChainID uint64 `json:"chain_id"`
+		} `json:"domain"`
+		Wallets []string `json:"wallets"`
+		Ledger  struct {
+			Path   string `json:"path"`
+			Groups uint64 `json:"groups"`
+			Ops    uint64 `json:"ops"`
+		} `json:"ledger"`
+		Approvals struct {
+			Pending int `json:"pending"`
+		} `json:"approvals"`
+		Inflight int    `json:"inflight"`
+		Uptime   string `json:"uptime"`
+		PID      int    `json:"pid"`
+	}
+	if err := json.Unmarshal(raw, &st); err != nil {
+		fmt.Fprintf(stderr, "signerctl: decoding status: %v\n", err)
+		return exitRefused
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	ready := "yes"
+	if !st.Ready {
+		ready = "NO"
+		if b, err := json.Marshal(st.Readiness); err == nil {
+			ready += " " + string(b)
+		}
+	}
+	fmt.Fprintf(tw, "ready\t%s\n", ready)
+	fmt.Fprintf(tw, "kill switch\t%s\n", st.KillSwitch.line())
+	fmt.Fprintf(tw, "policy\t%s (%s, loaded %s)\n", st.Policy.Hash, st.Policy.Path, fmtTime(st.Policy.LoadedAt))
+	fmt.Fprintf(tw, "network\t%s, EIP-712 domain %q version %q chain %d\n", st.Network, st.Domain.Name, st.Domain.Version, st.Domain.ChainID)
+	fmt.Fprintf(tw, "wallets\t%s\n", strings.Join(st.Wallets, ", "))
+	fmt.Fprintf(tw, "ledger\t%s (%d ops in %d commits)\n", st.Ledger.Path, st.Ledger.Ops, st.Ledger.Groups)
+	fmt.Fprintf(tw, "approvals\t%d pending\n", st.Approvals.Pending)
+	fmt.Fprintf(tw, "in flight\t%d\n", st.Inflight)
+	fmt.Fprintf(tw, "daemon\tpid %d, up %s\n", st.PID, st.Uptime)
+	tw.Flush()
+	return exitOK
+}
+
+// ---- policy reload ----
+
+func cmdReloadPolicy(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	a := newAdminFlags("reload-policy", stderr)
+	if pos, err := a.parse(args); err != nil || len(pos) != 0 {
+		fmt.Fprintln(stderr, "usage: signerctl reload-policy [--socket PATH] [--json]")
+		return exitUsage
+	}
+	var raw json.RawMessage
+	if err := a.client().do("POST", "/v1/admin/policy/reload", map[string]any{}, &raw); err != nil {
+		code := a.fail(err, stdout, stderr)
+		if code == exitRefused {
+			fmt.Fprintln(stderr, "the previous policy stays in force")
+		}
+		return code
+	}
+	if *a.json {
+		fmt.Fprintln(stdout, string(raw))
+		return exitOK
+	}
+	var info struct {
+		Hash     string `json:"hash"`
+		Previous string `json:"previous"`
+		Path     string `json:"path"`
+	}
+	_ = json.Unmarshal(raw, &info)
+	if info.Previous != "" && info.Previous == info.Hash {
+		fmt.Fprintf(stdout, "policy reloaded from %s: unchanged (%s)\n", info.Path, info.Hash)
+	} else {
+		fmt.Fprintf(stdout, "policy reloaded from %s: %s (was %s)\n", info.Path, info.Hash, orDash(info.Previous))
+	}
+	return exitOK
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// ---- approvals ----
+
+type approval struct {
+	ID        string            `json:"id"`
+	State     string            `json:"state"`
+	Agent     string            `json:"agent"`
+	Principal string            `json:"principal"`
+	Wallet    string            `json:"wallet"`
+	Rule      string            `json:"rule"`
+	Group     string            `json:"group"`
+	Summary   map[string]string `json:"summary"`
+	CreatedAt time.Time         `json:"created_at"`
+	ExpiresAt time.Time         `json:"expires_at"`
+	DecidedAt time.Time         `json:"decided_at"`
+	DecidedBy string            `json:"decided_by"`
+	Reason    string            `json:"reason"`
+}
+
+func (p approval) summary() string {
+	s := p.Summary
+	parts := []string{}
+	for _, k := range []string{"amount", "asset", "recipient", "tab_id", "req_id", "resource"} {
+		if v := s[k]; v != "" {
+			parts = append(parts, k+"="+v)
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+func cmdApprovals(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	usage := func() int {
+		fmt.Fprintln(stderr, "usage: signerctl approvals list [--state pending|approved|denied|expired]\n"+
+			"       signerctl approvals show ID\n"+
+			"       signerctl approvals approve ID\n"+
+			"       signerctl approvals deny ID --reason REASON\n"+
+			"  common flags: [--socket PATH] [--json]")
+		return exitUsage
+	}
+	if len(args) == 0 {
+		return usage()
+	}
+	sub := args[0]
+	a := newAdminFlags("approvals "+sub, stderr)
+	var state, reason *string
+	switch sub {
+	case "list":
+		state = a.fs.String("state", "", "only approvals in this state")
+	case "deny":
+		reason = a.fs.String("reason", "", "why (recorded in the audit log; the agent sees it)")
+	case "show", "approve":
+	default:
+		return usage()
+	}
+	pos, err := a.parse(args[1:])
+	if err != nil {
+		return usage()
+	}
+	c := a.client()
+	if sub == "list" {
+		if len(pos) != 0 {
+			return usage()
+		}
+		path := "/v1/admin/approvals"
+		if *state != "" {
+			path += "?state=" + url.QueryEscape(*state)
+		}
+		var raw json.RawMessage
+		if err := c.do("GET", path, nil, &raw); err != nil {
+			return a.fail(err, stdout, stderr)
+		}
+		if *a.json {
+			fmt.Fprintln(stdout, string(raw))
+			return exitOK
+		}
+		var out struct {
+			Approvals []approval `json:"approvals"`
+		}
+		if err := json.Unmarshal(raw, &out); err != nil {
+			fmt.Fprintf(stderr, "signerctl: decoding approvals: %v\n", err)
+			return exitRefused
+		}
+		if len(out.Approvals) == 0 {
+			fmt.Fprintln(stdout, "no approvals")
+			return exitOK
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tSTATE\tAGENT\tRULE\tGROUP\tEXPIRES\tREQUEST")
+		for _, p := range out.Approvals {
+			exp := fmtTime(p.ExpiresAt)
+			if p.State != "pending" {
+				exp = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.State, p.Agent, p.Rule, orDash(p.Group), exp, p.summary())
+		}
+		tw.Flush()
+		return exitOK
+	}
+	if len(pos) != 1 || strings.ContainsAny(pos[0], "/?#") {
+		return usage()
+	}
+	id := pos[0]
+	var raw json.RawMessage
+	switch sub {
+	case "show":
+		err = c.do("GET", "/v1/admin/approvals/"+url.PathEscape(id), nil, &raw)
+	case "approve":
+		err = c.do("POST", "/v1/admin/approvals/"+url.PathEscape(id)+"/approve", map[string]any{}, &raw)
+	case "deny":
+		if strings.TrimSpace(*reason) == "" {
+			fmt.Fprintln(stderr, "signerctl approvals deny: --reason is required")
+			return exitUsage
+		}
+		err = c.do("POST", "/v1/admin/approvals/"+url.PathEscape(id)+"/deny", map[string]any{"reason": *reason}, &raw)
+	}
+	if err != nil {
+		return a.fail(err, stdout, stderr)
+	}
+	if *a.json {
+		fmt.Fprintln(stdout, string(raw))
+		return exitOK
+	}
+	var p approval
+	_ = json.Unmarshal(raw, &p)
+	switch sub {
+	case "show":
+		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(tw, "id\t%s\nstate\t%s\nagent\t%s (%s)\nwallet\t%s\nrule\t%s\ngroup\t%s\ncreated\t%s\nexpires\t%s\n",
+			p.ID, p.State, p.Agent, p.Principal, p.Wallet, p.Rule, orDash(p.Group), fmtTime(p.CreatedAt), fmtTime(p.ExpiresAt))
+		if p.DecidedBy != "" {
+			fmt.Fprintf(tw, "decided\t%s by %s\n", fmtTime(p.DecidedAt), p.DecidedBy)
+		}
+		if p.Reason != "" {
+			fmt.Fprintf(tw, "reason\t%s\n", p.Reason)
+		}
+		keys := make([]string, 0, len(p.Summary))
+		for k := range p.Summary {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if p.Summary[k] != "" {
+				fmt.Fprintf(tw, "  %s\t%s\n", k, p.Summary[k])
+			}
+		}
+		tw.Flush()
+	case "approve":
+		fmt.Fprintf(stdout, "approved %s (agent %s, %s); the agent's next attempt proceeds\n", p.ID, p.Agent, p.summary())
+	case "deny":
+		fmt.Fprintf(stdout, "denied %s (agent %s): %s\n", p.ID, p.Agent, p.Reason)
+	}
+	return exitOK
+}
+
+// ---- audit ----
+
+func cmdAudit(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	usage := func() int {
+		fmt.Fprintln(stderr, "usage: signerctl audit verify [--db LEDGER_FILE] [--socket PATH] [--json]\n"+
+			"       signerctl audit export [--out FILE] [--from SEQ] [--db LEDGER_FILE] [--socket PATH]\n"+
+			"  --db opens the ledger file read-only instead of asking the daemon (only while the daemon is stopped)")
+		return exitUsage
+	}
+	if len(args) == 0 {
+		return usage()
+	}
+	sub := args[0]
+	a := newAdminFlags("audit "+sub, stderr)
+	db := a.fs.String("db", "", "ledger file to open read-only (daemon stopped)")
+	var out *string
+	var from *uint64
+	switch sub {
+	case "verify":
+	case "export":
+		out = a.fs.String("out", "", "write JSON lines to FILE (default stdout)")
+		from = a.fs.Uint64("from", 0, "first sequence number to export")
+	default:
+		return usage()
+	}
+	if pos, err := a.parse(args[1:]); err != nil || len(pos) != 0 {
+		return usage()
+	}
+	if sub == "verify" {
+		return auditVerify(a, *db, stdout, stderr)
+	}
+	return auditExport(a, *db, *out, *from, stdout, stderr)
+}
+
+func openLedgerReadOnly(path string) (*bolt.DB, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, err
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("%s is locked by a running daemon: ask the daemon instead (drop --db)", path)
+		}
+		return nil, fmt.Errorf("opening %s read-only: %w", path, err)
+	}
+	return db, nil
+}
+
+func auditVerify(a *adminFlags, dbPath string, stdout, stderr io.Writer) int {
+	var rep audit.Report
+	if dbPath != "" {
+		db, err := openLedgerReadOnly(dbPath)
+		if err != nil {
+			fmt.Fprintf(stderr, "signerctl: %v\n", err)
+			return exitRefused
+		}
+		rep, err = audit.Verify(db)
+		db.Close()
+		if err != nil && !errors.Is(err, audit.ErrCorrupt) {
+			fmt.Fprintf(stderr, "signerctl: verifying %s: %v\n", dbPath, err)
+			return exitRefused
+		}
+	} else {
+		if err := a.client().do("GET", "/v1/admin/audit/verify", nil, &rep); err != nil {
+			return a.fail(err, stdout, stderr)
+		}
+	}
+	if *a.json {
+		printJSON(stdout, rep)
+	} else if rep.OK {
+		fmt.Fprintf(stdout, "audit log OK: %d records, chain unbroken, head seq %d hash %s\n", rep.Records, rep.HeadSeq, rep.HeadHash)
+	} else {
+		bad := "unknown"
+		if rep.FirstBad != nil {
+			bad = fmt.Sprintf("record %d: %s", rep.FirstBad.Seq, rep.FirstBad.Problem)
+		}
+		fmt.Fprintf(stdout, "audit log BROKEN: first bad %s (records 1..%d are good, last good hash %s)\n", bad, rep.HeadSeq, rep.HeadHash)
+	}
+	if !rep.OK {
+		return exitRefused
+	}
+	return exitOK
+}
+
+func auditExport(a *adminFlags, dbPath, outPath string, from uint64, stdout, stderr io.Writer) int {
+	var w io.Writer = stdout
+	var f *os.File
+	if outPath != "" {
+		var err error
+		// The audit log names principals and wallets: keep the export private.
+		f, err = os.OpenFile(outPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err != nil {
+			fmt.Fprintf(stderr, "signerctl: %v\n", err)
+			return exitRefused
+		}
+		w = f
+	}
+	cw := &countingWriter{w: w}
+	err := func() error {
+		if dbPath != "" {
+			db, err := openLedgerReadOnly(dbPath)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			return audit.Export(db, cw, from)
+		}
+		c := a.client()
+		req, err := http.NewRequest("GET", "http://signerd/v1/admin/audit/export?from="+strconv.FormatUint(from, 10), nil)
+		if err != nil {
+			return err
+		}
+		c.http.Timeout = 0 // a large export may take a while; the socket is local
+		resp, err := c.http.Do(req)
+		if err != nil {
+			return fmt.Errorf("cannot reach signerd at %s: %w", c.socket, err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			var env struct {
+				Error apiError `json:"error"`
+			}
+			if json.Unmarshal(raw, &env) != nil || env.Error.Code == "" {
+				return &apiError{Status: resp.StatusCode, Code: "http_" + strconv.Itoa(resp.StatusCode), Reason: strings.TrimSpace(string(raw))}
+			}
+			env.Error.Status = resp.StatusCode
+			return &env.Error
+		}
+		_, err = io.Copy(cw, resp.Body)
+		return err
+	}()
+	if f != nil {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		return a.fail(err, stdout, stderr)
+	}
+	if outPath != "" {
+		fmt.Fprintf(stderr, "exported %d audit records to %s\n", cw.lines, outPath)
+	}
+	return exitOK
+}
+
+type countingWriter struct {
+	w     io.Writer
+	lines int
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	for _, b := range p[:n] {
+		if b == '\n' {
+			c.lines++
+		}
+	}
+	return n, err
+}
+
+// ---- ledger ----
+
+func cmdLedger(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	usage := func() int {
+		fmt.Fprintln(stderr, "usage: signerctl ledger spend [--key BUDGET_KEY --window minute|hour|day|30d|DURATION|0]\n"+
+			"       signerctl ledger records [--wallet ADDRESS [--tab TAB_ID]] [--id RECORD_ID] [--limit N]\n"+
+			"  common flags: [--socket PATH] [--json]")
+		return exitUsage
+	}
+	if len(args) == 0 {
+		return usage()
+	}
+	sub := args[0]
+	a := newAdminFlags("ledger "+sub, stderr)
+	q := url.Values{}
+	var key, window, wallet, tab, id *string
+	var limit *int
+	switch sub {
+	case "spend":
+		key = a.fs.String("key", "", "budget key (omit to list every counter in use)")
+		window = a.fs.String("window", "", "budget window: minute, hour, day, 30d, a duration like 15m, or 0 for lifetime")
+	case "records":
+		wallet = a.fs.String("wallet", "", "only records of this wallet")
+		tab = a.fs.String("tab", "", "only records of this tab (with --wallet)")
+		id = a.fs.String("id", "", "one record by id")
+		limit = a.fs.Int("limit", 50, "most recent N records")
+	default:
+		return usage()
+	}
+	if pos, err := a.parse(args[1:]); err != nil || len(pos) != 0 {
+		return usage()
+	}
+	var path string
+	if sub == "spend" {
+		path = "/v1/admin/ledger/spend"
+		if *key != "" {
+			q.Set("key", *key)
+			q.Set("window", *window)
+		} else if *window != "" {
+			fmt.Fprintln(stderr, "signerctl ledger spend: --window needs --key")
+			return exitUsage
+		}
+	} else {
+		path = "/v1/admin/ledger/records"
+		if *tab != "" && *wallet == "" {
+			fmt.Fprintln(stderr, "signerctl ledger records: --tab needs --wallet")
+			return exitUsage
+		}
+		for k, v := range map[string]string{"wallet": *wallet, "tab": *tab, "id": *id} {
+			if v != "" {
+				q.Set(k, v)
+			}
+		}
+		if *wallet == "" && *id == "" {
+			q.Set("limit", strconv.Itoa(*limit))
+		}
+	}
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var raw json.RawMessage
+	if err := a.client().do("GET", path, nil, &raw); err != nil {
+		return a.fail(err, stdout, stderr)
+	}
+	if *a.json {
+		fmt.Fprintln(stdout, string(raw))
+		return exitOK
+	}
+	if sub == "spend" {
+		return printSpend(raw, *key != "", stdout, stderr)
+	}
+	return printRecords(raw, stdout, stderr)
+}
+
+type spendRow struct {
+	Key     string          `json:"key"`
+	Window  int64           `json:"window"` // nanoseconds
+	Used    json.RawMessage `json:"used"`
+	Buckets int             `json:"buckets"`
+}
+
+func windowName(ns int64) string {
+	d := time.Duration(ns)
+	switch {
+	case d == 0:
+		return "lifetime"
+	case d%(24*time.Hour) == 0:
+		return strconv.FormatInt(int64(d/(24*time.Hour)), 10) + "d"
+	}
+	return d.String()
+}
+
+func amountText(raw json.RawMessage) string {
+	s := strings.Trim(string(raw), `"`)
+	if s == "" || s == "null" {
+		return "0"
+	}
+	if _, ok := new(big.Int).SetString(s, 10); !ok {
+		return s
+	}
+	return s
+}
+
+func printSpend(raw json.RawMessage, one bool, stdout, stderr io.Writer) int {
+	var rows []spendRow
+	if one {
+		var r spendRow
+		if err := json.Unmarshal(raw, &r); err != nil {
+			fmt.Fprintf(stderr, "signerctl: decoding spend: %v\n", err)
+			return exitRefused
+		}
+		rows = []spendRow{r}
+	} else {
+		var all struct {
+			Spend []spendRow `json:"spend"`
+		}
+		if err := json.Unmarshal(raw, &all); err != nil {
+			fmt.Fprintf(stderr, "signerctl: decoding spend: %v\n", err)
+			return exitRefused
+		}
+		rows = all.Spend
+	}
+	if len(rows) == 0 {
+		fmt.Fprintln(stdout, "no spend recorded in any open window")
+		return exitOK
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "BUDGET KEY\tWINDOW\tUSED")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Key, windowName(r.Window), amountText(r.Used))
+	}
+	tw.Flush()
+	return exitOK
+}
+
+func printRecords(raw json.RawMessage, stdout, stderr io.Writer) int {
+	var out struct {
+		Records []struct {
+			ID      json.RawMessage `json:"record_id"`
+			Status  string          `json:"status"`
+			Created string          `json:"created"`
+			Agent   string          `json:"agent"`
+			Wallet  string          `json:"wallet"`
+			TabID   string          `json:"tab_id"`
+			ReqID   string          `json:"req_id"`
+			Rule    string          `json:"rule"`
+			Charges []struct {
+				Amount string `json:"amount"`
+				Count  bool   `json:"count"`
+			} `json:"charges"`
+			Claims string `json:"claims"`
+			Code   string `json:"code"`
+		} `json:"records"`
+	}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		fmt.Fprintf(stderr, "signerctl: decoding records: %v\n", err)
+		return exitRefused
+	}
+	if len(out.Records) == 0 {
+		fmt.Fprintln(stdout, "no payment records")
+		return exitOK
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATUS\tCREATED\tAGENT\tWALLET\tTAB\tREQ\tAMOUNT\tRULE")
+	for _, r := range out.Records {
+		status := r.Status
+		if r.Code != "" {
+			status += " (" + r.Code + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", strings.Trim(string(r.ID), `"`), status, r.Created,
+			r.Agent, r.Wallet, r.TabID, r.ReqID, claimsAmount(r.Claims), orDash(r.Rule))
+	}
+	tw.Flush()
+	return exitOK
+}
+
+// claimsAmount pulls the amount out of the stored canonical claims, if it is JSON.
+func claimsAmount(claims string) string {
+	var c map[string]any
+	if json.Unmarshal([]byte(claims), &c) != nil {
+		return "-"
+	}
+	for _, k := range []string{"amount", "Amount"} {
+		if v, ok := c[k]; ok {
+			return fmt.Sprint(v)
+		}
+	}
+	return "-"
+}
