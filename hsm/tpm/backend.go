@@ -59,6 +59,7 @@ type Backend struct {
 	tpmMu sync.Mutex // serialises every TPM command sequence; guards conn and srk
 	conn  transport.TPMCloser
 	srk   srkInfo
+	sc    sessionCache // per-signature mode: reused salted sessions of conn
 
 	healthy  atomic.Bool
 	reason   atomic.Pointer[string]
@@ -223,6 +224,7 @@ func (b *Backend) connectLocked() error {
 func (b *Backend) dropLocked(cause error) {
 	b.healthy.Store(false)
 	b.setReason("TPM connection lost; reconnecting")
+	b.sc.discard(nil) // the sessions die with the connection
 	if b.conn != nil {
 		_ = b.conn.Close()
 		b.conn = nil
@@ -359,7 +361,7 @@ func (b *Backend) unsealCachedLocked(k *key) error {
 		}
 		k.mem, k.sec = m, m.Bytes()
 	}
-	if err := unsealInto(b.conn, b.srk, k.meta, k.sec, b.encrypt); err != nil {
+	if err := unsealInto(b.conn, b.srk, k.meta, k.sec, b.encrypt, nil); err != nil {
 		k.forgetLocked(err)
 		return err
 	}
@@ -515,7 +517,7 @@ func (s *signer) signPerSignature(digest [32]byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: backend closed", hsm.ErrUnavailable)
 	}
 	if err := s.b.withTPM(func(t transport.TPM, srk srkInfo) error {
-		return unsealInto(t, srk, kf, sec, s.b.encrypt)
+		return unsealInto(t, srk, kf, sec, s.b.encrypt, &s.b.sc)
 	}); err != nil {
 		return nil, err
 	}
@@ -646,7 +648,7 @@ func (b *Backend) store(ctx context.Context, m *lockedmem.Buffer, label string, 
 			return unavailable("seal", err)
 		}
 		kf.Public, kf.Private, kf.PolicyDigest, kf.ParentName = s.public, s.private, s.policy, slices.Clone(srk.name.Buffer)
-		if err := unsealInto(t, srk, kf, check.Bytes(), b.encrypt); err != nil {
+		if err := unsealInto(t, srk, kf, check.Bytes(), b.encrypt, nil); err != nil {
 			return fmt.Errorf("sealed blob does not unseal: %w", err)
 		}
 		if subtle.ConstantTimeCompare(check.Bytes(), sec) != 1 {
@@ -813,6 +815,7 @@ func (b *Backend) Close() error {
 	b.wg.Wait()
 	b.tpmMu.Lock()
 	if b.conn != nil {
+		b.sc.discard(b.conn)
 		if b.ep.simulator() {
 			_, _ = (tpm2.FlushContext{FlushHandle: b.srk.handle}).Execute(b.conn)
 		}

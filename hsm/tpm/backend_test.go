@@ -428,6 +428,10 @@ func TestPCRPolicyMismatch(t *testing.T) {
 	if h := b.Health(ctx); !h.OK {
 		t.Fatalf("a policy mismatch must not make the TPM unhealthy: %+v", h)
 	}
+	// Restoring the PCR (16 is resettable) makes the key sign again, in the same backend.
+	resetPCR(t, b, 16)
+	signOK(t, b, ki.URI, ki.Address)
+	extendPCR(t, b, 16)
 	b.Close()
 
 	// Unseal-once mode: the key cannot be unsealed at start.
@@ -705,5 +709,67 @@ func TestZeroize(t *testing.T) {
 	time.Sleep(150 * time.Millisecond)
 	if !k.mem.IsZero() {
 		t.Fatal("key re-unsealed after Zeroize")
+	}
+}
+
+// TestParameterEncryption watches the wire: with parameter encryption (the default) the key's
+// bytes never cross it, in either direction; with it turned off they do (so the check works).
+func TestParameterEncryption(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		perSig  bool
+		pcrs    []int
+		off     bool
+		visible bool
+	}{
+		{"once/pcr", false, []int{16}, false, false},
+		{"per-signature/pcr", true, []int{16}, false, false},
+		{"per-signature/no-pcr", true, nil, false, false},
+		{"insecure-off", true, []int{16}, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			sw := swtpmtest.Start(t)
+			priv, err := crypto.GenerateKey()
+			if err != nil {
+				t.Fatal(err)
+			}
+			secret := crypto.FromECDSA(priv)
+			var mu sync.Mutex
+			seen := 0
+			testHookWire = func(cmd, rsp []byte) {
+				mu.Lock()
+				defer mu.Unlock()
+				if bytes.Contains(cmd, secret) || bytes.Contains(rsp, secret) {
+					seen++
+				}
+			}
+			defer func() { testHookWire = nil }()
+			opts := testOptions(sw, t.TempDir(), tc.perSig, tc.pcrs)
+			opts.InsecureNoParameterEncryption = tc.off
+			b, err := Open(ctx, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ki, err := b.Import(ctx, hsm.ImportOptions{Key: crypto.FromECDSA(priv)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for range 3 {
+				signOK(t, b, ki.URI, ki.Address)
+			}
+			b.Close()
+			b, err = Open(ctx, opts) // unseal-once mode unseals here
+			if err != nil {
+				t.Fatal(err)
+			}
+			signOK(t, b, ki.URI, ki.Address)
+			b.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			if tc.visible != (seen > 0) {
+				t.Fatalf("key bytes seen in %d TPM messages; want visible=%v", seen, tc.visible)
+			}
+		})
 	}
 }

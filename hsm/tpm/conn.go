@@ -25,6 +25,9 @@ type connError struct{ err error }
 func (e *connError) Error() string { return "tpm link: " + e.err.Error() }
 func (e *connError) Unwrap() error { return e.err }
 
+// testHookWire, when set by tests before Open, sees every command and response on a stream.
+var testHookWire func(cmd, rsp []byte)
+
 // streamConn is a TPM transport over a byte stream (swtpm's socket server over TCP or a Unix
 // socket). It frames responses exactly: the 10-byte header, then the rest of the size it
 // announces (tpmutil.RunCommandRaw's single Read is not safe on a stream).
@@ -52,6 +55,9 @@ func (s *streamConn) Send(cmd []byte) ([]byte, error) {
 	copy(rsp, hdr[:])
 	if _, err := io.ReadFull(s.c, rsp[10:]); err != nil {
 		return nil, &connError{err}
+	}
+	if testHookWire != nil {
+		testHookWire(cmd, rsp)
 	}
 	return rsp, nil
 }

@@ -2,27 +2,18 @@
 
 package tpm
 
-import (
-	"fmt"
+import "github.com/signerd/signerd/hsm"
 
-	"github.com/ethereum/go-ethereum/accounts/keystore"
-
-	"github.com/signerd/signerd/hsm"
-)
-
-// keystoreInto decrypts an Ethereum keystore v3 JSON and writes its 32-byte private key into
-// dst, clearing the decoded big.Int's words afterwards (go-ethereum's decoder leaves other
-// transient copies on the heap; see docs/tpm.md).
+// keystoreInto decrypts an Ethereum keystore v3 JSON (hsm.DecryptKeystoreV3, which checks the
+// key against the file's address) and moves its 32-byte private key into dst, zeroing the
+// decoded copy. The keystore decoder's own transient buffers stay on the Go heap until reused;
+// see docs/tpm.md.
 func keystoreInto(js []byte, passphrase string, dst []byte) error {
-	k, err := keystore.DecryptKey(js, passphrase)
+	key, _, err := hsm.DecryptKeystoreV3(js, passphrase)
 	if err != nil {
-		return fmt.Errorf("%w: keystore: %v", hsm.ErrBadKey, err)
+		return err
 	}
-	d := k.PrivateKey.D
-	defer clear(d.Bits())
-	if d.BitLen() > 256 || d.Sign() <= 0 {
-		return fmt.Errorf("%w: keystore key out of range", hsm.ErrBadKey)
-	}
-	d.FillBytes(dst)
+	defer hsm.Zero(key)
+	copy(dst, key)
 	return nil
 }

@@ -145,7 +145,10 @@ func seal(t transport.TPM, srk srkInfo, secret []byte, pcrs []int, encrypt bool)
 //
 // Errors wrap hsm.ErrCorrupt (the TPM rejects the blob), hsm.ErrPolicyMismatch (the PCRs no
 // longer match, or the blob was sealed by another TPM or storage key) or hsm.ErrUnavailable.
-func unsealInto(t transport.TPM, srk srkInfo, kf *keyFile, dst []byte, encrypt bool) error {
+//
+// With sc, the salted sessions of the connection are reused (continueSession) instead of
+// starting a new salted session for every unseal, which costs an ECDH in the TPM.
+func unsealInto(t transport.TPM, srk srkInfo, kf *keyFile, dst []byte, encrypt bool, sc *sessionCache) error {
 	if !bytes.Equal(kf.ParentName, srk.name.Buffer) {
 		return fmt.Errorf("%w: key was sealed under a different storage root key (another TPM, or this TPM was cleared)", hsm.ErrPolicyMismatch)
 	}
@@ -170,22 +173,38 @@ func unsealInto(t transport.TPM, srk srkInfo, kf *keyFile, dst []byte, encrypt b
 	}
 	defer func() { _, _ = (tpm2.FlushContext{FlushHandle: lr.ObjectHandle}).Execute(t) }()
 
-	var opts []tpm2.AuthOption
-	if encrypt {
-		opts = append(opts, tpm2.AESEncryption(128, tpm2.EncryptOut), tpm2.Salted(srk.handle, srk.pub))
-	}
 	var sess tpm2.Session
-	if len(kf.PCRs) > 0 {
-		sel := pcrSelection(kf.PCRs)
-		sess = tpm2.Policy(tpm2.TPMAlgSHA256, 16, func(tp transport.TPM, h tpm2.TPMISHPolicy, _ tpm2.TPM2BNonce) error {
-			_, err := tpm2.PolicyPCR{PolicySession: h, Pcrs: sel}.Execute(tp)
-			return err
-		}, opts...)
+	if sc != nil {
+		if sess, err = sc.get(t, srk, len(kf.PCRs) > 0, encrypt); err != nil {
+			return unavailable("start unseal session", err)
+		}
+		if len(kf.PCRs) > 0 {
+			if _, err := (tpm2.PolicyPCR{PolicySession: sess.Handle(), Pcrs: pcrSelection(kf.PCRs)}).Execute(t); err != nil {
+				sc.discard(t)
+				return unavailable("PolicyPCR", err)
+			}
+		}
 	} else {
-		sess = tpm2.HMAC(tpm2.TPMAlgSHA256, 16, append(opts, tpm2.Auth(nil))...)
+		var opts []tpm2.AuthOption
+		if encrypt {
+			opts = append(opts, tpm2.AESEncryption(128, tpm2.EncryptOut), tpm2.Salted(srk.handle, srk.pub))
+		}
+		if len(kf.PCRs) > 0 {
+			sel := pcrSelection(kf.PCRs)
+			sess = tpm2.Policy(tpm2.TPMAlgSHA256, 16, func(tp transport.TPM, h tpm2.TPMISHPolicy, _ tpm2.TPM2BNonce) error {
+				_, err := tpm2.PolicyPCR{PolicySession: h, Pcrs: sel}.Execute(tp)
+				return err
+			}, opts...)
+		} else {
+			sess = tpm2.HMAC(tpm2.TPMAlgSHA256, 16, append(opts, tpm2.Auth(nil))...)
+		}
 	}
 	us, err := tpm2.Unseal{ItemHandle: tpm2.AuthHandle{Handle: lr.ObjectHandle, Name: lr.Name, Auth: sess}}.Execute(t)
 	if err != nil {
+		if sc != nil {
+			// A failed command leaves a continued session in an unknown policy state.
+			sc.discard(t)
+		}
 		switch {
 		case errors.Is(err, tpm2.TPMRCPolicyFail), errors.Is(err, tpm2.TPMRCPCRChanged):
 			return fmt.Errorf("%w: PCRs %v changed since the key was sealed", hsm.ErrPolicyMismatch, kf.PCRs)
@@ -200,6 +219,52 @@ func unsealInto(t transport.TPM, srk srkInfo, kf *keyFile, dst []byte, encrypt b
 	}
 	copy(dst, us.OutData.Buffer)
 	return nil
+}
+
+// sessionCache keeps one salted, response-encrypting policy session and one HMAC session per
+// connection for per-signature unsealing. A policy session is reset by the TPM after each
+// successful use, so PolicyPCR is asserted again before every Unseal.
+type sessionCache struct {
+	policy, hmac           tpm2.Session
+	closePolicy, closeHMAC func() error
+}
+
+func (c *sessionCache) get(t transport.TPM, srk srkInfo, policy, encrypt bool) (tpm2.Session, error) {
+	var opts []tpm2.AuthOption
+	if encrypt {
+		opts = append(opts, tpm2.AESEncryption(128, tpm2.EncryptOut), tpm2.Salted(srk.handle, srk.pub))
+	}
+	if policy {
+		if c.policy == nil {
+			s, closer, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, 16, opts...)
+			if err != nil {
+				return nil, err
+			}
+			c.policy, c.closePolicy = s, closer
+		}
+		return c.policy, nil
+	}
+	if c.hmac == nil {
+		s, closer, err := tpm2.HMACSession(t, tpm2.TPMAlgSHA256, 16, append(opts, tpm2.Auth(nil))...)
+		if err != nil {
+			return nil, err
+		}
+		c.hmac, c.closeHMAC = s, closer
+	}
+	return c.hmac, nil
+}
+
+// discard flushes the cached sessions (best effort) so the next unseal starts fresh ones.
+func (c *sessionCache) discard(t transport.TPM) {
+	if t != nil {
+		if c.closePolicy != nil {
+			_ = c.closePolicy()
+		}
+		if c.closeHMAC != nil {
+			_ = c.closeHMAC()
+		}
+	}
+	*c = sessionCache{}
 }
 
 // isLinkError reports whether err is a failure of the link to the TPM.
