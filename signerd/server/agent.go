@@ -259,6 +259,7 @@ type x402Response struct {
 	Accepted  json.RawMessage `json:"accepted"`
 	RecordID  string          `json:"record_id"`
 	Signature string          `json:"signature"`
+	Digest    string          `json:"digest"`
 	Request   json.RawMessage `json:"request"`
 	Replayed  bool            `json:"replayed,omitempty"`
 }
@@ -379,7 +380,7 @@ func (d *Daemon) handleX402(w http.ResponseWriter, r *http.Request) {
 	coreReq, _ := signed.MarshalJSON()
 	writeValue(w, r, http.StatusOK, x402Response{
 		Header: name, Value: value, Accepted: opt.Raw, RecordID: res.RecordID.String(),
-		Signature: fourmica.Signature(res.Signature).Hex(), Request: coreReq, Replayed: res.Replayed,
+		Signature: fourmica.Signature(res.Signature).Hex(), Digest: fourmica.Hash(res.Digest).Hex(), Request: coreReq, Replayed: res.Replayed,
 	})
 	d.metrics.latency.WithLabelValues("x402_payments").Observe(time.Since(start).Seconds())
 }
