@@ -300,7 +300,54 @@ func (b *Backend) probe() {
 		if _, isRC := tpmRC(err); !isRC || isLinkError(err) {
 			b.dropLocked(err)
 		}
+		return
 	}
+	if !b.perSig && !b.zeroized.Load() {
+		if err := b.checkPoliciesLocked(); err != nil && isLinkError(err) {
+			b.dropLocked(err)
+		}
+	}
+}
+
+// checkPoliciesLocked keeps unseal-once keys in step with the PCRs: it recomputes the PCR
+// policy digest of each key's PCR set (a trial session; the keys are not unsealed for this),
+// zeroes a cached key whose policy no longer holds, and unseals again a key whose policy holds
+// again. Called by the monitor with tpmMu held.
+func (b *Backend) checkPoliciesLocked() error {
+	current := map[string][]byte{}
+	for _, k := range b.snapshotKeys() {
+		k.mu.RLock()
+		kf, ready, kerr := k.meta, k.ready, k.err
+		skip := kf == nil || k.destroyed || kf.Retired || errors.Is(kerr, hsm.ErrCorrupt)
+		k.mu.RUnlock()
+		if skip {
+			continue
+		}
+		holds := true
+		if len(kf.PCRs) > 0 {
+			set := fmt.Sprint(kf.PCRs)
+			d, ok := current[set]
+			if !ok {
+				var err error
+				if d, err = pcrPolicyDigest(b.conn, kf.PCRs); err != nil {
+					return err
+				}
+				current[set] = d
+			}
+			holds = subtle.ConstantTimeCompare(d, kf.PolicyDigest) == 1
+		}
+		switch {
+		case ready && !holds:
+			k.mu.Lock()
+			k.forgetLocked(fmt.Errorf("%w: PCRs %v changed while the key was unsealed; key zeroed", hsm.ErrPolicyMismatch, kf.PCRs))
+			k.mu.Unlock()
+		case !ready && holds:
+			if err := b.unsealCachedLocked(k); err != nil && isLinkError(err) {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Health implements hsm.Backend: it probes the TPM now (reconnecting if it was gone).

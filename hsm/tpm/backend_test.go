@@ -773,3 +773,60 @@ func TestParameterEncryption(t *testing.T) {
 		})
 	}
 }
+
+// TestPCRDriftUnsealOnce: a key unsealed once is zeroed by the monitor when its PCRs change
+// while the backend runs, and unsealed again when they are restored.
+func TestPCRDriftUnsealOnce(t *testing.T) {
+	ctx := context.Background()
+	sw := swtpmtest.Start(t)
+	b := openTest(t, testOptions(sw, t.TempDir(), false, []int{16}))
+	ki, err := b.Generate(ctx, hsm.GenerateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := b.Generate(ctx, hsm.GenerateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.Signer(ctx, ki.URI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, _ := b.lookup(ki.URI)
+	extendPCR(t, b, 16)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := s.SignDigest(ctx, randDigest(t))
+		if errors.Is(err, hsm.ErrPolicyMismatch) {
+			break
+		}
+		if err != nil || time.Now().After(deadline) {
+			t.Fatalf("sign after PCR drift err = %v, want ErrPolicyMismatch", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	k.mu.RLock()
+	zero := k.mem.IsZero()
+	k.mu.RUnlock()
+	if !zero {
+		t.Fatal("key not zeroed after PCR drift")
+	}
+	// Other keys sealed to the same PCRs are zeroed too; health stays OK (the TPM is fine).
+	if _, err := b.Signer(ctx, plain.URI); !errors.Is(err, hsm.ErrPolicyMismatch) {
+		t.Fatalf("second key err = %v", err)
+	}
+	if h := b.Health(ctx); !h.OK {
+		t.Fatalf("health %+v", h)
+	}
+	resetPCR(t, b, 16)
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		if _, err := s.SignDigest(ctx, randDigest(t)); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("sign after PCR restore err = %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	signOK(t, b, ki.URI, ki.Address)
+}
