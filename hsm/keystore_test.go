@@ -2,9 +2,12 @@ package hsm
 
 import (
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"math/big"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -80,6 +83,36 @@ func TestPublicKey(t *testing.T) {
 	for name, bad := range map[string][]byte{"zero": make([]byte, 32), "n": n, "n+1": nPlus, "short": make([]byte, 31)} {
 		if _, err := PublicKey(bad); !errors.Is(err, ErrBadKey) {
 			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+// TestKeystoreVectors decrypts the published Web3 Secret Storage test vectors in testdata.
+func TestKeystoreVectors(t *testing.T) {
+	raw, err := os.ReadFile("testdata/keystore-v3-vectors.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct {
+		Password   string   `json:"password"`
+		PrivateKey string   `json:"private_key"`
+		Files      []string `json:"files"`
+	}
+	if err := json.Unmarshal(raw, &v); err != nil || len(v.Files) == 0 {
+		t.Fatalf("vectors: %v", err)
+	}
+	want, _ := hex.DecodeString(v.PrivateKey)
+	for _, f := range v.Files {
+		doc, err := os.ReadFile(filepath.Join("testdata", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, addr, err := DecryptKeystoreV3(doc, v.Password)
+		if err != nil || !bytes.Equal(key, want) {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if addr.Hex() != "0x008AeEda4D805471dF9b2A5B0f38A0C3bCBA786b" {
+			t.Fatalf("%s: address %s", f, addr.Hex())
 		}
 	}
 }
