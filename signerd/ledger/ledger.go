@@ -160,6 +160,11 @@ type Ledger struct {
 	once   sync.Once
 
 	lastPrune time.Time // committer-only
+	lastID    uint64    // committer-only: last record id handed out (never goes back, even if a tx fails)
+
+	// testHookAfterApply, if set, runs inside the group's transaction after every operation
+	// was applied and early results were released; an error fails the transaction (tests).
+	testHookAfterApply func() error
 
 	groups, ops, updates, asyncErrs, pruned atomic.Uint64
 }
@@ -211,6 +216,7 @@ func Open(opts Options) (*Ledger, error) {
 	}
 	l := &Ledger{db: db, opts: opts, clock: opts.Clock, q: make(chan op, opts.QueueSize), done: make(chan struct{})}
 	l.lastPrune = opts.Clock()
+	_ = db.View(func(tx *bolt.Tx) error { l.lastID = tx.Bucket(bucketRecords).Sequence(); return nil })
 	go l.commitLoop()
 	return l, nil
 }
@@ -253,6 +259,10 @@ type opBase struct {
 	done  chan struct{}
 	err   error // per-op outcome error (set by apply) or the group's store error
 	async bool
+	// early, when non-nil, is closed as soon as the op was applied in a group whose every op
+	// applied, before the fsync — only if the op's earlyOK reports true.
+	early     chan struct{}
+	earlySent bool // committer-only
 }
 
 func (b *opBase) base() *opBase { return b }
@@ -263,15 +273,20 @@ func (b *opBase) base() *opBase { return b }
 type op interface {
 	base() *opBase
 	apply(tx *bolt.Tx, now time.Time) error
+	// earlyOK reports whether the applied outcome may be released before the fsync.
+	earlyOK() bool
 }
 
 func newBase(async bool) opBase { return opBase{done: make(chan struct{}), async: async} }
 
-// submit queues o and waits for its commit (see the package comment for context handling).
+// submit queues o and waits for its commit (see the package comment for context handling), or,
+// if o.base().early is set, for its early release.
 func (l *Ledger) submit(ctx context.Context, o op) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	b := o.base()
+	early := b.early // nil (never ready in select) unless requested; read before the committer sees o
 	l.mu.RLock()
 	if l.closed {
 		l.mu.RUnlock()
@@ -284,14 +299,19 @@ func (l *Ledger) submit(ctx context.Context, o op) error {
 		return ctx.Err()
 	}
 	l.mu.RUnlock()
-	b := o.base()
 	select {
 	case <-b.done:
+	case <-early:
+		return nil
 	case <-ctx.Done():
 		if b.state.CompareAndSwap(stQueued, stCanceled) {
 			return ctx.Err()
 		}
-		<-b.done
+		select {
+		case <-b.done:
+		case <-early:
+			return nil
+		}
 	}
 	return b.err
 }
@@ -356,6 +376,17 @@ func (l *Ledger) runGroup(group []op) {
 				}
 				l.pruned.Add(uint64(n))
 				l.lastPrune = now
+			}
+			// Every op applied: release early results (the group commits next, or fails as a
+			// whole, in which case Commit of an early-released reservation fails).
+			for i, o := range group {
+				if b := o.base(); !failed[i] && b.early != nil && !b.earlySent && b.err == nil && o.earlyOK() {
+					close(b.early)
+					b.earlySent = true
+				}
+			}
+			if l.testHookAfterApply != nil {
+				return l.testHookAfterApply()
 			}
 			return nil
 		})

@@ -444,6 +444,7 @@ type testOp struct {
 }
 
 func (o *testOp) apply(tx *bolt.Tx, _ time.Time) error { return o.f(tx) }
+func (o *testOp) earlyOK() bool                        { return false }
 
 // blockCommitter queues an op that holds the committer until the returned func is called, so
 // that the ops queued meanwhile form one group.
@@ -621,5 +622,78 @@ func TestQueriesAndOptions(t *testing.T) {
 	seq, _, err := l.AuditHead()
 	if err != nil || seq != 9 {
 		t.Fatalf("audit head %d %v", seq, err)
+	}
+}
+
+func TestReserveEarly(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "early.db")
+	l, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	c := charge("daily", 24*time.Hour, 100, 10)
+	r, err := l.ReserveEarly(ctx, resv(1, 1, "a", c))
+	if err != nil || r.Outcome != Reserved {
+		t.Fatal(r, err)
+	}
+	if _, err := l.Commit(ctx, r.RecordID, sig65(1)); err != nil {
+		t.Fatal(err)
+	}
+
+	// The reservation's transaction fails after the early release: Commit must fail, the id
+	// must not be reused, and nothing of the reservation is left.
+	var fail atomic.Bool
+	fail.Store(true)
+	l.testHookAfterApply = func() error {
+		if fail.CompareAndSwap(true, false) {
+			return errors.New("injected commit failure")
+		}
+		return nil
+	}
+	r2, err := l.ReserveEarly(ctx, resv(1, 2, "b", c))
+	if err != nil || r2.Outcome != Reserved {
+		t.Fatalf("early result: %+v %v", r2, err)
+	}
+	if _, err := l.Commit(ctx, r2.RecordID, sig65(2)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("commit of a reservation whose transaction failed: %v", err)
+	}
+	if err := l.Release(ctx, r2.RecordID, "", "x"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("release: %v", err)
+	}
+	r3, err := l.Reserve(ctx, resv(1, 2, "b", c))
+	if err != nil || r3.Outcome != Reserved || r3.RecordID <= r2.RecordID {
+		t.Fatalf("after failure: %+v %v (failed id %d)", r3, err, r2.RecordID)
+	}
+	if u, _ := l.Usage("daily/agent-a", 24*time.Hour, time.Now()); u.Int64() != 20 {
+		t.Fatalf("usage %s, want 20", u)
+	}
+
+	// Outcomes that are not signed next wait for durability: with the transaction failing they
+	// return the store error, not the (undurable) result.
+	for _, rv := range []Reservation{resv(1, 1, "a", c), resv(1, 1, "other", c), resv(1, 9, "z", charge("daily", 24*time.Hour, 100, 99))} {
+		fail.Store(true)
+		res, err := l.ReserveEarly(ctx, rv)
+		var se *StoreError
+		if !errors.As(err, &se) {
+			t.Fatalf("%s: want StoreError, got %+v %v", res.Outcome, res, err)
+		}
+	}
+	l.testHookAfterApply = nil
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Ids stay monotonic across a reopen.
+	l, err = Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	r4, err := l.Reserve(ctx, resv(1, 3, "c"))
+	if err != nil || r4.RecordID <= r3.RecordID {
+		t.Fatalf("after reopen: %+v %v", r4, err)
+	}
+	if rep, err := l.VerifyAudit(); err != nil || !rep.OK {
+		t.Fatal(rep, err)
 	}
 }

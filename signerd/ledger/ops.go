@@ -124,10 +124,16 @@ type Result struct {
 
 type reserveOp struct {
 	opBase
+	l   *Ledger
 	r   Reservation
 	h   [32]byte
 	res Result
 }
+
+// earlyOK: only a reservation to be signed may be released before the fsync (its Commit comes
+// after this group and fails if this group did not commit). Duplicate signatures, conflicts and
+// denials wait for durability.
+func (o *reserveOp) earlyOK() bool { return o.res.Outcome == Reserved || o.res.Outcome == Resumable }
 
 // Reserve checks the replay key and every budget charge, and if all pass writes the payment
 // record (status reserved), the replay entry and the debits, with one audit record, durably, in
@@ -138,7 +144,29 @@ func (l *Ledger) Reserve(ctx context.Context, r Reservation) (Result, error) {
 	if err := r.validate(); err != nil {
 		return Result{}, err
 	}
-	o := &reserveOp{opBase: newBase(false), r: r, h: sha256.Sum256(r.Claims)}
+	o := &reserveOp{opBase: newBase(false), l: l, r: r, h: sha256.Sum256(r.Claims)}
+	if err := l.submit(ctx, o); err != nil {
+		return Result{}, err
+	}
+	return o.res, nil
+}
+
+// ReserveEarly is Reserve for callers that overlap signing with the reservation's fsync. It
+// returns a Reserved or Resumable result as soon as the reservation has been applied in its
+// group's transaction, before that transaction is fsynced; every other outcome (Duplicate,
+// Conflict, BudgetExhausted, errors) is returned only once durable, as with Reserve.
+//
+// The caller may sign at once but must still send a signature only after Commit returned nil.
+// Commit is always applied in a later transaction than the reservation, so it succeeds only if
+// the reservation is durable: if the reservation's transaction failed, Commit returns ErrNotFound
+// (record ids are never reused, even after a failed transaction) and the signature is withheld.
+// Release behaves the same way. This hides one fsync per request behind the signing time.
+func (l *Ledger) ReserveEarly(ctx context.Context, r Reservation) (Result, error) {
+	if err := r.validate(); err != nil {
+		return Result{}, err
+	}
+	o := &reserveOp{opBase: newBase(false), l: l, r: r, h: sha256.Sum256(r.Claims)}
+	o.early = make(chan struct{})
 	if err := l.submit(ctx, o); err != nil {
 		return Result{}, err
 	}
@@ -220,8 +248,11 @@ func (o *reserveOp) apply(tx *bolt.Tx, now time.Time) error {
 	}
 
 	// 3. Write: record, replay entry, debits, audit.
-	seq, err := tx.Bucket(bucketRecords).NextSequence()
-	if err != nil {
+	// Ids come from the committer's counter, which never goes back even if this transaction
+	// fails, so an id released early (ReserveEarly) can never name another record.
+	o.l.lastID++
+	seq := o.l.lastID
+	if err := tx.Bucket(bucketRecords).SetSequence(seq); err != nil {
 		return err
 	}
 	rec := &PaymentRecord{ID: RecordID(seq), Status: StatusReserved, Created: now, Updated: now,
@@ -299,6 +330,8 @@ func (l *Ledger) Commit(ctx context.Context, id RecordID, sig []byte) (CommitRes
 	return o.res, nil
 }
 
+func (o *commitOp) earlyOK() bool { return false }
+
 func (o *commitOp) apply(tx *bolt.Tx, now time.Time) error {
 	o.res = CommitResult{}
 	rec, err := getRecord(tx, o.id)
@@ -367,6 +400,8 @@ func (l *Ledger) Release(ctx context.Context, id RecordID, code, reason string) 
 	return l.submit(ctx, &releaseOp{opBase: newBase(false), id: id, code: code, reason: reason})
 }
 
+func (o *releaseOp) earlyOK() bool { return false }
+
 func (o *releaseOp) apply(tx *bolt.Tx, now time.Time) error {
 	rec, err := getRecord(tx, o.id)
 	if err != nil {
@@ -433,6 +468,8 @@ func (l *Ledger) PutState(ctx context.Context, key string, value []byte, ev audi
 	return l.submit(ctx, o)
 }
 
+func (o *stateOp) earlyOK() bool { return false }
+
 func (o *stateOp) apply(tx *bolt.Tx, now time.Time) error {
 	b := tx.Bucket(bucketState)
 	var err error
@@ -491,6 +528,8 @@ func (l *Ledger) AuditAsync(ev audit.Event) error {
 
 // ErrOverloaded is returned by AuditAsync when the queue is full.
 var ErrOverloaded = fmt.Errorf("ledger: queue full")
+
+func (o *auditOp) earlyOK() bool { return false }
 
 func (o *auditOp) apply(tx *bolt.Tx, now time.Time) error {
 	var err error
