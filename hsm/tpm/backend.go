@@ -572,6 +572,13 @@ func (s *signer) signPerSignature(digest [32]byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: sign: %v", hsm.ErrSignature, err)
 	}
+	// A Retire or Destroy that raced with the unseal wins: the signature is dropped.
+	k.mu.RLock()
+	err = k.usable()
+	k.mu.RUnlock()
+	if err != nil {
+		return nil, err
+	}
 	return raw, nil
 }
 

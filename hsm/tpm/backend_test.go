@@ -239,6 +239,9 @@ func TestLifecycle(t *testing.T) {
 			if err := b.Retire(ctx, gen.URI); err != nil {
 				t.Fatalf("Retire: %v", err)
 			}
+			if k, _ := b.lookup(gen.URI); k.mem != nil && !k.mem.IsZero() {
+				t.Fatal("retired key still in memory")
+			}
 			if _, err := s.SignDigest(ctx, randDigest(t)); !errors.Is(err, hsm.ErrKeyRetired) {
 				t.Fatalf("sign with retired key err = %v", err)
 			}
