@@ -33,6 +33,9 @@
 //	case ledger.BudgetExhausted: 403 res.Budget.Code()
 //	}
 //
+// ReserveEarly is the same call for a caller that overlaps signing with the reservation's fsync
+// (the Reserved/Resumable result is released before the fsync; Commit still gates the signature).
+//
 // Reserve audits every outcome itself (allow with the reservation, replay duplicate/resume, or a
 // deny with its code); policy denials decided before the ledger is reached are audited with
 // AuditAsync (queued, made durable with the next group, the caller does not wait) or AppendAudit.

@@ -608,6 +608,13 @@ func TestQueriesAndOptions(t *testing.T) {
 	if err != nil || len(spend) != 2 || spend[0].Key != "daily/agent-a" || spend[0].Used.Int64() != 15 || spend[1].Used.Int64() != 10 {
 		t.Fatalf("spend: %+v %v", spend, err)
 	}
+	one, err := l.Spend("hourly/agent-a", time.Hour, clk.Now())
+	if err != nil || one.Used.Int64() != 10 || one.Buckets != 1 {
+		t.Fatalf("spend one: %+v %v", one, err)
+	}
+	if js, _ := one.MarshalJSON(); string(js) != `{"key":"hourly/agent-a","window":3600000000000,"window_s":3600,"used":"10","buckets":1}` {
+		t.Fatalf("spend json %s", js)
+	}
 	rec, _ := l.Record(1)
 	js, err := rec.MarshalJSON()
 	if err != nil || !bytes.Contains(js, []byte(`"status":"signed"`)) || !bytes.Contains(js, []byte(`"tab_id":"7"`)) {

@@ -3,6 +3,7 @@ package ledger
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"io"
 	"math/big"
@@ -38,13 +39,43 @@ type Spend struct {
 	Buckets int           `json:"buckets"` // non-empty buckets inside the window
 }
 
+// MarshalJSON renders a Spend for the admin API: window in nanoseconds (and seconds), used as a
+// decimal string (amounts can exceed what a JSON number holds exactly).
+func (s Spend) MarshalJSON() ([]byte, error) {
+	used := "0"
+	if s.Used != nil {
+		used = s.Used.String()
+	}
+	return json.Marshal(struct {
+		Key     string `json:"key"`
+		Window  int64  `json:"window"`
+		WindowS int64  `json:"window_s"`
+		Used    string `json:"used"`
+		Buckets int    `json:"buckets"`
+	}{s.Key, int64(s.Window), int64(s.Window / time.Second), used, s.Buckets})
+}
+
 // Spend returns the usage of (key, window) at now (the same number as Usage).
 func (l *Ledger) Spend(key string, window time.Duration, now time.Time) (Spend, error) {
-	u, err := l.Usage(key, window, now)
-	if err != nil {
-		return Spend{}, err
-	}
-	return Spend{Key: key, Window: window, Used: u}, nil
+	var sp Spend
+	err := l.view("spend", func(tx *bolt.Tx) error {
+		u, err := usageTx(tx, key, window, now)
+		if err != nil {
+			return err
+		}
+		sp = Spend{Key: key, Window: window, Used: u}
+		first, cur := policyengine.WindowFirstBucket(window, now), policyengine.BucketIndex(window, now)
+		p := usagePrefix(key, window)
+		c := tx.Bucket(bucketUsage).Cursor()
+		for k, _ := c.Seek(usageKey(p, first)); k != nil && bytes.HasPrefix(k, p) && len(k) == len(p)+8; k, _ = c.Next() {
+			if _, _, b, ok := splitUsageKey(k); !ok || b > cur {
+				break
+			}
+			sp.Buckets++
+		}
+		return nil
+	})
+	return sp, err
 }
 
 // SpendAll lists every counter with usage inside its window at now, sorted by key then window.
