@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"encoding/asn1"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -49,6 +50,7 @@ type Backend struct {
 	waiting    atomic.Int64
 	maxWaiting int64
 
+	reconnMu  sync.Mutex // serialises reconnection attempts
 	mu        sync.Mutex
 	conn      *conn // nil while the token is unavailable
 	reason    string
@@ -290,27 +292,84 @@ func (b *Backend) withSession(ctx context.Context, fn func(c *conn, sh p11.Sessi
 		return err
 	}
 	defer b.release()
+	c, err := b.current()
+	if err != nil {
+		return err
+	}
 	m := b.mod
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	b.mu.Lock()
-	c := b.conn
-	b.mu.Unlock()
-	if c == nil {
-		return b.unavailable()
-	}
 	if !m.initialized || c.gen != m.gen {
 		b.markFailed(c, "the module was re-initialised")
 		return b.unavailable()
 	}
 	sh := <-c.sessions
-	err := fn(c, sh)
+	err = fn(c, sh)
 	c.sessions <- sh
 	if err != nil && deviceFailure(err) {
 		b.markFailed(c, "device error: "+err.Error())
 		return fmt.Errorf("%w: token %q: %v", hsm.ErrUnavailable, b.opts.TokenLabel, err)
 	}
 	return err
+}
+
+// current returns the live connection. When the module was re-initialised (by this backend's
+// monitor or by another backend on the same module) since the connection failed, it
+// reconnects at once instead of waiting for the monitor, so callers are not failed needlessly.
+func (b *Backend) current() (*conn, error) {
+	b.mu.Lock()
+	c, failedGen := b.conn, b.failedGen
+	b.mu.Unlock()
+	gen := b.currentGen()
+	if c != nil && c.gen == gen {
+		return c, nil
+	}
+	if c != nil {
+		b.markFailed(c, "the module was re-initialised")
+		failedGen = c.gen
+	}
+	if gen == failedGen {
+		return nil, b.unavailable() // nothing changed since the failure: the monitor handles it
+	}
+	if err := b.reconnectOnce(); err != nil {
+		return nil, b.unavailable()
+	}
+	b.mu.Lock()
+	c = b.conn
+	b.mu.Unlock()
+	if c == nil {
+		return nil, b.unavailable()
+	}
+	return c, nil
+}
+
+// reconnectOnce connects if no connection is installed, serialised with other reconnects.
+func (b *Backend) reconnectOnce() error {
+	b.reconnMu.Lock()
+	defer b.reconnMu.Unlock()
+	gen := b.currentGen()
+	b.mu.Lock()
+	have := b.conn != nil && b.conn.gen == gen
+	b.mu.Unlock()
+	if have {
+		return nil
+	}
+	c, err := b.connect()
+	gen = b.currentGen()
+	// Lock order: never take mod.mu while holding b.mu (withSession takes b.mu under mod.mu).
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err != nil {
+		b.reason = err.Error()
+		b.failedGen = gen
+		return err
+	}
+	if b.closed {
+		go b.closeConn(c)
+		return errors.New("closed")
+	}
+	b.conn, b.reason, b.checked = c, "", time.Now()
+	return nil
 }
 
 // probe checks that the token still answers. mod.mu is held.
@@ -383,21 +442,7 @@ func (b *Backend) reconnect(failedGen uint64) {
 		b.setReason(err.Error())
 		return
 	}
-	c, err := b.connect()
-	if err != nil {
-		b.mu.Lock()
-		b.reason = err.Error()
-		b.failedGen = b.currentGen()
-		b.mu.Unlock()
-		return
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		b.closeConn(c)
-		return
-	}
-	b.conn, b.reason, b.checked = c, "", time.Now()
+	_ = b.reconnectOnce()
 }
 
 func (b *Backend) currentGen() uint64 {
