@@ -96,6 +96,7 @@ func run(args []string, stderr io.Writer) int {
 	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
+	defer signal.Stop(sigs)
 	done := make(chan error, 1)
 	go func() { done <- d.Serve() }()
 	for {
