@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"testing"
+	"time"
 )
 
 func TestAllowAndReplay(t *testing.T) {
@@ -31,4 +32,103 @@ func TestAllowAndReplay(t *testing.T) {
 	}
 	verifyGuarantee(t, g3)
 	e.stopClean()
+}
+
+// TestDenialCodes: every policy denial code the daemon can produce over the agent socket, with
+// its HTTP status and rule, and the daemon keeps signing afterwards.
+func TestDenialCodes(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.start()
+	c := e.agentClient()
+	now := time.Now().Unix()
+	v2 := func(registry string) claims {
+		return newClaims("1000").canonicalV2(t, registry, "0x2222222222222222222222222222222222222222", 80, "hard-finality")
+	}
+	cases := []struct {
+		name   string
+		claims claims
+		labels map[string]string
+		wallet string
+		status int
+		code   string
+		rule   string
+	}{
+		{name: "stale timestamp", claims: newClaims("1000").with("timestamp", now-3600), status: 403, code: "stale_timestamp"},
+		{name: "seller not allowed", claims: newClaims("1000").with("recipient_address", "0x9999999999999999999999999999999999999999"), status: 403, code: "seller_not_allowed"},
+		{name: "explicitly denied seller", claims: newClaims("1000").with("recipient_address", sellerBad), status: 403, code: "seller_not_allowed", rule: "drainer"},
+		{name: "asset not allowed", claims: newClaims("1000").with("asset_address", "0x4200000000000000000000000000000000000006"), status: 403, code: "asset_not_allowed"},
+		{name: "amount over limit", claims: newClaims("1000001"), labels: map[string]string{"task": "big"}, status: 403, code: "amount_over_limit"},
+		{name: "version not allowed", claims: v2(sellerOK), status: 403, code: "version_not_allowed"},
+		{name: "validation not allowed", claims: v2("0x3333333333333333333333333333333333333333"), labels: map[string]string{"task": "v2", "suite": "v2"}, status: 403, code: "validation_not_allowed"},
+		{name: "deny rule by label", claims: newClaims("1000"), labels: map[string]string{"task": "f", "state": "frozen"}, status: 403, code: "denied_by_rule", rule: "frozen"},
+		{name: "network denied", claims: newClaims("1000"), labels: map[string]string{"task": "n", "suite": "nonet"}, status: 403, code: "network_not_allowed", rule: "no-net"},
+		{name: "wallet of another user", claims: newClaims("1000").with("user_address", "0x6813Eb9362372EEF6200f3b1dbC3f819671cBA69"), status: 403, code: "wallet_not_allowed"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			st, _, ae, err := sign(c, tc.claims, tc.labels)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st != tc.status || ae.Code != tc.code || (tc.rule != "" && ae.Rule != tc.rule) || ae.Reason == "" {
+				t.Fatalf("got %d %+v, want %d %s rule %q", st, ae, tc.status, tc.code, tc.rule)
+			}
+		})
+	}
+	// The v2 rule does allow good V2 claims (so the validation case above is a real denial).
+	if st, g, ae, _ := sign(c, v2(sellerOK), map[string]string{"task": "v2", "suite": "v2"}); st != 200 {
+		t.Fatalf("good v2: %d %+v", st, ae)
+	} else {
+		verifyGuarantee(t, g)
+	}
+	t.Run("budget exhausted", func(t *testing.T) {
+		lb := map[string]string{"task": "b", "suite": "budget"}
+		for i := 0; i < 2; i++ {
+			if st, _, ae, _ := sign(c, newClaims("1000"), lb); st != 200 {
+				t.Fatalf("within budget %d: %d %+v", i, st, ae)
+			}
+		}
+		st, _, ae, _ := sign(c, newClaims("1000"), lb) // 3000 > 2500
+		if st != 403 || ae.Code != "budget_exhausted" || ae.Rule != "budget-suite" {
+			t.Fatalf("over budget: %d %+v", st, ae)
+		}
+		if st, _, ae, _ := sign(c, newClaims("500"), lb); st != 200 { // exactly 2500
+			t.Fatalf("to the limit: %d %+v", st, ae)
+		}
+	})
+	t.Run("rate limited", func(t *testing.T) {
+		lb := map[string]string{"task": "r", "suite": "rate"}
+		for i := 0; i < 2; i++ {
+			if st, _, ae, _ := sign(c, newClaims("1"), lb); st != 200 {
+				t.Fatalf("within rate %d: %d %+v", i, st, ae)
+			}
+		}
+		if st, _, ae, _ := sign(c, newClaims("1"), lb); st != 403 || ae.Code != "rate_limited" {
+			t.Fatalf("over rate: %d %+v", st, ae)
+		}
+	})
+	t.Run("unknown wallet parameter", func(t *testing.T) {
+		st, raw, _ := c.call("POST", "/v1/guarantees", map[string]any{"wallet": "0x6813Eb9362372EEF6200f3b1dbC3f819671cBA69", "claims": newClaims("1")})
+		if ae := errOf(raw); st/100 != 4 || ae.Code == "" {
+			t.Fatalf("foreign wallet: %d %s", st, raw)
+		}
+	})
+	t.Run("kill switch engaged", func(t *testing.T) {
+		if out, errs, code := e.ctl("stop", "--reason", "denial-code test"); code != 0 {
+			t.Fatalf("stop: %d %s %s", code, out, errs)
+		}
+		st, _, ae, _ := sign(c, newClaims("1"), nil)
+		if st != 503 || ae.Code != "kill_switch_engaged" {
+			t.Fatalf("while engaged: %d %+v", st, ae)
+		}
+		if out, errs, code := e.ctl("resume"); code != 0 {
+			t.Fatalf("resume: %d %s %s", code, out, errs)
+		}
+	})
+	// Still serving.
+	if st, g, ae, _ := sign(c, newClaims("7"), nil); st != 200 {
+		t.Fatalf("after denials: %d %+v", st, ae)
+	} else {
+		verifyGuarantee(t, g)
+	}
 }

@@ -474,6 +474,37 @@ func (c claims) with(kv ...any) claims {
 	return out
 }
 
+// canonicalV2 turns V1 claims into V2 claims with the given validation fields and the
+// canonical validation hashes (as Core requires).
+func (c claims) canonicalV2(t *testing.T, registry, validator string, minScore uint8, tag string) claims {
+	t.Helper()
+	v1 := c.with("version", "v1")
+	raw, _ := json.Marshal(v1)
+	dc, err := fourmica.DecodeClaims(raw)
+	if err != nil || dc.V1 == nil {
+		t.Fatalf("v1 claims: %v", err)
+	}
+	reg, err1 := fourmica.ParseAddress(registry)
+	val, err2 := fourmica.ParseAddress(validator)
+	job, err3 := fourmica.ParseHash("0x1e8d7affdec8df51ae5319b51f761c1e6cd166e9fa61e013889f2e65136eb73a")
+	agentID, err4 := fourmica.ParseU256("0x2a")
+	if err1 != nil || err2 != nil || err3 != nil || err4 != nil {
+		t.Fatal(err1, err2, err3, err4)
+	}
+	v2 := &fourmica.ClaimsV2{ClaimsV1: *dc.V1, ValidationRegistry: reg, ValidationChainID: 84532, Validator: val,
+		ValidatorAgentID: agentID, MinValidationScore: minScore, JobHash: job, RequiredValidationTag: tag}
+	v2.Fill()
+	raw, err = json.Marshal(fourmica.ClaimsOfV2(v2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := claims{}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // guarantee is a successful /v1/guarantees answer.
 type guarantee struct {
 	Signature string          `json:"signature"`
