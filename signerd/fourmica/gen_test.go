@@ -8,14 +8,16 @@ import (
 // claimGen produces random claims biased towards edge values.
 type claimGen struct{ r *rand.Rand }
 
-func newClaimGen(seed uint64) *claimGen { return &claimGen{r: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))} }
+func newClaimGen(seed uint64) *claimGen {
+	return &claimGen{r: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
+}
 
 var (
 	edgeU256 = []U256{
 		{}, U256FromUint64(1), U256FromUint64(2),
 		MustU256("0x8000000000000000000000000000000000000000000000000000000000000000"), // 2^255
 		MustU256("0xffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"), // 2^256-1
-		MustU256("0x10000000000000000"),                                                 // 2^64
+		MustU256("0x10000000000000000"), // 2^64
 		MustU256("0xffffffffffffffff"),
 	}
 	edgeTags = []string{
