@@ -575,3 +575,5 @@ func parallel(n int, f func(i int)) {
 	}
 	wg.Wait()
 }
+
+func getenvCI() bool { return os.Getenv("CI") == "true" }

@@ -1,0 +1,245 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func pendingApproval(t *testing.T, c *client, cl claims) string {
+	t.Helper()
+	st, _, ae, err := sign(c, cl, nil)
+	if err != nil || st != 202 || ae.Code != "approval_pending" || ae.ApprovalID == "" || ae.Rule != "big-payment" {
+		t.Fatalf("want 202 approval_pending: %d %+v %v", st, ae, err)
+	}
+	return ae.ApprovalID
+}
+
+func TestApprovals(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.start()
+	c := e.agentClient()
+
+	t.Run("approve", func(t *testing.T) {
+		cl := newClaims("600000")
+		id := pendingApproval(t, c, cl)
+		// Re-submitting while pending gives the same approval.
+		if id2 := pendingApproval(t, c, cl); id2 != id {
+			t.Fatalf("re-submission filed a new approval %s (first %s)", id2, id)
+		}
+		out, errs, code := e.ctl("approvals", "list")
+		if code != 0 || !strings.Contains(out, id) || !strings.Contains(out, "pending") || !strings.Contains(out, "600000") {
+			t.Fatalf("approvals list: %d\n%s%s", code, out, errs)
+		}
+		// bob is not in the finance group.
+		if out, errs, code := e.ctlAs(nobodyUID, "approvals", "approve", id); code != 1 || !strings.Contains(errs, "not_in_group") {
+			t.Fatalf("bob approves: %d %s %s", code, out, errs)
+		}
+		// The agent can poll its approval.
+		st, raw, _ := c.call("GET", "/v1/approvals/"+id, nil)
+		if st != 200 || !strings.Contains(string(raw), "pending") {
+			t.Fatalf("agent poll: %d %s", st, raw)
+		}
+		if out, errs, code := e.ctl("approvals", "approve", id); code != 0 || !strings.Contains(out, "approved "+id) {
+			t.Fatalf("approve: %d %s %s", code, out, errs)
+		}
+		st, g, ae, _ := sign(c, cl, nil)
+		if st != 200 {
+			t.Fatalf("approved request re-submitted: %d %+v", st, ae)
+		}
+		verifyGuarantee(t, g)
+		if out, errs, code := e.ctl("approvals", "deny", id, "--reason", "late"); code != 1 || !strings.Contains(errs, "already_decided") {
+			t.Fatalf("deny after approve: %d %s %s", code, out, errs)
+		}
+	})
+
+	t.Run("deny", func(t *testing.T) {
+		cl := newClaims("700000")
+		id := pendingApproval(t, c, cl)
+		if out, errs, code := e.ctl("approvals", "deny", id, "--reason", "not this vendor"); code != 0 {
+			t.Fatalf("deny: %d %s %s", code, out, errs)
+		}
+		st, _, ae, _ := sign(c, cl, nil)
+		if st != 403 || ae.Code != "approval_denied" || !strings.Contains(ae.Reason, "not this vendor") {
+			t.Fatalf("denied request re-submitted: %d %+v", st, ae)
+		}
+	})
+
+	t.Run("long poll wakes on approval", func(t *testing.T) {
+		e2 := e // same daemon; approve while the agent's request is held
+		cl := newClaims("650000")
+		id := pendingApproval(t, c, cl)
+		done := make(chan int, 1)
+		go func() {
+			st, _, _, _ := sign(c, cl, nil)
+			done <- st
+		}()
+		time.Sleep(100 * time.Millisecond)
+		if _, errs, code := e2.ctl("approvals", "approve", id); code != 0 {
+			t.Fatalf("approve: %s", errs)
+		}
+		if st := <-done; st != 200 {
+			t.Fatalf("held request after approval: %d", st)
+		}
+	})
+
+	t.Run("expire", func(t *testing.T) {
+		cl := newClaims("800000")
+		id := pendingApproval(t, c, cl)
+		time.Sleep(3500 * time.Millisecond) // the rule's timeout is 3s
+		st, _, ae, _ := sign(c, cl, nil)
+		if st != 403 || ae.Code != "approval_denied" {
+			t.Fatalf("expired approval: %d %+v", st, ae)
+		}
+		out, _, _ := e.ctl("approvals", "list", "--state", "expired", "--json")
+		if !strings.Contains(out, id) {
+			t.Fatalf("expired approval not listed: %s", out)
+		}
+		if _, errs, code := e.ctl("approvals", "approve", id); code != 1 || !strings.Contains(errs, "already_decided") {
+			t.Fatalf("approve after expiry: %d %s", code, errs)
+		}
+	})
+
+	// Every step is in the audit log.
+	out, errs, code := e.ctl("audit", "export")
+	if code != 0 {
+		t.Fatalf("audit export: %s", errs)
+	}
+	seen := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var r struct {
+			Kind  string            `json:"kind"`
+			Attrs map[string]string `json:"attrs"`
+		}
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("export line %q: %v", line, err)
+		}
+		if r.Kind == "approval" {
+			seen[r.Attrs["action"]]++
+		}
+	}
+	if seen["requested"] != 4 || seen["approved"] != 2 || seen["denied"] != 1 || seen["expired"] != 1 {
+		t.Fatalf("approval audit records: %v", seen)
+	}
+	if out, errs, code := e.ctl("audit", "verify"); code != 0 || !strings.Contains(out, "OK") {
+		t.Fatalf("audit verify: %d %s %s", code, out, errs)
+	}
+}
+
+func TestPolicyReload(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.start()
+	c := e.agentClient()
+	if st, _, ae, _ := sign(c, newClaims("1000"), nil); st != 200 {
+		t.Fatalf("before reload: %d %+v", st, ae)
+	}
+	statusHash := func() string {
+		out, _, code := e.ctl("status", "--json")
+		var st struct {
+			Policy struct {
+				Hash string `json:"hash"`
+			} `json:"policy"`
+		}
+		if code != 0 || json.Unmarshal([]byte(out), &st) != nil {
+			t.Fatalf("status: %d %s", code, out)
+		}
+		return st.Policy.Hash
+	}
+	h0 := statusHash()
+	// Good: a lower per-request maximum takes effect at once.
+	e.writePolicy(strings.Replace(apiPolicy, `max_amount: "1000000"`, `max_amount: "500"`, 1))
+	out, errs, code := e.ctl("reload-policy")
+	if code != 0 || !strings.Contains(out, "policy reloaded") {
+		t.Fatalf("reload good: %d %s %s", code, out, errs)
+	}
+	h1 := statusHash()
+	if h1 == h0 {
+		t.Fatal("policy hash unchanged after a good reload")
+	}
+	if st, _, ae, _ := sign(c, newClaims("1000"), nil); st != 403 || ae.Code != "amount_over_limit" {
+		t.Fatalf("after good reload: %d %+v", st, ae)
+	}
+	// Bad: refused, the last good policy stays in force.
+	e.writePolicy("version: 1\nrules:\n  - id: broken\n    effect: maybe\n")
+	out, errs, code = e.ctl("reload-policy")
+	if code != 1 || !strings.Contains(errs, "policy_invalid") {
+		t.Fatalf("reload bad: %d %s %s", code, out, errs)
+	}
+	if statusHash() != h1 {
+		t.Fatal("a bad policy replaced the good one")
+	}
+	if st, _, ae, _ := sign(c, newClaims("1000"), nil); st != 403 || ae.Code != "amount_over_limit" {
+		t.Fatalf("after bad reload: %d %+v", st, ae)
+	}
+	if st, _, ae, _ := sign(c, newClaims("400"), nil); st != 200 {
+		t.Fatalf("after bad reload, small amount: %d %+v", st, ae)
+	}
+	// SIGHUP reloads too.
+	e.writePolicy(apiPolicy)
+	e.proc.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(10 * time.Second)
+	for statusHash() != h0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("SIGHUP did not reload\n%s", e.log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st, _, ae, _ := sign(c, newClaims("1000"), nil); st != 200 {
+		t.Fatalf("after SIGHUP: %d %+v", st, ae)
+	}
+	// Reloads are audited.
+	out, _, _ = e.ctl("audit", "export")
+	if n := strings.Count(out, `"kind":"policy_reload"`); n < 3 {
+		t.Fatalf("%d policy_reload audit records, want ≥ 3", n)
+	}
+}
+
+// TestOtherUIDRefused: a caller whose uid the policy does not know gets 403 unknown_caller on
+// the agent socket; on the admin socket a uid that is not an operator is refused, and an
+// operator's uid (bob = nobody) is served.
+func TestOtherUIDRefused(t *testing.T) {
+	if syscall.Getuid() != 0 {
+		if getenvCI() {
+			t.Fatal("this test must run as root in CI (it runs clients as other uids)")
+		}
+		t.Skip("needs root to run a client as another uid")
+	}
+	e := newEnv(t, envOptions{})
+	e.start()
+	body, _ := json.Marshal(map[string]any{"claims": newClaims("1000")})
+	curlAs := func(uid, gid uint32, sock, method, path string, data []byte) (string, string) {
+		args := []string{"-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket", sock, "-X", method, "http://signerd" + path}
+		if data != nil {
+			args = append(args, "-H", "Content-Type: application/json", "--data-binary", "@-")
+		}
+		cmd := exec.Command("curl", args...)
+		cmd.Stdin = bytes.NewReader(data)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("curl as %d: %v %s", uid, err, out)
+		}
+		s := strings.TrimSpace(string(out))
+		i := strings.LastIndex(s, "\n")
+		return s[:i], s[i+1:]
+	}
+	b, code := curlAs(nobodyUID, nobodyUID, e.agent, "POST", "/v1/guarantees", body)
+	if code != "403" || errOf([]byte(b)).Code != "unknown_caller" {
+		t.Fatalf("agent socket as nobody: %s %s", code, b)
+	}
+	b, code = curlAs(65533, nobodyUID, e.admin, "GET", "/v1/admin/status", nil)
+	if code != "403" || errOf([]byte(b)).Code != "unknown_caller" {
+		t.Fatalf("admin socket as a non-operator: %s %s", code, b)
+	}
+	if out, errs, code := e.ctlAs(nobodyUID, "status"); code != 0 || !strings.Contains(out, "kill switch") {
+		t.Fatalf("admin socket as operator bob: %d %s %s", code, out, errs)
+	}
+	// Root (the policy's agent) still signs.
+	if st, _, ae, _ := sign(e.agentClient(), newClaims("1000"), nil); st != 200 {
+		t.Fatalf("root: %d %+v", st, ae)
+	}
+}
