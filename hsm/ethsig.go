@@ -16,11 +16,49 @@ var (
 // FromRS turns a raw 64-byte r‖s signature over digest (as a PKCS#11 token returns it) into a
 // 65-byte Ethereum signature with low s and v in {27, 28}, choosing v by recovering the public
 // key and comparing it to pub65 (uncompressed, 0x04‖X‖Y). It fails with ErrSignature if neither
-// recovery id yields pub65.
+// recovery id yields pub65. It tries v=0 first: 1.5 recoveries on average.
 func FromRS(digest [32]byte, rs []byte, pub65 []byte) ([65]byte, error) {
+	sig, err := lowS(rs)
+	if err != nil {
+		return [65]byte{}, err
+	}
+	for v := byte(0); v < 2; v++ {
+		if recoversTo(digest, sig, v, pub65) {
+			sig[64] = v + 27
+			return sig, nil
+		}
+	}
+	return [65]byte{}, fmt.Errorf("%w: no recovery id yields the key", ErrSignature)
+}
+
+// FromRSConcurrent is FromRS with both recovery ids tried at the same time (v=1 on a second
+// goroutine). The result and the guarantee are the same; the latency is one recovery instead
+// of 1.5 on average, at the price of always spending two. Use it only when a core is idle.
+func FromRSConcurrent(digest [32]byte, rs []byte, pub65 []byte) ([65]byte, error) {
+	sig, err := lowS(rs)
+	if err != nil {
+		return [65]byte{}, err
+	}
+	one := make(chan bool, 1)
+	go func() { one <- recoversTo(digest, sig, 1, pub65) }()
+	zero := recoversTo(digest, sig, 0, pub65)
+	isOne := <-one
+	switch {
+	case zero:
+		sig[64] = 27
+	case isOne:
+		sig[64] = 28
+	default:
+		return [65]byte{}, fmt.Errorf("%w: no recovery id yields the key", ErrSignature)
+	}
+	return sig, nil
+}
+
+// lowS checks the length and range of r‖s and returns it with s in the lower half (EIP-2).
+func lowS(rs []byte) ([65]byte, error) {
 	var sig [65]byte
 	if len(rs) != 64 {
-		return [65]byte{}, fmt.Errorf("%w: device returned %d signature bytes, want 64", ErrSignature, len(rs))
+		return sig, fmt.Errorf("%w: device returned %d signature bytes, want 64", ErrSignature, len(rs))
 	}
 	copy(sig[:64], rs)
 	s := new(big.Int).SetBytes(sig[32:64])
@@ -31,15 +69,14 @@ func FromRS(digest [32]byte, rs []byte, pub65 []byte) ([65]byte, error) {
 		s.Sub(secpN, s)
 		s.FillBytes(sig[32:64])
 	}
-	for v := byte(0); v < 2; v++ {
-		sig[64] = v
-		got, err := crypto.Ecrecover(digest[:], sig[:])
-		if err == nil && bytes.Equal(got, pub65) {
-			sig[64] = v + 27
-			return sig, nil
-		}
-	}
-	return [65]byte{}, fmt.Errorf("%w: no recovery id yields the key", ErrSignature)
+	return sig, nil
+}
+
+// recoversTo reports whether sig with recovery id v recovers to pub65.
+func recoversTo(digest [32]byte, sig [65]byte, v byte, pub65 []byte) bool {
+	sig[64] = v
+	got, err := crypto.Ecrecover(digest[:], sig[:])
+	return err == nil && bytes.Equal(got, pub65)
 }
 
 // VerifyEth checks that a 65-byte signature with v in {27, 28} and low s recovers to addr.
