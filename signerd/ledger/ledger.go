@@ -195,7 +195,7 @@ func Open(opts Options) (*Ledger, error) {
 		return nil, &StoreError{Op: "open", Err: err}
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketRecords, bucketReplay, bucketUsage, bucketState} {
+		for _, b := range [][]byte{bucketMeta, bucketRecords, bucketReplay, bucketUsage, bucketState, bucketSigs} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

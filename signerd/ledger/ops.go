@@ -315,8 +315,8 @@ type commitOp struct {
 	res CommitResult
 }
 
-// Commit makes sig durable for record id (status signed, signature stored, replay entry marked
-// signed, audit record of kind signature) in one transaction. Only after Commit returns nil may
+// Commit makes sig durable for record id (status signed, signature stored, audit record of kind
+// signature) in one transaction. Only after Commit returns nil may
 // the signature leave the daemon, and the daemon must send CommitResult.Signature. Errors:
 // ErrNotFound, ErrReleased (the reservation was released: do not send), ErrInvalid (empty sig).
 func (l *Ledger) Commit(ctx context.Context, id RecordID, sig []byte) (CommitResult, error) {
@@ -347,11 +347,9 @@ func (o *commitOp) apply(tx *bolt.Tx, now time.Time) error {
 		o.res = CommitResult{Signature: rec.Signature, AlreadySigned: true}
 		return nil
 	}
-	rec.Status, rec.Signature, rec.Updated = StatusSigned, o.sig, now
-	if err := putRecord(tx, rec); err != nil {
-		return err
-	}
-	if err := setReplayStatus(tx, rec, StatusSigned); err != nil {
+	// The signature goes to bucketSigs (ordered appends); the record and the replay entry stay
+	// as they are (the entry's 'r' plus a signature means signed).
+	if err := putSignature(tx, rec.ID, now, o.sig); err != nil {
 		return err
 	}
 	ar, err := audit.Append(tx, now, audit.Event{Kind: audit.KindSignature, RecordID: uint64(rec.ID),

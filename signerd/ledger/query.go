@@ -138,7 +138,7 @@ func (l *Ledger) Recent(n int) ([]*PaymentRecord, error) {
 	err := l.view("recent", func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketRecords).Cursor()
 		for k, v := c.Last(); k != nil && len(out) < n; k, v = c.Prev() {
-			r, err := decodeRecord(RecordID(binary.BigEndian.Uint64(k)), v)
+			r, err := loadRecord(tx, RecordID(binary.BigEndian.Uint64(k)), v)
 			if err != nil {
 				return err
 			}

@@ -24,6 +24,7 @@ var (
 	bucketReplay  = []byte("replay")  // wallet(20)‖tab(32)‖req(32) → claimsHash(32)‖RecordID(8)‖status(1)
 	bucketUsage   = []byte("usage")   // budgetKey‖0x00‖window ns(8)‖bucket(8, sign-flipped) → amount (minimal BE bytes)
 	bucketState   = []byte("state")   // generic key → value (kill switch, approvals)
+	bucketSigs    = []byte("sigs")    // RecordID (8 bytes BE) → signed time ns (8 BE) ‖ signature
 
 	schemaKey     = []byte("schema")
 	schemaVersion = []byte("1")
@@ -263,15 +264,48 @@ func decodeRecord(id RecordID, b []byte) (*PaymentRecord, error) {
 	return r, nil
 }
 
+// getRecord reads record id with its signature, if any.
 func getRecord(tx *bolt.Tx, id RecordID) (*PaymentRecord, error) {
 	v := tx.Bucket(bucketRecords).Get(id.key())
 	if v == nil {
 		return nil, ErrNotFound
 	}
-	return decodeRecord(id, v)
+	return loadRecord(tx, id, v)
 }
 
+// loadRecord decodes a stored record and merges its signature from bucketSigs: Commit stores
+// the signature there (appending to an ordered bucket) instead of rewriting the record, which
+// keeps the pages a commit dirties few.
+func loadRecord(tx *bolt.Tx, id RecordID, v []byte) (*PaymentRecord, error) {
+	r, err := decodeRecord(id, v)
+	if err != nil {
+		return nil, err
+	}
+	if sv := tx.Bucket(bucketSigs).Get(id.key()); sv != nil {
+		if len(sv) <= 8 {
+			return nil, corruptf("signature entry of record %d: %d bytes", id, len(sv))
+		}
+		if r.Status == StatusReleased {
+			return nil, corruptf("record %d is both released and signed", id)
+		}
+		r.Status, r.Signature = StatusSigned, append([]byte(nil), sv[8:]...)
+		r.Updated = time.Unix(0, int64(binary.BigEndian.Uint64(sv[:8]))).UTC()
+	}
+	return r, nil
+}
+
+func putSignature(tx *bolt.Tx, id RecordID, now time.Time, sig []byte) error {
+	v := make([]byte, 8, 8+len(sig))
+	binary.BigEndian.PutUint64(v, uint64(now.UnixNano()))
+	return tx.Bucket(bucketSigs).Put(id.key(), append(v, sig...))
+}
+
+// putRecord stores r without its signature (Status reserved or released; signatures live in
+// bucketSigs).
 func putRecord(tx *bolt.Tx, r *PaymentRecord) error {
+	if r.Status == StatusSigned {
+		return fmt.Errorf("ledger: internal: putRecord of a signed record")
+	}
 	b, err := encodeRecord(r)
 	if err != nil {
 		return fmt.Errorf("ledger: encode record: %w", err)
