@@ -1,0 +1,247 @@
+package e2e
+
+import (
+	"encoding/json"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// record is a payment record as the admin API shows it.
+type record struct {
+	ID        string `json:"record_id"`
+	Status    string `json:"status"`
+	Wallet    string `json:"wallet"`
+	TabID     string `json:"tab_id"`
+	ReqID     string `json:"req_id"`
+	Claims    string `json:"claims"`
+	ClaimsHsh string `json:"claims_hash"`
+	Signature string `json:"signature"`
+	TaskID    string `json:"task_id"`
+}
+
+func (e *env) records(t *testing.T) []record {
+	t.Helper()
+	st, raw, err := e.adminClient().call("GET", "/v1/admin/ledger/records?wallet="+wallet1, nil)
+	if err != nil || st != 200 {
+		t.Fatalf("ledger records: %d %v %s", st, err, raw)
+	}
+	var out struct {
+		Records []record `json:"records"`
+	}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out.Records
+}
+
+func countSigned(rs []record) int {
+	n := 0
+	for _, r := range rs {
+		if r.Status == "signed" {
+			n++
+		}
+	}
+	return n
+}
+
+type ksOutcome struct {
+	start, end time.Time
+	status     int
+	code       string
+}
+
+// TestKillSwitchUnderLoad: 32 clients sign; once the engage call returns no signature is
+// committed or returned any more, and requests get 503 kill_switch_engaged; the state survives a
+// restart; resuming needs two different operators (alice = root, bob = nobody).
+func TestKillSwitchUnderLoad(t *testing.T) {
+	e := newEnv(t, envOptions{twoOperators: true})
+	e.start()
+	var (
+		mu       sync.Mutex
+		outcomes []ksOutcome
+		stop     atomic.Bool
+		wg       sync.WaitGroup
+	)
+	for i := 0; i < 32; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := e.agentClient()
+			defer c.close()
+			for !stop.Load() {
+				o := ksOutcome{start: time.Now()}
+				st, _, ae, err := sign(c, newClaims("10"), nil)
+				o.end, o.status, o.code = time.Now(), st, ae.Code
+				if err != nil {
+					o.code = err.Error()
+				}
+				mu.Lock()
+				outcomes = append(outcomes, o)
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(400 * time.Millisecond)
+	st, raw, err := e.adminClient().call("POST", "/v1/admin/kill-switch", map[string]any{"engaged": true, "reason": "load test"})
+	returned := time.Now()
+	if err != nil || st != 200 {
+		t.Fatalf("engage: %d %v %s", st, err, raw)
+	}
+	signedAtReturn := countSigned(e.records(t))
+	time.Sleep(500 * time.Millisecond)
+	stop.Store(true)
+	wg.Wait()
+	signedEnd := countSigned(e.records(t))
+	if signedEnd != signedAtReturn {
+		t.Fatalf("%d signatures committed after the engage call returned", signedEnd-signedAtReturn)
+	}
+	var ok200, late, refusedAfter int
+	for _, o := range outcomes {
+		if o.status == 200 {
+			ok200++
+		}
+		if o.start.After(returned) {
+			if o.status != 503 || o.code != "kill_switch_engaged" {
+				t.Fatalf("request started after engage returned got %d %s", o.status, o.code)
+			}
+			refusedAfter++
+		}
+		if o.status == 200 && o.end.After(returned) {
+			late++ // written before the pass was released, read by the client just after
+		}
+	}
+	if ok200 != signedEnd {
+		t.Fatalf("clients received %d signatures, the ledger has %d signed records", ok200, signedEnd)
+	}
+	if ok200 < 32 || refusedAfter < 32 {
+		t.Fatalf("load too light to prove anything: %d signed before, %d refused after", ok200, refusedAfter)
+	}
+	t.Logf("%d signatures before the stop, %d requests refused after it (%d responses read just after the call returned)", ok200, refusedAfter, late)
+
+	// Durable: a restarted daemon starts engaged.
+	e.stopClean()
+	e.start()
+	out, _, code := e.ctl("status")
+	if code != 0 || !strings.Contains(out, "ENGAGED") || !strings.Contains(out, "load test") {
+		t.Fatalf("status after restart: %d\n%s", code, out)
+	}
+	if st, _, ae, _ := sign(e.agentClient(), newClaims("10"), nil); st != 503 || ae.Code != "kill_switch_engaged" {
+		t.Fatalf("after restart: %d %+v", st, ae)
+	}
+	// Resume with two operators.
+	out, errs, code := e.ctl("resume")
+	if code != 0 || !strings.Contains(out, "second, different operator") {
+		t.Fatalf("alice resume: %d %s %s", code, out, errs)
+	}
+	if _, errs, code := e.ctl("resume"); code != 1 || !strings.Contains(errs, "second_operator_required") {
+		t.Fatalf("alice again: %d %s", code, errs)
+	}
+	if st, _, _, _ := sign(e.agentClient(), newClaims("10"), nil); st != 503 {
+		t.Fatalf("signing after one operator's resume: %d", st)
+	}
+	if out, errs, code := e.ctlAs(nobodyUID, "resume"); code != 0 || !strings.Contains(out, "released") {
+		t.Fatalf("bob confirms: %d %s %s", code, out, errs)
+	}
+	if st, g, ae, _ := sign(e.agentClient(), newClaims("10"), nil); st != 200 {
+		t.Fatalf("after resume: %d %+v", st, ae)
+	} else {
+		verifyGuarantee(t, g)
+	}
+
+	// The trip file engages it too, and resume is refused while the file exists.
+	trip := filepath.Join(e.dir, "STOP")
+	os.WriteFile(trip, nil, 0o600)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if st, _, _, _ := sign(e.agentClient(), newClaims("10"), nil); st == 503 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("trip file did not engage the kill switch")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, errs, code := e.ctl("resume"); code != 1 || !strings.Contains(errs, "trip_file_present") {
+		t.Fatalf("resume with trip file: %d %s", code, errs)
+	}
+	os.Remove(trip)
+	e.ctl("resume")
+	e.ctlAs(nobodyUID, "resume")
+	if st, _, ae, _ := sign(e.agentClient(), newClaims("10"), nil); st != 200 {
+		t.Fatalf("after trip-file resume: %d %+v", st, ae)
+	}
+	if out, _, code := e.ctl("audit", "verify"); code != 0 {
+		t.Fatalf("audit verify: %s", out)
+	}
+}
+
+const budgetPolicy = `version: 1
+assets:
+  USDC: {address: "0x036CbD53842c5426634e7929541eC2318f3dCF7e", decimals: 6}
+agents:
+  tester:
+    callers: [{uid: self}]
+    wallets: ["{{WALLET}}"]
+rules:
+  - id: allow-usdc
+    effect: allow
+    agents: [tester]
+    sellers: ["0x1111111111111111111111111111111111111111"]
+    networks: [eip155:84532]
+    assets: [USDC]
+    max_amount: "1000000"
+budgets:
+  - id: shared
+    per: [agent]
+    window: day
+    limit: "%LIMIT%"
+`
+
+// TestBudgetRace: 64 concurrent clients against one budget; the total signed never exceeds it,
+// and exactly as many requests as fit are signed.
+func TestBudgetRace(t *testing.T) {
+	e := newEnv(t, envOptions{policy: strings.Replace(budgetPolicy, "%LIMIT%", "2500", 1)})
+	e.start()
+	var signed, exhausted, other atomic.Int64
+	var total big.Int
+	var mu sync.Mutex
+	parallel(64, func(i int) {
+		c := e.agentClient()
+		defer c.close()
+		for j := 0; j < 2; j++ {
+			st, g, ae, err := sign(c, newClaims("100"), nil)
+			switch {
+			case err == nil && st == 200:
+				signed.Add(1)
+				verifyGuarantee(t, g)
+				mu.Lock()
+				total.Add(&total, big.NewInt(100))
+				mu.Unlock()
+			case st == 403 && ae.Code == "budget_exhausted":
+				exhausted.Add(1)
+			default:
+				other.Add(1)
+				t.Errorf("unexpected: %d %+v %v", st, ae, err)
+			}
+		}
+	})
+	if total.Cmp(big.NewInt(2500)) > 0 {
+		t.Fatalf("signed %s against a budget of 2500", total.String())
+	}
+	if signed.Load() != 25 || exhausted.Load() != 103 {
+		t.Fatalf("signed %d, exhausted %d, other %d; want 25 and 103", signed.Load(), exhausted.Load(), other.Load())
+	}
+	if n := countSigned(e.records(t)); n != 25 {
+		t.Fatalf("ledger has %d signed records", n)
+	}
+	out, _, code := e.ctl("ledger", "spend", "--json")
+	if code != 0 || !(strings.Contains(out, `"used":"2500"`) || strings.Contains(out, `"used":2500`)) {
+		t.Fatalf("ledger spend: %d %s", code, out)
+	}
+}
