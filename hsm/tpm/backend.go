@@ -588,15 +588,21 @@ var addressProbe = crypto.Keccak256([]byte("signerd/hsm/tpm: address derivation"
 
 // addressOf derives the Ethereum address of a 32-byte private key, rejecting invalid scalars.
 func addressOf(sec []byte) (common.Address, error) {
+	_, addr, err := publicOf(sec)
+	return addr, err
+}
+
+// publicOf derives the uncompressed public key and address of a 32-byte private key.
+func publicOf(sec []byte) ([]byte, common.Address, error) {
 	sig, err := secp256k1.Sign(addressProbe, sec)
 	if err != nil {
-		return common.Address{}, fmt.Errorf("%w: not a valid secp256k1 private key", hsm.ErrBadKey)
+		return nil, common.Address{}, fmt.Errorf("%w: not a valid secp256k1 private key", hsm.ErrBadKey)
 	}
 	pub, err := secp256k1.RecoverPubkey(addressProbe, sig)
 	if err != nil {
-		return common.Address{}, fmt.Errorf("%w: recovery failed", hsm.ErrBadKey)
+		return nil, common.Address{}, fmt.Errorf("%w: recovery failed", hsm.ErrBadKey)
 	}
-	return common.BytesToAddress(crypto.Keccak256(pub[1:])[12:]), nil
+	return pub, common.BytesToAddress(crypto.Keccak256(pub[1:])[12:]), nil
 }
 
 // Generate implements hsm.Backend: 32 bytes from crypto/rand, generated straight into locked
@@ -666,7 +672,7 @@ func (b *Backend) store(ctx context.Context, m *lockedmem.Buffer, label string, 
 		return hsm.KeyInfo{}, fmt.Errorf("%w: key material zeroized", hsm.ErrUnavailable)
 	}
 	sec := m.Bytes()
-	addr, err := addressOf(sec)
+	pub, addr, err := publicOf(sec)
 	if err != nil {
 		return hsm.KeyInfo{}, err
 	}
@@ -683,13 +689,14 @@ func (b *Backend) store(ctx context.Context, m *lockedmem.Buffer, label string, 
 		return hsm.KeyInfo{}, fmt.Errorf("%w: crypto/rand: %v", hsm.ErrUnavailable, err)
 	}
 	kf := &keyFile{
-		Version: fileVersion,
-		ID:      hex.EncodeToString(idb[:]),
-		Address: addr,
-		Label:   label,
-		Origin:  origin,
-		PCRs:    slices.Clone(b.pcrs),
-		Created: b.now().UTC().Truncate(time.Second),
+		Version:   fileVersion,
+		ID:        hex.EncodeToString(idb[:]),
+		Address:   addr,
+		PublicKey: pub,
+		Label:     label,
+		Origin:    origin,
+		PCRs:      slices.Clone(b.pcrs),
+		Created:   b.now().UTC().Truncate(time.Second),
 	}
 	check, err := lockedmem.New(32)
 	if err != nil {

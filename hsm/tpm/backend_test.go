@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/signerd/signerd/attestation"
 	"github.com/signerd/signerd/hsm"
 	"github.com/signerd/signerd/hsm/tpm/swtpmtest"
 )
@@ -832,4 +833,39 @@ func TestPCRDriftUnsealOnce(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	signOK(t, b, ki.URI, ki.Address)
+}
+
+func TestAttest(t *testing.T) {
+	ctx := context.Background()
+	sw := swtpmtest.Start(t)
+	b := openTest(t, testOptions(sw, t.TempDir(), false, []int{16}))
+	extendPCR(t, b, 16) // seal to a non-trivial value
+	ki, err := b.Generate(ctx, hsm.GenerateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce := randDigest(t)
+	doc, err := b.Attest(ctx, ki.URI, nonce[:])
+	if err != nil {
+		t.Fatalf("Attest: %v", err)
+	}
+	res, err := attestation.Verify(doc, nonce[:], nil)
+	if err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+	if common.Address(res.WalletAddress) != ki.Address || len(res.SealPCRs) != 1 {
+		t.Fatalf("result %+v", res)
+	}
+	if _, err := b.Attest(ctx, "tpm:key=0000000000000000", nonce[:]); !errors.Is(err, hsm.ErrUnknownKey) {
+		t.Fatalf("unknown key err = %v", err)
+	}
+	// Once the PCR moves, the attestation shows the key could not be unsealed.
+	extendPCR(t, b, 16)
+	doc, err = b.Attest(ctx, ki.URI, nonce[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := attestation.Verify(doc, nonce[:], res.AKPublic); !errors.Is(err, attestation.ErrPolicy) {
+		t.Fatalf("after PCR drift err = %v, want ErrPolicy", err)
+	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ethereum/go-ethereum/common"
 	"github.com/ethereum/go-ethereum/common/hexutil"
+	"github.com/ethereum/go-ethereum/crypto"
 
 	"github.com/signerd/signerd/hsm"
 )
@@ -29,6 +30,7 @@ type keyFile struct {
 	Version      int            `json:"version"`
 	ID           string         `json:"id"`
 	Address      common.Address `json:"address"`
+	PublicKey    hexutil.Bytes  `json:"public_key,omitempty"` // uncompressed secp256k1 (65 bytes)
 	Label        string         `json:"label"`
 	Origin       hsm.Origin     `json:"origin"`
 	PCRs         []int          `json:"pcrs,omitempty"`          // sha256 bank
@@ -71,6 +73,10 @@ func readKeyFile(dir, id string) (*keyFile, error) {
 		return nil, fmt.Errorf("%w: key file of %s: origin %q", hsm.ErrCorrupt, KeyURI(id), kf.Origin)
 	case len(kf.PCRs) > 0 && len(kf.PolicyDigest) != 32:
 		return nil, fmt.Errorf("%w: key file of %s: PCRs without a policy digest", hsm.ErrCorrupt, KeyURI(id))
+	}
+	if len(kf.PublicKey) > 0 && (len(kf.PublicKey) != 65 ||
+		common.BytesToAddress(crypto.Keccak256(kf.PublicKey[1:])[12:]) != kf.Address) {
+		return nil, fmt.Errorf("%w: key file of %s: public key does not match the address", hsm.ErrCorrupt, KeyURI(id))
 	}
 	if err := validPCRs(kf.PCRs); err != nil {
 		return nil, fmt.Errorf("%w: key file of %s: %v", hsm.ErrCorrupt, KeyURI(id), err)
