@@ -189,3 +189,17 @@ func TestV2ChainIDCheck(t *testing.T) {
 		t.Fatalf("chain id mismatch: %v", err)
 	}
 }
+
+// Digests do not allocate (a deterministic property; timing is left to the benchmarks).
+func TestDigestAllocs(t *testing.T) {
+	d, _ := NewDomain("4mica", "1", 84532)
+	c1, _ := DecodeClaims(claimsTestdata(t, "claims-v1.json"))
+	c2, _ := DecodeClaims(claimsTestdata(t, "claims-v2.json"))
+	for _, c := range []Claims{c1, c2} {
+		for _, s := range []Scheme{SchemeEIP712, SchemeEIP191} {
+			if n := testing.AllocsPerRun(200, func() { _, _ = d.Digest(c, s) }); n != 0 {
+				t.Errorf("%s %s digest: %v allocs", c.Version, s, n)
+			}
+		}
+	}
+}

@@ -3,6 +3,7 @@ package fourmica
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // ErrInvalid is matched (errors.Is) by every *FieldError: the input was rejected.
@@ -33,7 +34,7 @@ func fieldErr(field, format string, args ...any) *FieldError {
 // prefixField returns err with its field prefixed by prefix+"." when it is a *FieldError.
 func prefixField(prefix string, err error) error {
 	var fe *FieldError
-	if prefix != "" && errors.As(err, &fe) {
+	if prefix != "" && errors.As(err, &fe) && fe.Field != prefix && !strings.HasPrefix(fe.Field, prefix+".") {
 		return &FieldError{Field: prefix + "." + fe.Field, Reason: fe.Reason}
 	}
 	return err
