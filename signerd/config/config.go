@@ -40,8 +40,17 @@ type Config struct {
 	Operators []Operator `yaml:"operators"`
 	// Limits protect the daemon from slow or greedy clients.
 	Limits Limits `yaml:"limits"`
+	// Performance tunes the signing path.
+	Performance Performance `yaml:"performance"`
 	// LogLevel is debug, info, warn or error (default info).
 	LogLevel string `yaml:"log_level"`
+}
+
+// Performance tunes the signing path.
+type Performance struct {
+	// OverlapSigning signs on the HSM while the reservation is being made durable, instead of
+	// after (see pipeline.Options.OverlapSigning). Default false.
+	OverlapSigning bool `yaml:"overlap_signing"`
 }
 
 // Sockets names both listeners.

@@ -116,47 +116,23 @@ func (p *Pipeline) Sign(ctx context.Context, a *Admission, req *Request) (res *R
 	}
 	digest = dh
 
-	rr, rerr := p.o.Ledger.Reserve(ctx, ledger.Reservation{
+	resv := ledger.Reservation{
 		Wallet: wallet, TabID: pay.TabID.Big(), ReqID: pay.ReqID.Big(), Claims: canon, Charges: dec.Charges,
 		Principal: a.Principal(), Agent: a.Agent, PolicyHash: phash[:], Rule: dec.Rule, Digest: digest,
 		Scheme: string(req.Scheme), TaskID: req.TaskID,
-	})
+	}
+	if p.o.OverlapSigning {
+		return p.reserveAndSignOverlapped(ctx, req, resv, signer, digest, wallet)
+	}
+
+	rr, rerr := p.o.Ledger.Reserve(ctx, resv)
 	if rerr != nil {
 		return nil, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the ledger could not record the request", rerr)
 	}
+	if res, err, done := p.reserved(rr, req, digest, nil); done {
+		return res, err
+	}
 	id := rr.RecordID
-	conflict := func() error {
-		return &Error{Kind: Conflict, Status: http.StatusConflict, Code: CodeReplayConflict, RecordID: uint64(id),
-			Reason: "this (wallet, tab_id, req_id) was already used with different claims"}
-	}
-	switch rr.Outcome {
-	case ledger.Reserved:
-	case ledger.Resumable:
-		if rr.Digest != digest { // same claims under another scheme
-			return nil, conflict()
-		}
-	case ledger.Duplicate:
-		if rr.Digest != digest || len(rr.Signature) != 65 {
-			return nil, conflict()
-		}
-		release, ok := p.o.KillSwitch.Pass()
-		if !ok {
-			return nil, errKillSwitch()
-		}
-		res = &Result{Claims: req.Claims, Scheme: req.Scheme, Digest: digest, RecordID: id, Replayed: true, release: release}
-		copy(res.Signature[:], rr.Signature)
-		return res, nil
-	case ledger.Conflict:
-		return nil, conflict()
-	case ledger.BudgetExhausted:
-		code, rule := policyengine.CodeBudgetExhausted, ""
-		if b := rr.Budget; b != nil {
-			code, rule = b.Code(), b.Budget
-		}
-		return nil, denied(http.StatusForbidden, code, rule, "the budget would be exceeded")
-	default:
-		return nil, fault(http.StatusInternalServerError, CodeInternal, "internal error", errors.New("unknown reserve outcome "+rr.Outcome.String()))
-	}
 
 	// Kill switch again: a pass is held until the response is written.
 	release, ok := p.o.KillSwitch.Pass()
@@ -166,11 +142,80 @@ func (p *Pipeline) Sign(ctx context.Context, a *Admission, req *Request) (res *R
 		e.RecordID = uint64(id)
 		return nil, e
 	}
-	sig, err := signer.SignDigest(ctx, digest)
+	sig, err := signAndVerify(ctx, signer, digest, wallet)
+	return p.commit(ctx, req, id, digest, wallet, sig, err, release)
+}
+
+// signAndVerify signs with the HSM and verifies the signature by recovery under Core's rule,
+// against the claims' user_address.
+func signAndVerify(ctx context.Context, s hsm.Signer, digest [32]byte, wallet common.Address) ([65]byte, error) {
+	sig, err := s.SignDigest(ctx, digest)
 	if err == nil {
-		// Verified by recovery under Core's rule, against the claims' user_address.
 		err = verify(digest, sig, wallet)
 	}
+	if err != nil {
+		clear(sig[:])
+	}
+	return sig, err
+}
+
+// reserved handles the ledger's answer. done reports that the request is finished (stored
+// signature, conflict, budget); otherwise the record is to be signed. release, when non-nil, is
+// a pass already held (overlapped signing): reused for a duplicate, released otherwise.
+func (p *Pipeline) reserved(rr ledger.Result, req *Request, digest [32]byte, release func()) (res *Result, err error, done bool) {
+	id := rr.RecordID
+	drop := func() {
+		if release != nil {
+			release()
+		}
+	}
+	conflict := func() error {
+		return &Error{Kind: Conflict, Status: http.StatusConflict, Code: CodeReplayConflict, RecordID: uint64(id),
+			Reason: "this (wallet, tab_id, req_id) was already used with different claims"}
+	}
+	switch rr.Outcome {
+	case ledger.Reserved:
+		return nil, nil, false
+	case ledger.Resumable:
+		if rr.Digest != digest { // same claims under another scheme
+			drop()
+			return nil, conflict(), true
+		}
+		return nil, nil, false
+	case ledger.Duplicate:
+		if rr.Digest != digest || len(rr.Signature) != 65 {
+			drop()
+			return nil, conflict(), true
+		}
+		if release == nil {
+			var ok bool
+			if release, ok = p.o.KillSwitch.Pass(); !ok {
+				return nil, errKillSwitch(), true
+			}
+		}
+		res = &Result{Claims: req.Claims, Scheme: req.Scheme, Digest: digest, RecordID: id, Replayed: true, release: release}
+		copy(res.Signature[:], rr.Signature)
+		return res, nil, true
+	case ledger.Conflict:
+		drop()
+		return nil, conflict(), true
+	case ledger.BudgetExhausted:
+		drop()
+		code, rule := policyengine.CodeBudgetExhausted, ""
+		if b := rr.Budget; b != nil {
+			code, rule = b.Code(), b.Budget
+		}
+		return nil, denied(http.StatusForbidden, code, rule, "the budget would be exceeded"), true
+	default:
+		drop()
+		return nil, fault(http.StatusInternalServerError, CodeInternal, "internal error", errors.New("unknown reserve outcome "+rr.Outcome.String())), true
+	}
+}
+
+// commit makes a fresh signature durable (or releases the reservation if signing failed) and
+// returns the result holding the pass.
+func (p *Pipeline) commit(ctx context.Context, req *Request, id ledger.RecordID, digest [32]byte, wallet common.Address,
+	sig [65]byte, err error, release func()) (*Result, error) {
 	if err != nil {
 		release()
 		p.o.Logger.Error("signing failed after reservation", "record_id", uint64(id), "wallet", hexAddr(wallet), "err", err)
@@ -190,9 +235,43 @@ func (p *Pipeline) Sign(ctx context.Context, a *Admission, req *Request) (res *R
 		e.RecordID = uint64(id)
 		return nil, e
 	}
-	res = &Result{Claims: req.Claims, Scheme: req.Scheme, Digest: digest, RecordID: id, Replayed: cr.AlreadySigned, release: release}
+	res := &Result{Claims: req.Claims, Scheme: req.Scheme, Digest: digest, RecordID: id, Replayed: cr.AlreadySigned, release: release}
 	copy(res.Signature[:], cr.Signature)
 	return res, nil
+}
+
+// reserveAndSignOverlapped runs the HSM signature while the reservation is being made durable
+// (Options.OverlapSigning). The kill-switch pass is taken first; the signature is used only if
+// the reservation succeeds and is committed durably before it leaves, so what a client can
+// receive is exactly what the strict order allows; a signature made for a request the ledger
+// refuses is zeroed and dropped.
+func (p *Pipeline) reserveAndSignOverlapped(ctx context.Context, req *Request, resv ledger.Reservation, signer hsm.Signer,
+	digest [32]byte, wallet common.Address) (*Result, error) {
+	release, ok := p.o.KillSwitch.Pass()
+	if !ok {
+		return nil, errKillSwitch()
+	}
+	type signed struct {
+		sig [65]byte
+		err error
+	}
+	ch := make(chan signed, 1)
+	go func() {
+		sig, err := signAndVerify(ctx, signer, digest, wallet)
+		ch <- signed{sig, err}
+	}()
+	rr, rerr := p.o.Ledger.Reserve(ctx, resv)
+	s := <-ch
+	if rerr != nil {
+		clear(s.sig[:])
+		release()
+		return nil, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the ledger could not record the request", rerr)
+	}
+	if res, err, done := p.reserved(rr, req, digest, release); done {
+		clear(s.sig[:])
+		return res, err
+	}
+	return p.commit(ctx, req, rr.RecordID, digest, wallet, s.sig, s.err, release)
 }
 
 // release undoes a reservation; a failure is logged (the record stays reserved and is

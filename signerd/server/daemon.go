@@ -163,7 +163,7 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 	d.pipe, err = pipeline.New(pipeline.Options{
 		Domain: dom, Network: cfg.Protocol.Network, Ledger: d.ledger, KillSwitch: d.ks, Keys: d.keys,
 		Approvals: approvals.ForPipeline(d.approvals), MaxWait: cfg.Approvals.MaxWait,
-		Logger: d.log, Clock: d.clock, Observe: d.observe,
+		Logger: d.log, Clock: d.clock, Observe: d.observe, OverlapSigning: cfg.Performance.OverlapSigning,
 	}, lp.p)
 	if err != nil {
 		return nil, err

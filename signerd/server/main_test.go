@@ -75,7 +75,7 @@ var walletOnce sync.Once
 var cborAnswers, _ = cbor.DecOptions{DefaultMapType: reflect.TypeOf(map[string]any(nil))}.DecMode()
 
 // startDaemon starts a daemon in a temp dir; mutate may adjust the config first.
-func startDaemon(t *testing.T, mutate func(*config.Config)) *testDaemon {
+func startDaemon(t testing.TB, mutate func(*config.Config)) *testDaemon {
 	t.Helper()
 	dir := t.TempDir()
 	pol, err := os.ReadFile("testdata/policy.yaml")
@@ -285,7 +285,7 @@ func (d *testDaemon) checkSigned(t *testing.T, r *response) *fourmica.Request {
 }
 
 // testWriter sends daemon logs to the test log.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))

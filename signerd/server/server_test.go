@@ -87,7 +87,14 @@ func TestDenials(t *testing.T) {
 }
 
 func TestReplay(t *testing.T) {
-	d := startDaemon(t, nil)
+	for _, overlap := range []bool{false, true} {
+		t.Run(map[bool]string{false: "strict", true: "overlapped"}[overlap], func(t *testing.T) {
+			testReplay(t, startDaemon(t, func(c *config.Config) { c.Performance.OverlapSigning = overlap }))
+		})
+	}
+}
+
+func testReplay(t *testing.T, d *testDaemon) {
 	claims := d.claims(3, 1, 7, nil)
 	first := d.agent.do(t, "POST", "/v1/guarantees", map[string]any{"claims": claims})
 	d.checkSigned(t, first)
@@ -323,7 +330,7 @@ func TestPolicyReload(t *testing.T) {
 }
 
 func TestKillSwitchAdmin(t *testing.T) {
-	d := startDaemon(t, nil)
+	d := startDaemon(t, func(c *config.Config) { c.Performance.OverlapSigning = true })
 	if r := d.admin.do(t, "POST", "/v1/admin/kill-switch", map[string]any{"engaged": true}); r.Status != 400 {
 		t.Fatalf("engage without a reason: %d %s", r.Status, r.Raw)
 	}
@@ -394,7 +401,14 @@ func TestX402Payment(t *testing.T) {
 // TestShutdownDrains: requests in flight when Shutdown starts complete with full answers,
 // every signature a client received is durable, and the audit chain verifies.
 func TestShutdownDrains(t *testing.T) {
-	d := startDaemon(t, nil)
+	for _, overlap := range []bool{false, true} {
+		t.Run(map[bool]string{false: "strict", true: "overlapped"}[overlap], func(t *testing.T) {
+			testShutdownDrains(t, startDaemon(t, func(c *config.Config) { c.Performance.OverlapSigning = overlap }))
+		})
+	}
+}
+
+func testShutdownDrains(t *testing.T, d *testDaemon) {
 	type got struct{ sig, id string }
 	results := make(chan got, 1024)
 	stop := make(chan struct{})
