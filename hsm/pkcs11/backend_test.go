@@ -474,3 +474,31 @@ func TestNotBuilt(t *testing.T) {
 		t.Fatalf("go test -tags no_pkcs11: %v\n%s", err, out)
 	}
 }
+
+// TestPrepareForAnotherProcess checks the helper for daemon tests: tokens prepared in a second
+// directory are opened by a child process (signerctl-like use through hsm.Open there).
+func TestPrepareForAnotherProcess(t *testing.T) {
+	e, err := softhsmtest.Prepare(t.TempDir(), "child")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.Getenv("SOFTHSM2_CONF") == e.Conf {
+		t.Fatal("Prepare changed this process's SOFTHSM2_CONF")
+	}
+	util, err := exec.LookPath("softhsm2-util")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(util, "--show-slots")
+	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+e.Conf)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "Label:            child") {
+		t.Fatalf("child process does not see the token: %v\n%s", err, out)
+	}
+	if fi, err := os.Stat(e.Tokens["child"].PINFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("PIN file: %v", err)
+	}
+	if o := e.Options("child"); o.PKCS11.ModuleEnv["SOFTHSM2_CONF"] != e.Conf || o.Type != "pkcs11" {
+		t.Fatalf("options %+v", o)
+	}
+}

@@ -62,19 +62,33 @@ func Setup(labels ...string) (*Env, error) {
 	if current != nil {
 		return nil, fmt.Errorf("softhsmtest: Setup already ran in this process (SoftHSM2 is initialised once per process)")
 	}
-	module := pkcs11.SoftHSMModule()
-	if _, err := os.Stat(module); err != nil {
-		return nil, fmt.Errorf("softhsmtest: SoftHSM2 module missing (install softhsm2 or set SOFTHSM2_MODULE): %w", err)
-	}
 	tmp, err := os.MkdirTemp("", "signerd-softhsm-")
 	if err != nil {
 		return nil, err
 	}
-	d, err := pkcs11.WriteSoftHSMDir(tmp)
+	e, err := Prepare(tmp, labels...)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Setenv("SOFTHSM2_CONF", d.Conf); err != nil {
+	if err := os.Setenv("SOFTHSM2_CONF", e.Conf); err != nil {
+		return nil, err
+	}
+	current = e
+	return e, nil
+}
+
+// Prepare is Setup without touching this process: it writes dir/softhsm2.conf, initialises the
+// tokens and PIN files, and leaves SOFTHSM2_CONF alone. Use it for tokens that another process
+// (a daemon started by the test) will open: pass it Options(label) — their ModuleEnv carries
+// SOFTHSM2_CONF — or set SOFTHSM2_CONF=e.Conf in its environment. It may be called any number
+// of times, with a different dir each time.
+func Prepare(dir string, labels ...string) (*Env, error) {
+	module := pkcs11.SoftHSMModule()
+	if _, err := os.Stat(module); err != nil {
+		return nil, fmt.Errorf("softhsmtest: SoftHSM2 module missing (install softhsm2 or set SOFTHSM2_MODULE): %w", err)
+	}
+	d, err := pkcs11.WriteSoftHSMDir(dir)
+	if err != nil {
 		return nil, err
 	}
 	e := &Env{SoftHSMDir: d, Module: module, Tokens: map[string]Token{}}
@@ -89,7 +103,6 @@ func Setup(labels ...string) (*Env, error) {
 		}
 		e.Tokens[l] = Token{Label: l, PIN: pin, PINFile: pf}
 	}
-	current = e
 	return e, nil
 }
 
