@@ -767,10 +767,25 @@ func (c *compiler) compileSelector(file string, node *yaml.Node, f map[string]*y
 }
 
 func (c *compiler) compileSellers(file string, items []*yaml.Node, path string) (*sellerSet, bool) {
-	set := &sellerSet{addrAnyHost: map[common.Address]struct{}{}, addrHosts: map[common.Address][]hostPattern{}, hostExact: map[string]struct{}{}, hostSuffix: map[string]struct{}{}}
+	set := &sellerSet{addrAnyHost: make(map[common.Address]struct{}, len(items)), addrHosts: map[common.Address][]hostPattern{},
+		hostExact: map[string]struct{}{}, hostSuffix: map[string]struct{}{}, src: make([]string, 0, len(items))}
 	ok := true
-	seen := map[string]bool{}
+	seen := make(map[string]bool, len(items))
 	for i, e := range items {
+		// Fast path: a plain address entry (the common case in long allowlists).
+		if e.Kind == yaml.ScalarNode && e.Tag != "!!null" && len(e.Value) == 42 && e.Value[0] == '0' && (e.Value[1] == 'x' || e.Value[1] == 'X') {
+			var a common.Address
+			if _, err := hex.Decode(a[:], []byte(e.Value[2:])); err == nil {
+				if _, dup := set.addrAnyHost[a]; dup {
+					c.errAt(file, e, fmt.Sprintf("%s[%d]", path, i), "seller listed twice")
+					ok = false
+					continue
+				}
+				set.addrAnyHost[a] = struct{}{}
+				set.src = append(set.src, "0x"+hex.EncodeToString(a[:])+"@")
+				continue
+			}
+		}
 		p := fmt.Sprintf("%s[%d]", path, i)
 		var addrS, hostS string
 		var hostNode = e
@@ -833,6 +848,17 @@ func (c *compiler) compileSellers(file string, items []*yaml.Node, path string) 
 			}
 			hostS = h
 		}
+		if addrS != "" && hostS == "" {
+			a := common.HexToAddress(addrS)
+			if _, dup := set.addrAnyHost[a]; dup {
+				c.errAt(file, e, p, "seller listed twice")
+				ok = false
+				continue
+			}
+			set.addrAnyHost[a] = struct{}{}
+			set.src = append(set.src, addrS+"@")
+			continue
+		}
 		canon := addrS + "@" + hostS
 		if seen[canon] {
 			c.errAt(file, e, p, "seller listed twice")
@@ -843,11 +869,7 @@ func (c *compiler) compileSellers(file string, items []*yaml.Node, path string) 
 		set.src = append(set.src, canon)
 		if addrS != "" {
 			a := common.HexToAddress(addrS)
-			if hostS == "" {
-				set.addrAnyHost[a] = struct{}{}
-			} else {
-				set.addrHosts[a] = append(set.addrHosts[a], hp)
-			}
+			set.addrHosts[a] = append(set.addrHosts[a], hp)
 			continue
 		}
 		switch {
