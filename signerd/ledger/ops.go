@@ -23,6 +23,9 @@ const (
 	CodeSigningFailed   = "signing_failed"   // default Release code
 )
 
+// MaxClaims bounds Reservation.Claims (bytes).
+const MaxClaims = 64 << 10
+
 // Reservation is everything Reserve records for one allowed request.
 type Reservation struct {
 	Wallet common.Address // signing wallet
@@ -48,8 +51,11 @@ func (r *Reservation) validate() error {
 		r.TabID.BitLen() > 256 || r.ReqID.BitLen() > 256 {
 		return fmt.Errorf("%w: tab_id and req_id must be in [0, 2^256)", ErrInvalid)
 	}
-	if len(r.Claims) == 0 {
-		return fmt.Errorf("%w: empty claims", ErrInvalid)
+	if len(r.Claims) == 0 || len(r.Claims) > MaxClaims {
+		return fmt.Errorf("%w: claims length %d not in [1, %d]", ErrInvalid, len(r.Claims), MaxClaims)
+	}
+	if len(r.PolicyHash) > 64 || len(r.Charges) > 256 {
+		return fmt.Errorf("%w: policy hash or charge list too long", ErrInvalid)
 	}
 	for i, c := range r.Charges {
 		if err := validCharge(c); err != nil {
