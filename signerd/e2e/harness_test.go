@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fxamacker/cbor/v2"
+
 	"github.com/signerd/signerd/signerd/fourmica"
 )
 
@@ -440,7 +442,9 @@ func errOf(body []byte) apiErr {
 	var env struct {
 		Error apiErr `json:"error"`
 	}
-	json.Unmarshal(body, &env)
+	if json.Unmarshal(body, &env) != nil {
+		cbor.Unmarshal(body, &env) // the daemon answers CBOR requests in CBOR
+	}
 	return env.Error
 }
 
