@@ -73,6 +73,23 @@ func crashChild(path string) {
 	say("READY")
 	ctx := context.Background()
 	var wg sync.WaitGroup
+	// One operator-state writer: "STATE n" is printed after PutState(n) returned.
+	go func() {
+		n := 0
+		if v, _ := l.GetState("crash/counter"); v != nil {
+			n, _ = strconv.Atoi(string(v))
+		}
+		for {
+			n++
+			err := l.PutState(ctx, "crash/counter", []byte(strconv.Itoa(n)),
+				audit.Event{Kind: audit.KindKillSwitch, Operator: "crash-test", Attrs: map[string]string{"n": strconv.Itoa(n)}})
+			if err != nil {
+				say("ERR " + err.Error())
+				return
+			}
+			say(fmt.Sprintf("STATE %d", n))
+		}
+	}()
 	for w := 0; w < 32; w++ {
 		wg.Add(1)
 		go func(w int) {
@@ -131,6 +148,7 @@ func TestCrashSIGKILL(t *testing.T) {
 		rounds = 3
 	}
 	received := map[RecordID]string{} // every signature a "client" received, across rounds
+	maxState := 0                     // highest operator state acknowledged, across rounds
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
 	for round := 0; round < rounds; round++ {
 		cmd := exec.Command(exe, "-test.run=^$")
@@ -173,6 +191,11 @@ func TestCrashSIGKILL(t *testing.T) {
 				}
 				received[RecordID(id)] = f[2]
 				sigs++
+			case strings.HasPrefix(l, "STATE "):
+				n, _ := strconv.Atoi(l[6:])
+				if n > maxState {
+					maxState = n
+				}
 			case strings.HasPrefix(l, "ERR "):
 				t.Errorf("round %d child: %s", round, l)
 			}
@@ -182,7 +205,7 @@ func TestCrashSIGKILL(t *testing.T) {
 			t.Fatalf("round %d: child not killed by SIGKILL: %v %s", round, err, stderr.String())
 		}
 		t.Logf("round %d: %d signatures received before SIGKILL", round, sigs)
-		checkCrashInvariants(t, path, received)
+		checkCrashInvariants(t, path, received, maxState)
 	}
 	if len(received) == 0 {
 		t.Fatal("no signature was ever received: the load did not run")
@@ -190,13 +213,19 @@ func TestCrashSIGKILL(t *testing.T) {
 }
 
 // checkCrashInvariants reopens the ledger after a SIGKILL and checks what must hold.
-func checkCrashInvariants(t *testing.T, path string, received map[RecordID]string) {
+func checkCrashInvariants(t *testing.T, path string, received map[RecordID]string, maxState int) {
 	t.Helper()
 	l, err := Open(Options{Path: path})
 	if err != nil {
 		t.Fatalf("reopen after SIGKILL: %v", err)
 	}
 	defer l.Close()
+	// 0. Acknowledged operator state survived.
+	if v, err := l.GetState("crash/counter"); err != nil || v == nil && maxState > 0 {
+		t.Fatalf("state after SIGKILL: %q %v", v, err)
+	} else if n, _ := strconv.Atoi(string(v)); maxState > 0 && n < maxState {
+		t.Errorf("state %d after SIGKILL, but %d was acknowledged", n, maxState)
+	}
 	// 1. The audit chain verifies.
 	rep, err := l.VerifyAudit()
 	if err != nil || !rep.OK {

@@ -3,6 +3,7 @@ package ledger
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"math/big"
 	"strings"
@@ -531,7 +532,7 @@ func (l *Ledger) AuditAsync(ev audit.Event) error {
 }
 
 // ErrOverloaded is returned by AuditAsync when the queue is full.
-var ErrOverloaded = fmt.Errorf("ledger: queue full")
+var ErrOverloaded = errors.New("ledger: queue full")
 
 func (o *auditOp) earlyOK() bool { return false }
 
