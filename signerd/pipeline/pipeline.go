@@ -14,6 +14,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"log/slog"
+	"math/big"
 	"sync/atomic"
 	"time"
 
@@ -47,6 +48,7 @@ type Ledger interface {
 	Release(ctx context.Context, id ledger.RecordID, code, reason string) error
 	AuditAsync(ev audit.Event) error
 	AppendAudit(ctx context.Context, ev audit.Event) (audit.Record, error)
+	ByTab(wallet common.Address, tab *big.Int) ([]*ledger.PaymentRecord, error)
 }
 
 // KillSwitch is the emergency stop (see signerd/killswitch).
@@ -271,4 +273,18 @@ func claimsHash(scheme fourmica.Scheme, canon []byte) [32]byte {
 	var out [32]byte
 	h.Sum(out[:0])
 	return out
+}
+
+// Lookup returns the current ledger record of (wallet, tab, req), or nil.
+func (p *Pipeline) Lookup(wallet common.Address, tab, req *big.Int) (*ledger.PaymentRecord, error) {
+	recs, err := p.o.Ledger.ByTab(wallet, tab)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range recs {
+		if r.ReqID != nil && r.ReqID.Cmp(req) == 0 {
+			return r, nil
+		}
+	}
+	return nil, nil
 }

@@ -105,6 +105,7 @@ type fixture struct {
 	ks     *killswitch.Switch
 	signer *keySigner
 	adm    *pipeline.Admission
+	ts     uint64
 }
 
 func newFixture(t *testing.T, overlap bool) *fixture {
@@ -131,12 +132,12 @@ func newFixture(t *testing.T, overlap bool) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{p: p, l: hl, ks: ks, signer: s, adm: adm}
+	return &fixture{p: p, l: hl, ks: ks, signer: s, adm: adm, ts: uint64(time.Now().Unix())}
 }
 
 func (f *fixture) request(req, amount uint64) *pipeline.Request {
 	c := &fourmica.ClaimsV1{User: fourmica.Address(f.signer.Address()), TabID: fourmica.U256FromUint64(9),
-		ReqID: fourmica.U256FromUint64(req), Amount: fourmica.U256FromUint64(amount), Timestamp: uint64(time.Now().Unix())}
+		ReqID: fourmica.U256FromUint64(req), Amount: fourmica.U256FromUint64(amount), Timestamp: f.ts}
 	return &pipeline.Request{Claims: fourmica.ClaimsOfV1(c), Scheme: fourmica.SchemeEIP712}
 }
 
@@ -281,6 +282,19 @@ func TestBudgetAndReplayOutcomes(t *testing.T) {
 		if e := pipeline.AsError(err); e.Kind != pipeline.Conflict || e.Status != 409 {
 			t.Fatalf("conflict: %+v", e)
 		}
+		// A retry the policy would deny for the budget the first request used still gets the
+		// stored signature.
+		f.p.SetPolicy(denyBudget{allowPolicy{wallet: f.signer.Address(), limit: 100}})
+		adm, _ := f.p.Admit(policyengine.Caller{UID: 1000}) // an admission keeps the policy it was admitted under
+		if r, err := f.p.Sign(ctx, adm, f.request(1, 60)); err != nil || r.Signature != res.Signature {
+			t.Fatalf("retry over budget: %+v %v", r, err)
+		} else {
+			r.Done()
+		}
+		if _, err := f.p.Sign(ctx, adm, f.request(3, 1)); err == nil || pipeline.AsError(err).Code != policyengine.CodeBudgetExhausted {
+			t.Fatalf("new request over budget: %v", err)
+		}
+		f.p.SetPolicy(allowPolicy{wallet: f.signer.Address(), limit: 100})
 		// 60 used of 100: 50 more does not fit (the ledger decides; the stand-in policy does not check usage).
 		_, err = f.p.Sign(ctx, f.adm, f.request(2, 50))
 		if e := pipeline.AsError(err); e.Kind != pipeline.Denied || e.Code != policyengine.CodeBudgetExhausted || e.Rule != "b" {
@@ -290,4 +304,11 @@ func TestBudgetAndReplayOutcomes(t *testing.T) {
 			t.Fatal("a pass leaked")
 		}
 	})
+}
+
+// denyBudget denies everything with budget_exhausted.
+type denyBudget struct{ allowPolicy }
+
+func (denyBudget) Evaluate(*policyengine.Intent, policyengine.UsageReader, time.Time) policyengine.Decision {
+	return policyengine.Decision{Code: policyengine.CodeBudgetExhausted, Rule: "b", Reason: "spent"}
 }

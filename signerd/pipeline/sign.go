@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/http"
@@ -93,6 +94,11 @@ func (p *Pipeline) Sign(ctx context.Context, a *Admission, req *Request) (res *R
 		if dec.Code == policyengine.CodeUsageUnavailable {
 			p.o.Logger.Error("policy could not read usage", "err", dec.Err)
 			return nil, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the budget ledger is unavailable", dec.Err)
+		}
+		// An agent retrying a request that was already signed may now be over its budget, rate
+		// or timestamp skew because of that very request: it gets the stored signature.
+		if res := p.storedRetry(dec.Code, wallet, pay, req, canon); res != nil {
+			return res, nil
 		}
 		ev := base
 		ev.Decision, ev.Code, ev.Rule, ev.Reason = "deny", dec.Code, dec.Rule, dec.Reason
@@ -398,4 +404,30 @@ func (p *Pipeline) auditAsync(ctx context.Context, ev audit.Event) {
 	if err != nil {
 		p.o.Logger.Error("audit of a decision failed", "code", ev.Code, "err", err)
 	}
+}
+
+// storedRetry returns the stored signature of an identical, already signed request when the
+// policy denied its retry for a reason the first request itself causes (budget, rate, clock).
+func (p *Pipeline) storedRetry(code string, wallet common.Address, pay *fourmica.ClaimsV1, req *Request, canon []byte) *Result {
+	switch code {
+	case policyengine.CodeBudgetExhausted, policyengine.CodeRateLimited, policyengine.CodeStaleTimestamp:
+	default:
+		return nil
+	}
+	rec, err := p.Lookup(wallet, pay.TabID.Big(), pay.ReqID.Big())
+	if err != nil || rec == nil || rec.Status != ledger.StatusSigned || len(rec.Signature) != 65 ||
+		!bytes.Equal(rec.Claims, canon) || rec.Scheme != string(req.Scheme) {
+		return nil
+	}
+	digest, err := p.o.Domain.Digest(req.Claims, req.Scheme)
+	if err != nil || digest != rec.Digest {
+		return nil
+	}
+	release, ok := p.o.KillSwitch.Pass()
+	if !ok {
+		return nil
+	}
+	res := &Result{Claims: req.Claims, Scheme: req.Scheme, Digest: digest, RecordID: rec.ID, Replayed: true, release: release}
+	copy(res.Signature[:], rec.Signature)
+	return res
 }

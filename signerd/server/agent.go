@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -356,6 +357,17 @@ func (d *Daemon) handleX402(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		d.invalid(w, r, fieldError("requirements", err))
 		return
+	}
+	// A retry for the same tab and req_id reuses the first attempt's timestamp, so identical
+	// payments give identical claims (and the stored signature) instead of a replay conflict.
+	if rec, err := d.pipe.Lookup(*wallet, tabID.Big(), reqID.Big()); err == nil && rec != nil {
+		if prev, err := fourmica.DecodeClaims(rec.Claims); err == nil && prev.Payment() != nil {
+			if again, err := fourmica.BuildClaims(pr, opt, fourmica.TabInfo{TabID: tabID, ReqID: reqID, User: user}, user, prev.Payment().Timestamp); err == nil {
+				if b, err := again.MarshalJSON(); err == nil && bytes.Equal(b, rec.Claims) {
+					claims = again
+				}
+			}
+		}
 	}
 	req := &pipeline.Request{Wallet: wallet, Claims: claims, Scheme: fourmica.SchemeEIP712}
 	req.ResourceURL = resourceURL(body.Resource, pr, opt)

@@ -393,6 +393,17 @@ func TestX402Payment(t *testing.T) {
 	if p.Amount.Dec() != "250" || p.TabID.Dec() != "2748" || p.ReqID.Dec() != "3" {
 		t.Fatalf("claims built wrong: %+v", p)
 	}
+	// A retry (a second later) gets the same signature, not a replay conflict.
+	time.Sleep(1100 * time.Millisecond)
+	again := d.agent.do(t, "POST", "/v1/x402/payments", []byte(`{"requirements":`+req+`,"tab":{"tab_id":"0xabc","next_req_id":3}}`))
+	if again.Status != 200 || again.str("value") != r.str("value") || again.Body["replayed"] != true {
+		t.Fatalf("x402 retry: %d %s", again.Status, again.Raw)
+	}
+	// The same tab and req_id for another amount is a conflict.
+	other := strings.Replace(req, `"250"`, `"251"`, 1)
+	if c := d.agent.do(t, "POST", "/v1/x402/payments", []byte(`{"requirements":`+other+`,"tab":{"tab_id":"0xabc","next_req_id":3}}`)); c.Status != 409 {
+		t.Fatalf("x402 conflicting retry: %d %s", c.Status, c.Raw)
+	}
 	if r := d.agent.do(t, "POST", "/v1/x402/payments", []byte(`{"requirements":`+req+`}`)); r.Status != 400 || r.errField("field") != "tab" {
 		t.Fatalf("missing tab: %d %s", r.Status, r.Raw)
 	}
