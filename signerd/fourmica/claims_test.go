@@ -203,3 +203,37 @@ func TestDigestAllocs(t *testing.T) {
 		}
 	}
 }
+
+// Pooled hashers are safe under concurrent use (run with -race).
+func TestConcurrentDigests(t *testing.T) {
+	d, _ := NewDomain("4mica", "1", 84532)
+	g := newClaimGen(7)
+	cs := make([]Claims, 64)
+	want := make([]Hash, len(cs))
+	for i := range cs {
+		if i%2 == 0 {
+			cs[i] = ClaimsOfV1(g.v1(^uint64(0)))
+		} else {
+			cs[i] = ClaimsOfV2(g.v2(84532, ^uint64(0)))
+		}
+		want[i], _ = d.Digest(cs[i], SchemeEIP712)
+	}
+	done := make(chan error, 8)
+	for w := 0; w < 8; w++ {
+		go func(w int) {
+			for k := 0; k < 200; k++ {
+				i := (w*31 + k) % len(cs)
+				if h, _ := d.Digest(cs[i], SchemeEIP712); h != want[i] {
+					done <- errors.New("concurrent digest differs")
+					return
+				}
+			}
+			done <- nil
+		}(w)
+	}
+	for w := 0; w < 8; w++ {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -20,6 +20,7 @@ type FieldError struct {
 	Reason string
 }
 
+// Error returns "fourmica: invalid <field>: <reason>".
 func (e *FieldError) Error() string {
 	return "fourmica: invalid " + e.Field + ": " + e.Reason
 }
