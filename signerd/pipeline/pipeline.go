@@ -44,6 +44,7 @@ type Policy interface {
 type Ledger interface {
 	policyengine.UsageReader
 	Reserve(ctx context.Context, r ledger.Reservation) (ledger.Result, error)
+	ReserveEarly(ctx context.Context, r ledger.Reservation) (ledger.Result, error)
 	Commit(ctx context.Context, id ledger.RecordID, sig []byte) (ledger.CommitResult, error)
 	Release(ctx context.Context, id ledger.RecordID, code, reason string) error
 	AuditAsync(ev audit.Event) error
@@ -112,10 +113,11 @@ type Options struct {
 	MaxWait    time.Duration // approval long poll
 	Logger     *slog.Logger
 	Clock      func() time.Time
-	// OverlapSigning runs the HSM signature concurrently with the durable reservation instead
-	// of after it. A signature still never leaves before its record and its commit are durable
-	// and a pass is still held from before signing; it saves one fsync of latency per request
-	// at low concurrency. Default false: the strict order of the package comment.
+	// OverlapSigning lets the HSM signature run while the reservation's transaction is being
+	// fsynced (ledger.ReserveEarly): the reservation is still decided (replay, budgets) before
+	// the kill-switch pass and the signature, and a signature still leaves only after its
+	// commit, which the ledger applies only if the reservation became durable. It hides one
+	// fsync of latency per request. Default false: the strict order of the package comment.
 	OverlapSigning bool
 	// Observe, if set, is told every final outcome (metrics, auto-trips).
 	Observe func(o Outcome)

@@ -92,6 +92,14 @@ func (h *hookLedger) Reserve(ctx context.Context, r ledger.Reservation) (ledger.
 	return res, err
 }
 
+func (h *hookLedger) ReserveEarly(ctx context.Context, r ledger.Reservation) (ledger.Result, error) {
+	res, err := h.Ledger.ReserveEarly(ctx, r)
+	if h.afterReserve != nil {
+		h.afterReserve()
+	}
+	return res, err
+}
+
 func (h *hookLedger) Commit(ctx context.Context, id ledger.RecordID, sig []byte) (ledger.CommitResult, error) {
 	if h.commitErr != nil {
 		return ledger.CommitResult{}, h.commitErr
@@ -205,7 +213,10 @@ func TestSigningFailureReleases(t *testing.T) {
 // TestKillSwitchBetweenReserveAndSign: engaged after the reservation, the request is refused,
 // its reservation released, and no signature is made.
 func TestKillSwitchBetweenReserveAndSign(t *testing.T) {
-	f := newFixture(t, false)
+	modes(t, func(t *testing.T, overlap bool) { testKillSwitchBetweenReserveAndSign(t, newFixture(t, overlap)) })
+}
+
+func testKillSwitchBetweenReserveAndSign(t *testing.T, f *fixture) {
 	signed := false
 	f.signer.hook = func() { signed = true }
 	f.l.afterReserve = func() {

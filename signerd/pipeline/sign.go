@@ -127,11 +127,14 @@ func (p *Pipeline) Sign(ctx context.Context, a *Admission, req *Request) (res *R
 		Principal: a.Principal(), Agent: a.Agent, PolicyHash: phash[:], Rule: dec.Rule, Digest: digest,
 		Scheme: string(req.Scheme), TaskID: req.TaskID,
 	}
+	reserve := p.o.Ledger.Reserve
 	if p.o.OverlapSigning {
-		return p.reserveAndSignOverlapped(ctx, req, resv, signer, digest, wallet)
+		// The reservation is decided in the committer's transaction and returned before its
+		// fsync; signing overlaps the fsync and Commit (a later transaction) succeeds only if
+		// the reservation became durable.
+		reserve = p.o.Ledger.ReserveEarly
 	}
-
-	rr, rerr := p.o.Ledger.Reserve(ctx, resv)
+	rr, rerr := reserve(ctx, resv)
 	if rerr != nil {
 		return nil, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the ledger could not record the request", rerr)
 	}
@@ -244,40 +247,6 @@ func (p *Pipeline) commit(ctx context.Context, req *Request, id ledger.RecordID,
 	res := &Result{Claims: req.Claims, Scheme: req.Scheme, Digest: digest, RecordID: id, Replayed: cr.AlreadySigned, release: release}
 	copy(res.Signature[:], cr.Signature)
 	return res, nil
-}
-
-// reserveAndSignOverlapped runs the HSM signature while the reservation is being made durable
-// (Options.OverlapSigning). The kill-switch pass is taken first; the signature is used only if
-// the reservation succeeds and is committed durably before it leaves, so what a client can
-// receive is exactly what the strict order allows; a signature made for a request the ledger
-// refuses is zeroed and dropped.
-func (p *Pipeline) reserveAndSignOverlapped(ctx context.Context, req *Request, resv ledger.Reservation, signer hsm.Signer,
-	digest [32]byte, wallet common.Address) (*Result, error) {
-	release, ok := p.o.KillSwitch.Pass()
-	if !ok {
-		return nil, errKillSwitch()
-	}
-	type signed struct {
-		sig [65]byte
-		err error
-	}
-	ch := make(chan signed, 1)
-	go func() {
-		sig, err := signAndVerify(ctx, signer, digest, wallet)
-		ch <- signed{sig, err}
-	}()
-	rr, rerr := p.o.Ledger.Reserve(ctx, resv)
-	s := <-ch
-	if rerr != nil {
-		clear(s.sig[:])
-		release()
-		return nil, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the ledger could not record the request", rerr)
-	}
-	if res, err, done := p.reserved(rr, req, digest, release); done {
-		clear(s.sig[:])
-		return res, err
-	}
-	return p.commit(ctx, req, rr.RecordID, digest, wallet, s.sig, s.err, release)
 }
 
 // release undoes a reservation; a failure is logged (the record stays reserved and is
