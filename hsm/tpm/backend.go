@@ -223,7 +223,7 @@ func (b *Backend) connectLocked() error {
 // unsealed again when the TPM is back), and the monitor is woken to reconnect.
 func (b *Backend) dropLocked(cause error) {
 	b.healthy.Store(false)
-	b.setReason("TPM connection lost; reconnecting")
+	b.setReason(fmt.Sprintf("TPM connection lost (%v); reconnecting", cause))
 	b.sc.discard(nil) // the sessions die with the connection
 	if b.conn != nil {
 		_ = b.conn.Close()
@@ -240,7 +240,6 @@ func (b *Backend) dropLocked(cause error) {
 	case b.wake <- struct{}{}:
 	default:
 	}
-	_ = cause
 }
 
 // withTPM runs fn on the connection, serialised, and drops the connection on a link failure.
@@ -490,6 +489,10 @@ func (s *signer) SignDigest(ctx context.Context, digest [32]byte) ([65]byte, err
 	copy(sig[:], raw)
 	sig[64] += 27
 	if err := hsm.VerifyEth(digest, sig, s.addr); err != nil {
+		if b.perSig {
+			// The key just unsealed is not the one the key file names: metadata and blob disagree.
+			return [65]byte{}, fmt.Errorf("%w: sealed key does not match the recorded address of %s: %w", hsm.ErrCorrupt, KeyURI(s.k.id), err)
+		}
 		return [65]byte{}, err
 	}
 	return sig, nil

@@ -496,15 +496,31 @@ func TestCorruptBlob(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			swapped, err := b.Generate(ctx, hsm.GenerateOptions{Label: "swapped"})
+			if err != nil {
+				t.Fatal(err)
+			}
 			b.Close()
 			corruptPrivateBlob(t, dir, bad.URI)
+			// Metadata naming another (consistent) key than the sealed blob holds.
+			other, _ := crypto.GenerateKey()
+			sid, _ := ParseURI(swapped.URI)
+			kf, err := readKeyFile(dir, sid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			kf.PublicKey = crypto.FromECDSAPub(&other.PublicKey)
+			kf.Address = crypto.PubkeyToAddress(other.PublicKey)
+			if err := writeKeyFile(dir, kf); err != nil {
+				t.Fatal(err)
+			}
 			gid, _ := ParseURI(garbled.URI)
 			if err := os.WriteFile(keyPath(dir, gid), []byte("{\"version\":1,"), 0o600); err != nil {
 				t.Fatal(err)
 			}
 
 			b = openTest(t, testOptions(sw, dir, m.perSig, nil))
-			for _, uri := range []string{bad.URI, garbled.URI} {
+			for _, uri := range []string{bad.URI, garbled.URI, swapped.URI} {
 				s, err := b.Signer(ctx, uri)
 				if err == nil {
 					_, err = s.SignDigest(ctx, randDigest(t))
@@ -522,10 +538,10 @@ func TestCorruptBlob(t *testing.T) {
 			for _, ki := range list {
 				states[ki.URI] = ki.Facts["state"]
 			}
-			if states[garbled.URI] != "corrupt" || len(list) != 3 {
+			if states[garbled.URI] != "corrupt" || len(list) != 4 {
 				t.Fatalf("states %v", states)
 			}
-			if !m.perSig && states[bad.URI] != "corrupt" {
+			if !m.perSig && (states[bad.URI] != "corrupt" || states[swapped.URI] != "corrupt") {
 				t.Fatalf("states %v", states)
 			}
 		})
