@@ -143,25 +143,39 @@ func (p *Policy) evaluate(in *Intent, usage UsageReader, now time.Time, verbose 
 		return deny(&d, CodeDefaultDeny, "default", fmt.Sprintf("no allow rule applies to agent %s", agentName))
 	}
 	d.Rule = allowBy.id
-	// 7. Budgets and rate limits.
+	// 7. Budgets and rate limits. All keys are built into one buffer and converted to a single
+	// string (one allocation), then each charge's Key is a substring of it.
 	if len(p.budgets) > 0 {
-		d.Charges = make([]Charge, 0, len(p.budgets))
-		var buf [256]byte
-		var sum big.Int
-		var exhausted *Charge
-		var exhaustedUsed *big.Int
-		for _, b := range p.budgets {
+		var bufArr [1024]byte
+		var idxArr [32]int32
+		var endArr [32]int32
+		buf, matched, ends := bufArr[:0], idxArr[:0], endArr[:0]
+		hexes := ctx.addrHex()
+		for i, b := range p.budgets {
 			if b.asset != nil && b.asset.Address != in.Asset {
 				continue
 			}
 			if !b.sel.matchAll(&ctx) {
 				continue
 			}
+			buf = b.key(buf, &ctx, &hexes)
+			matched = append(matched, int32(i))
+			ends = append(ends, int32(len(buf)))
+		}
+		keys := string(buf)
+		d.Charges = make([]Charge, 0, len(matched))
+		var sum big.Int
+		exhausted := -1
+		var exhaustedUsed *big.Int
+		start := int32(0)
+		for j, bi := range matched {
+			b := p.budgets[bi]
 			amt := in.Amount
 			if b.count {
 				amt = bigOne
 			}
-			ch := Charge{Budget: b.id, Key: b.key(buf[:0], &ctx), Window: b.window, Limit: b.limit, Amount: amt, Count: b.count}
+			ch := Charge{Budget: b.id, Key: keys[start:ends[j]], Window: b.window, Limit: b.limit, Amount: amt, Count: b.count}
+			start = ends[j]
 			d.Charges = append(d.Charges, ch)
 			if usage == nil {
 				d.Err = fmt.Errorf("policyengine: no usage reader for budget %s", b.id)
@@ -185,19 +199,20 @@ func (p *Policy) evaluate(in *Intent, usage UsageReader, now time.Time, verbose 
 				d.Matches = append(d.Matches, Match{Rule: b.id, Kind: b.kind(), Effect: eff,
 					Detail: fmt.Sprintf("used %s + %s of %s in %s", p.fmtAmt(used, b), p.fmtAmt(amt, b), p.fmtAmt(b.limit, b), windowName(b.window))})
 			}
-			if over && exhausted == nil {
-				exhausted = &d.Charges[len(d.Charges)-1]
+			if over && exhausted < 0 {
+				exhausted = len(d.Charges) - 1
 				exhaustedUsed = new(big.Int).Set(used)
 			}
 		}
-		if exhausted != nil {
-			b := p.budgetByID(exhausted.Budget)
+		if exhausted >= 0 {
+			ch := &d.Charges[exhausted]
+			b := p.budgetByID(ch.Budget)
 			code := CodeBudgetExhausted
-			if exhausted.Count {
+			if ch.Count {
 				code = CodeRateLimited
 			}
-			return deny(&d, code, exhausted.Budget, fmt.Sprintf("budget %s: %s used of %s in %s; this request needs %s",
-				exhausted.Budget, p.fmtAmt(exhaustedUsed, b), p.fmtAmt(exhausted.Limit, b), windowName(exhausted.Window), p.fmtAmt(exhausted.Amount, b)))
+			return deny(&d, code, ch.Budget, fmt.Sprintf("budget %s: %s used of %s in %s; this request needs %s",
+				ch.Budget, p.fmtAmt(exhaustedUsed, b), p.fmtAmt(ch.Limit, b), windowName(ch.Window), p.fmtAmt(ch.Amount, b)))
 		}
 	}
 	// 8. Approval thresholds.
@@ -527,9 +542,20 @@ func (e ruleEffect) String() string {
 	return "allow"
 }
 
-// key builds the counter key: budget id, then each "per" dimension. Strings are length-prefixed
-// so no value can forge another key.
-func (b *budget) key(buf []byte, c *evalCtx) string {
+// addrHexes holds the lowercase hex of the intent's addresses, encoded once per evaluation.
+type addrHexes struct{ wallet, payTo, asset [40]byte }
+
+func (c *evalCtx) addrHex() addrHexes {
+	var h addrHexes
+	hex.Encode(h.wallet[:], c.in.Wallet[:])
+	hex.Encode(h.payTo[:], c.in.PayTo[:])
+	hex.Encode(h.asset[:], c.in.Asset[:])
+	return h
+}
+
+// key appends the counter key: budget id, then each "per" dimension. Strings are
+// length-prefixed so no value can forge another key.
+func (b *budget) key(buf []byte, c *evalCtx, h *addrHexes) []byte {
 	buf = append(buf, b.id...)
 	if b.per&dimAgent != 0 {
 		buf = append(buf, "|agent="...)
@@ -539,15 +565,15 @@ func (b *budget) key(buf []byte, c *evalCtx) string {
 	}
 	if b.per&dimWallet != 0 {
 		buf = append(buf, "|wallet=0x"...)
-		buf = hex.AppendEncode(buf, c.in.Wallet[:])
+		buf = append(buf, h.wallet[:]...)
 	}
 	if b.per&dimSeller != 0 {
 		buf = append(buf, "|seller=0x"...)
-		buf = hex.AppendEncode(buf, c.in.PayTo[:])
+		buf = append(buf, h.payTo[:]...)
 	}
 	if b.per&dimAsset != 0 {
 		buf = append(buf, "|asset=0x"...)
-		buf = hex.AppendEncode(buf, c.in.Asset[:])
+		buf = append(buf, h.asset[:]...)
 	}
 	if b.per&dimTask != 0 {
 		buf = append(buf, "|task="...)
@@ -555,5 +581,5 @@ func (b *budget) key(buf []byte, c *evalCtx) string {
 		buf = append(buf, ':')
 		buf = append(buf, c.in.TaskID...)
 	}
-	return string(buf)
+	return buf
 }
