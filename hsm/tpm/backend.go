@@ -479,7 +479,7 @@ func (s *signer) SignDigest(ctx context.Context, digest [32]byte) ([65]byte, err
 	var raw []byte
 	var err error
 	if b.perSig {
-		raw, err = s.signPerSignature(digest)
+		raw, err = s.signPerSignature(ctx, digest)
 	} else {
 		raw, err = s.signCached(digest)
 	}
@@ -545,7 +545,7 @@ func (s *signer) signCached(digest [32]byte) ([]byte, error) {
 	}
 }
 
-func (s *signer) signPerSignature(digest [32]byte) ([]byte, error) {
+func (s *signer) signPerSignature(ctx context.Context, digest [32]byte) ([]byte, error) {
 	k := s.k
 	k.mu.RLock()
 	err := k.usable()
@@ -557,7 +557,12 @@ func (s *signer) signPerSignature(digest [32]byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	buf := <-s.b.scratch
+	var buf *lockedmem.Buffer
+	select {
+	case buf = <-s.b.scratch:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	defer func() {
 		buf.Zero()
 		s.b.scratch <- buf

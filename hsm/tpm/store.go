@@ -152,6 +152,11 @@ func listKeyIDs(dir string) ([]string, error) {
 	}
 	var ids []string
 	for _, e := range ents {
+		// A temporary file left by a crash during writeAtomic: the rename never happened.
+		if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), fileExt+".tmp") {
+			_ = os.Remove(filepath.Join(dir, e.Name()))
+			continue
+		}
 		id, ok := strings.CutSuffix(e.Name(), fileExt)
 		if ok && e.Type().IsRegular() && validID(id) {
 			ids = append(ids, id)
