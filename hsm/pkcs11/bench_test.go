@@ -161,7 +161,7 @@ func BenchmarkSignVsRaw(b *testing.B) {
 				raws[g] = r
 			}
 			const round = 100
-			var tBackend, tRaw time.Duration
+			var tBackend, tRaw, cBackend, cRaw time.Duration
 			var nBackend, nRaw int
 			run := func(op func(g, i int) error) time.Duration {
 				var next atomic.Int64
@@ -188,15 +188,19 @@ func BenchmarkSignVsRaw(b *testing.B) {
 			}
 			b.ResetTimer()
 			for done := 0; done < b.N; done += 2 * round {
+				c0 := cpuTime()
 				tBackend += run(func(_, i int) error {
 					_, err := s.SignDigest(context.Background(), benchDigests[(done+i)%len(benchDigests)])
 					return err
 				})
+				c1 := cpuTime()
 				nBackend += round
 				tRaw += run(func(g, i int) error {
 					_, err := raws[g].Sign(benchDigests[(done+i)%len(benchDigests)][:])
 					return err
 				})
+				cBackend += c1 - c0
+				cRaw += cpuTime() - c1
 				nRaw += round
 			}
 			b.StopTimer()
@@ -204,6 +208,8 @@ func BenchmarkSignVsRaw(b *testing.B) {
 			b.ReportMetric(ob, "backend-ops/s")
 			b.ReportMetric(or, "raw-ops/s")
 			b.ReportMetric(ob/or, "ratio")
+			b.ReportMetric(float64(cBackend.Microseconds())/float64(nBackend), "backend-cpu-µs/op")
+			b.ReportMetric(float64(cRaw.Microseconds())/float64(nRaw), "raw-cpu-µs/op")
 		})
 	}
 }
