@@ -885,3 +885,27 @@ func TestAttest(t *testing.T) {
 		t.Fatalf("after PCR drift err = %v, want ErrPolicy", err)
 	}
 }
+
+// TestStaleTempFile: a temporary file left by a crash in the middle of a key-file write is
+// removed at open and never listed; other stray files are left alone and ignored.
+func TestStaleTempFile(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	dir := t.TempDir()
+	stale := filepath.Join(dir, ".0123456789abcdef"+fileExt+".tmp42")
+	stray := filepath.Join(dir, "notes.txt")
+	for _, p := range []string{stale, stray} {
+		if err := os.WriteFile(p, []byte("{"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := openTest(t, testOptions(sw, dir, false, nil))
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stale temp file still there: %v", err)
+	}
+	if _, err := os.Stat(stray); err != nil {
+		t.Fatalf("stray file removed: %v", err)
+	}
+	if list, _ := b.List(context.Background()); len(list) != 0 {
+		t.Fatalf("list %+v", list)
+	}
+}
