@@ -28,11 +28,11 @@ import (
 // Binaries built once by TestMain, and a provisioned dev directory (SoftHSM2 token with one
 // wallet key, PIN file) that each test copies so every daemon starts on its own token.
 var (
-	binDir      string
-	signerdBin  string
+	binDir       string
+	signerdBin   string
 	signerctlBin string
-	templateDir string
-	wallet1     string // the template token's wallet address (0x, checksummed)
+	templateDir  string
+	wallet1      string // the template token's wallet address (0x, checksummed)
 )
 
 const (
@@ -143,7 +143,7 @@ func provisionTemplate(dir string) (string, error) {
 
 // env is one daemon's directory: a copy of the template token, a policy, a config.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	dir    string
 	cfg    string
 	agent  string // agent socket
@@ -184,7 +184,7 @@ func copyDir(src, dst string) error {
 	})
 }
 
-func newEnv(t *testing.T, o envOptions) *env {
+func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
 	dir, err := os.MkdirTemp(binDir, "env-")
 	if err != nil {
