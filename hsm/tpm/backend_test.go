@@ -25,6 +25,7 @@ import (
 	"github.com/signerd/signerd/attestation"
 	"github.com/signerd/signerd/hsm"
 	"github.com/signerd/signerd/hsm/tpm/swtpmtest"
+	"github.com/signerd/signerd/signerd/fourmica"
 )
 
 type mode struct {
@@ -339,6 +340,15 @@ func TestConcurrentSigning(t *testing.T) {
 						pub, err := crypto.SigToPub(d[:], norm[:])
 						if err != nil || crypto.PubkeyToAddress(*pub) != ki.Address {
 							errs <- fmt.Errorf("signature %d/%d does not recover to %s", w, i, ki.Address.Hex())
+							return
+						}
+						// 4Mica Core's rules, and already in the SDKs' canonical form.
+						if err := fourmica.VerifySignature(fourmica.Hash(d), sig[:], fourmica.Address(ki.Address)); err != nil {
+							errs <- fmt.Errorf("signature %d/%d fails fourmica verification: %v", w, i, err)
+							return
+						}
+						if c, err := fourmica.NormalizeSignature(sig[:]); err != nil || c != fourmica.Signature(sig) {
+							errs <- fmt.Errorf("signature %d/%d is not canonical", w, i)
 							return
 						}
 					}
