@@ -317,7 +317,37 @@ func checkCrashInvariants(t *testing.T, path string, received map[RecordID]strin
 			t.Errorf("%s: usage %s over its limit %d", key.name, u, key.limit)
 		}
 	}
-	// 3. Every signature a client received is durable in the ledger and in the audit log.
+	// 3. What start-up does: release the orphaned reservations. Then usage is exactly what the
+	// signed records charged.
+	if _, err := l.ReleaseOrphans(context.Background(), "crash test restart", 0); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := l.Pending(0); err != nil || len(p) != 0 {
+		t.Fatalf("pending after ReleaseOrphans: %d %v", len(p), err)
+	}
+	signedDaily, signedTotal := new(big.Int), new(big.Int)
+	for _, r := range live {
+		if r2, err := l.Record(r.ID); err == nil && r2.Status == StatusSigned {
+			for _, c := range r2.Charges {
+				switch c.Key {
+				case "daily/agent-a":
+					signedDaily.Add(signedDaily, c.Amount)
+				case "total/wallet":
+					signedTotal.Add(signedTotal, c.Amount)
+				}
+			}
+		}
+	}
+	if u, _ := l.Usage("daily/agent-a", 24*time.Hour, now); u.Cmp(signedDaily) != 0 {
+		t.Errorf("daily usage %s after releasing orphans, signed records charge %s", u, signedDaily)
+	}
+	if u, _ := l.Usage("total/wallet", 0, now); u.Cmp(signedTotal) != 0 {
+		t.Errorf("total usage %s after releasing orphans, signed records charge %s", u, signedTotal)
+	}
+	if rep, err := l.VerifyAudit(); err != nil || !rep.OK {
+		t.Fatalf("audit after ReleaseOrphans: %+v %v", rep, err)
+	}
+	// 4. Every signature a client received is durable in the ledger and in the audit log.
 	for id, sig := range received {
 		r, err := l.Record(id)
 		if err != nil {

@@ -195,8 +195,14 @@ func Open(opts Options) (*Ledger, error) {
 		return nil, &StoreError{Op: "open", Err: err}
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMeta, bucketRecords, bucketReplay, bucketUsage, bucketState, bucketSigs} {
+		rebuildPending := tx.Bucket(bucketPending) == nil
+		for _, b := range [][]byte{bucketMeta, bucketRecords, bucketReplay, bucketUsage, bucketState, bucketSigs, bucketPending} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		if rebuildPending { // a file written before the pending index existed
+			if err := fillPending(tx); err != nil {
 				return err
 			}
 		}

@@ -746,3 +746,83 @@ func TestFileTamperDetected(t *testing.T) {
 		t.Fatalf("report %+v, err %v", rep, err)
 	}
 }
+
+func TestReleaseOrphans(t *testing.T) {
+	clk := &fakeClock{t: t0}
+	l := openTest(t, clk)
+	ctx := context.Background()
+	life := charge("task", 0, 100, 10) // lifetime counter: only a release gives it back
+	var ids []RecordID
+	for i := int64(0); i < 4; i++ {
+		r, err := l.Reserve(ctx, resv(3, i, fmt.Sprint("o", i), life))
+		if err != nil || r.Outcome != Reserved {
+			t.Fatal(r, err)
+		}
+		ids = append(ids, r.RecordID)
+	}
+	if _, err := l.Commit(ctx, ids[0], sig65(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Release(ctx, ids[1], "", "failed"); err != nil {
+		t.Fatal(err)
+	}
+	p, err := l.Pending(0)
+	if err != nil || len(p) != 2 || p[0].ID != ids[2] || p[1].ID != ids[3] {
+		t.Fatalf("pending %v %v", p, err)
+	}
+	n, err := l.ReleaseOrphans(ctx, "start-up after a crash", 1)
+	if err != nil || n != 1 {
+		t.Fatalf("released %d %v (max 1)", n, err)
+	}
+	n, err = l.ReleaseOrphans(ctx, "start-up after a crash", 0)
+	if err != nil || n != 1 {
+		t.Fatalf("released %d %v", n, err)
+	}
+	if p, _ := l.Pending(0); len(p) != 0 {
+		t.Fatalf("still pending: %v", p)
+	}
+	if u, _ := l.Usage("task/agent-a", 0, clk.Now()); u.Int64() != 10 {
+		t.Fatalf("lifetime usage %s, want 10 (the signed one only)", u)
+	}
+	rec, _ := l.Record(ids[3])
+	if rec.Status != StatusReleased || rec.Code != CodeOrphaned {
+		t.Fatalf("%+v", rec)
+	}
+	if r, _ := l.Reserve(ctx, resv(3, 3, "o3", life)); r.Outcome != Reserved || r.RecordID == ids[3] {
+		t.Fatalf("retry after orphan release: %+v", r)
+	}
+	if n, _ := l.ReleaseOrphans(ctx, "x", 0); n != 1 {
+		t.Fatalf("the new reservation is pending again: %d", n)
+	}
+	if rep, err := l.VerifyAudit(); err != nil || !rep.OK {
+		t.Fatal(rep, err)
+	}
+}
+
+func TestPendingIndexRebuilt(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.db")
+	l, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a, _ := l.Reserve(ctx, resv(1, 1, "a"))
+	b, _ := l.Reserve(ctx, resv(1, 2, "b"))
+	if _, err := l.Commit(ctx, a.RecordID, sig65(1)); err != nil {
+		t.Fatal(err)
+	}
+	// Simulate a file from before the pending index.
+	if err := l.DB().Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketPending) }); err != nil {
+		t.Fatal(err)
+	}
+	_ = l.Close()
+	l, err = Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	p, err := l.Pending(0)
+	if err != nil || len(p) != 1 || p[0].ID != b.RecordID {
+		t.Fatalf("rebuilt pending: %v %v", p, err)
+	}
+}

@@ -3,6 +3,7 @@ package ledger
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/big"
@@ -279,6 +280,9 @@ func (o *reserveOp) apply(tx *bolt.Tx, now time.Time) error {
 	if err := putRecord(tx, rec); err != nil {
 		return err
 	}
+	if err := tx.Bucket(bucketPending).Put(rec.ID.key(), nil); err != nil {
+		return err
+	}
 	if err := tx.Bucket(bucketReplay).Put(rk, replayEntry{o.h, rec.ID, StatusReserved.byte()}.bytes()); err != nil {
 		return err
 	}
@@ -359,6 +363,9 @@ func (o *commitOp) apply(tx *bolt.Tx, now time.Time) error {
 	if err := putSignature(tx, rec.ID, now, o.sig); err != nil {
 		return err
 	}
+	if err := tx.Bucket(bucketPending).Delete(rec.ID.key()); err != nil {
+		return err
+	}
 	ar, err := audit.Append(tx, now, audit.Event{Kind: audit.KindSignature, RecordID: uint64(rec.ID),
 		Principal: rec.Principal, Agent: rec.Agent, Wallet: rec.Wallet.Hex(), TabID: rec.TabID.String(),
 		ReqID: rec.ReqID.String(), Digest: rec.Digest[:], Signature: o.sig, Scheme: rec.Scheme,
@@ -420,6 +427,12 @@ func (o *releaseOp) apply(tx *bolt.Tx, now time.Time) error {
 		o.err = ErrAlreadySigned
 		return nil
 	}
+	return releaseRecord(tx, now, rec, o.code, o.reason)
+}
+
+// releaseRecord refunds rec's charges, marks it released, frees its replay key, drops it from
+// the pending index and writes the two audit records. rec must be reserved.
+func releaseRecord(tx *bolt.Tx, now time.Time, rec *PaymentRecord, code, reason string) error {
 	for _, c := range rec.Charges {
 		if c.Amount.Sign() == 0 {
 			continue
@@ -428,24 +441,111 @@ func (o *releaseOp) apply(tx *bolt.Tx, now time.Time) error {
 			return err
 		}
 	}
-	rec.Status, rec.Code, rec.Reason, rec.Updated = StatusReleased, o.code, o.reason, now
+	rec.Status, rec.Code, rec.Reason, rec.Updated = StatusReleased, code, reason, now
 	if err := putRecord(tx, rec); err != nil {
 		return err
 	}
 	if err := setReplayStatus(tx, rec, StatusReleased); err != nil {
 		return err
 	}
+	if err := tx.Bucket(bucketPending).Delete(rec.ID.key()); err != nil {
+		return err
+	}
 	base := audit.Event{RecordID: uint64(rec.ID), Principal: rec.Principal, Agent: rec.Agent,
 		Wallet: rec.Wallet.Hex(), TabID: rec.TabID.String(), ReqID: rec.ReqID.String(), Digest: rec.Digest[:]}
 	ev := base
-	ev.Kind, ev.Code, ev.Reason = audit.KindSigningFailed, o.code, o.reason
+	ev.Kind, ev.Code, ev.Reason = audit.KindSigningFailed, code, reason
 	if _, err := audit.Append(tx, now, ev); err != nil {
 		return err
 	}
 	ev = base
 	ev.Kind, ev.Charges, ev.Reason = audit.KindReservationReleased, auditCharges(rec.Charges), "charges refunded, replay key freed"
-	_, err = audit.Append(tx, now, ev)
+	_, err := audit.Append(tx, now, ev)
 	return err
+}
+
+// CodeOrphaned is the release code ReleaseOrphans uses.
+const CodeOrphaned = "orphaned_reservation"
+
+type orphansOp struct {
+	opBase
+	reason string
+	max    int
+	n      int
+}
+
+func (o *orphansOp) earlyOK() bool { return false }
+
+// ReleaseOrphans releases every record still reserved — neither signed nor released — as Release
+// does (refund, free the replay key, audit signing_failed with code orphaned_reservation and
+// reservation_released), at most max records per call (max ≤ 0: 10,000), in one transaction,
+// and returns how many it released.
+//
+// Call it at start-up, before serving, when no request can be in flight: a record left reserved
+// by a crash between Reserve and Commit never had its signature sent, so releasing it gives its
+// budget back (lifetime counters would otherwise stay charged) and a retry reserves afresh.
+// Calling it while requests are being signed would make their Commit fail with ErrReleased (safe,
+// but those requests fail).
+func (l *Ledger) ReleaseOrphans(ctx context.Context, reason string, max int) (int, error) {
+	if max <= 0 {
+		max = 10000
+	}
+	o := &orphansOp{opBase: newBase(false), reason: reason, max: max}
+	err := l.submit(ctx, o)
+	return o.n, err
+}
+
+func (o *orphansOp) apply(tx *bolt.Tx, now time.Time) error {
+	o.n = 0
+	var ids []RecordID
+	c := tx.Bucket(bucketPending).Cursor()
+	for k, _ := c.First(); k != nil && len(ids) < o.max; k, _ = c.Next() {
+		if len(k) != 8 {
+			o.err = corruptf("pending key %x", k)
+			return nil
+		}
+		ids = append(ids, RecordID(binary.BigEndian.Uint64(k)))
+	}
+	for _, id := range ids {
+		rec, err := getRecord(tx, id)
+		if err != nil {
+			o.err = fmt.Errorf("pending record %d: %w", id, err)
+			return errRerunWith(o) // partial releases must not commit without the rest
+		}
+		if rec.Status != StatusReserved {
+			if err := tx.Bucket(bucketPending).Delete(id.key()); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := releaseRecord(tx, now, rec, CodeOrphaned, o.reason); err != nil {
+			return err
+		}
+		o.n++
+	}
+	return nil
+}
+
+// errRerunWith returns the op's own error as the apply failure, so the group is re-run without
+// the op and the op reports it.
+func errRerunWith(o op) error { return o.base().err }
+
+// fillPending rebuilds the pending index from the records (files written before it existed).
+func fillPending(tx *bolt.Tx) error {
+	p := tx.Bucket(bucketPending)
+	return tx.Bucket(bucketRecords).ForEach(func(k, v []byte) error {
+		if len(k) != 8 {
+			return corruptf("record key %x", k)
+		}
+		r, err := loadRecord(tx, RecordID(binary.BigEndian.Uint64(k)), v)
+		if err != nil {
+			return err
+		}
+		if r.Status == StatusReserved {
+			return p.Put(k, nil)
+		}
+		return nil
+	})
 }
 
 type stateOp struct {

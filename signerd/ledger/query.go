@@ -149,6 +149,27 @@ func (l *Ledger) Recent(n int) ([]*PaymentRecord, error) {
 	return out, err
 }
 
+// Pending returns the records still reserved (neither signed nor released), oldest first, at
+// most n (n ≤ 0: all).
+func (l *Ledger) Pending(n int) ([]*PaymentRecord, error) {
+	var out []*PaymentRecord
+	err := l.view("pending", func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketPending).Cursor()
+		for k, _ := c.First(); k != nil && (n <= 0 || len(out) < n); k, _ = c.Next() {
+			if len(k) != 8 {
+				return corruptf("pending key %x", k)
+			}
+			r, err := getRecord(tx, RecordID(binary.BigEndian.Uint64(k)))
+			if err != nil {
+				return err
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, err
+}
+
 // ByTab returns the current record of every req_id used in (wallet, tab), in req_id order.
 // With tab nil it covers every tab of the wallet. Records superseded after a release are found
 // through Record or Recent.

@@ -25,6 +25,7 @@ var (
 	bucketUsage   = []byte("usage")   // budgetKey‖0x00‖window ns(8)‖bucket(8, sign-flipped) → amount (minimal BE bytes)
 	bucketState   = []byte("state")   // generic key → value (kill switch, approvals)
 	bucketSigs    = []byte("sigs")    // RecordID (8 bytes BE) → signed time ns (8 BE) ‖ signature
+	bucketPending = []byte("pending") // RecordID (8 bytes BE) → empty: records reserved, neither signed nor released
 
 	schemaKey     = []byte("schema")
 	schemaVersion = []byte("1")
