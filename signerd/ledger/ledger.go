@@ -40,6 +40,9 @@
 // deny with its code); policy denials decided before the ledger is reached are audited with
 // AuditAsync (queued, made durable with the next group, the caller does not wait) or AppendAudit.
 //
+// At start-up, before serving, call ReleaseOrphans: reservations a crash left unsigned are
+// released (their signatures never left), so their budget is given back.
+//
 // # Reads
 //
 // Usage implements policyengine.UsageReader over committed state (the authoritative check is
