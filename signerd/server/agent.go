@@ -192,6 +192,10 @@ func (d *Daemon) handleGuarantee(w http.ResponseWriter, r *http.Request) {
 		d.invalid(w, r, pipeline.Invalidf("claims", "missing"))
 		return
 	}
+	if e := checkClaimFields(body.Claims); e != nil {
+		d.invalid(w, r, e)
+		return
+	}
 	claims, err := fourmica.DecodeClaims(body.Claims)
 	if err != nil {
 		d.invalid(w, r, fieldError("claims", err))
@@ -510,4 +514,28 @@ func (d *Daemon) ready(ctx context.Context) (bool, map[string]any) {
 	st["kill_switch_engaged"] = d.ks.Engaged()
 	st["wallets"] = len(d.keys.addresses())
 	return ok, st
+}
+
+// claimFields are the Core wire claim fields (V1 and V2); the daemon rejects any other field
+// (Core itself ignores unknown ones, but an agent sending one has a bug worth reporting).
+var claimFields = map[string]bool{
+	"version": true, "user_address": true, "recipient_address": true, "tab_id": true, "req_id": true,
+	"amount": true, "asset_address": true, "timestamp": true,
+	"validation_registry_address": true, "validation_request_hash": true, "validation_chain_id": true,
+	"validator_address": true, "validator_agent_id": true, "min_validation_score": true,
+	"validation_subject_hash": true, "job_hash": true, "required_validation_tag": true,
+}
+
+// checkClaimFields rejects unknown claim fields, naming the first one.
+func checkClaimFields(raw json.RawMessage) *pipeline.Error {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return pipeline.Invalidf("claims", "must be an object")
+	}
+	for k := range m {
+		if !claimFields[k] {
+			return pipeline.Invalidf("claims."+k, "unknown field")
+		}
+	}
+	return nil
 }

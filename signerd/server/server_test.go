@@ -164,6 +164,7 @@ func TestMalformedRequests(t *testing.T) {
 		{"unknown field", "application/json", `{"claims":{},"extra":1}`, 400, "extra"},
 		{"wrong type", "application/json", `{"claims":{},"scheme":5}`, 400, "scheme"},
 		{"claims not an object", "application/json", `{"claims":"x"}`, 400, "claims"},
+		{"unknown claims field", "application/json", `{"claims":` + mustJSON(d.claims(5, 1, 1, func(c map[string]any) { c["memo"] = "x" })) + `}`, 400, "claims.memo"},
 		{"unknown scheme", "application/json", `{"claims":` + mustJSON(d.claims(5, 1, 1, nil)) + `,"scheme":"eip999"}`, 400, "scheme"},
 		{"bad address", "application/json", `{"claims":` + mustJSON(d.claims(5, 1, 1, func(c map[string]any) { c["recipient_address"] = "0x12" })) + `}`, 400, "claims.recipient_address"},
 		{"amount above 2^256", "application/json", `{"claims":` + mustJSON(d.claims(5, 1, 1, func(c map[string]any) { c["amount"] = "0x1" + strings.Repeat("0", 64) })) + `}`, 400, "claims.amount"},
