@@ -173,6 +173,7 @@ type Ledger struct {
 	testHookAfterApply func() error
 
 	groups, ops, updates, asyncErrs, pruned atomic.Uint64
+	lastErr                                 atomic.Pointer[StoreError] // last group's store error, nil after a good group
 }
 
 // Stats are counters for metrics and tests.
@@ -182,6 +183,7 @@ type Stats struct {
 	Ops         uint64 // operations applied
 	AsyncErrors uint64 // AuditAsync records that could not be written
 	Pruned      uint64 // usage buckets pruned
+	Queued      int    // operations waiting for the committer now
 }
 
 // Open opens (or creates) the ledger file and starts the committer.
@@ -252,7 +254,23 @@ func (l *Ledger) Close() error {
 // Stats returns the counters.
 func (l *Ledger) Stats() Stats {
 	return Stats{Updates: l.updates.Load(), Groups: l.groups.Load(), Ops: l.ops.Load(),
-		AsyncErrors: l.asyncErrs.Load(), Pruned: l.pruned.Load()}
+		AsyncErrors: l.asyncErrs.Load(), Pruned: l.pruned.Load(), Queued: len(l.q)}
+}
+
+// Health reports whether the ledger can take writes: ErrClosed after Close, the *StoreError of
+// the last group if its transaction failed (cleared by the next group that commits), else nil.
+// For readiness probes; it does no I/O.
+func (l *Ledger) Health() error {
+	l.mu.RLock()
+	closed := l.closed
+	l.mu.RUnlock()
+	if closed {
+		return ErrClosed
+	}
+	if e := l.lastErr.Load(); e != nil {
+		return e
+	}
+	return nil
 }
 
 // Path returns the file path.
@@ -408,6 +426,11 @@ func (l *Ledger) runGroup(group []op) {
 	}
 	l.groups.Add(1)
 	l.ops.Add(uint64(len(group)))
+	if err != nil {
+		l.lastErr.Store(&StoreError{Op: "commit", Err: err})
+	} else {
+		l.lastErr.Store(nil)
+	}
 	for i, o := range group {
 		b := o.base()
 		if err != nil && !failed[i] {

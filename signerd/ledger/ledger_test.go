@@ -404,6 +404,9 @@ func TestStateAndAudit(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
+	if err := l.Health(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("health after close: %v", err)
+	}
 	if err := l.PutState(ctx, "k", nil, ev); !errors.Is(err, ErrClosed) {
 		t.Fatalf("after close: %v", err)
 	}
@@ -659,12 +662,26 @@ func TestReserveEarly(t *testing.T) {
 		}
 		return nil
 	}
+	if err := l.Health(); err != nil {
+		t.Fatal(err)
+	}
 	r2, err := l.ReserveEarly(ctx, resv(1, 2, "b", c))
 	if err != nil || r2.Outcome != Reserved {
 		t.Fatalf("early result: %+v %v", r2, err)
 	}
+	// The early result came before the group finished: wait for it to fail.
+	var se *StoreError
+	for deadline := time.Now().Add(5 * time.Second); !errors.As(l.Health(), &se); {
+		if time.Now().After(deadline) {
+			t.Fatalf("health after a failed group: %v", l.Health())
+		}
+		time.Sleep(time.Millisecond)
+	}
 	if _, err := l.Commit(ctx, r2.RecordID, sig65(2)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("commit of a reservation whose transaction failed: %v", err)
+	}
+	if err := l.Health(); err != nil {
+		t.Fatalf("health after a good group: %v", err)
 	}
 	if err := l.Release(ctx, r2.RecordID, "", "x"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("release: %v", err)
