@@ -1,6 +1,7 @@
 package policyengine
 
 import (
+	"math/big"
 	"sort"
 	"strings"
 
@@ -87,10 +88,15 @@ type irApproval struct {
 }
 
 type irKill struct {
-	DenialCount  int     `cbor:"denial_count"`
-	DenialWindow int64   `cbor:"denial_window_s"`
-	Spend        []irCap `cbor:"spend,omitempty"`
-	SpendWindows []int64 `cbor:"spend_windows_s,omitempty"`
+	DenialCount  int       `cbor:"denial_count"`
+	DenialWindow int64     `cbor:"denial_window_s"`
+	Spend        []irSpend `cbor:"spend,omitempty"`
+}
+
+type irSpend struct {
+	Asset   string `cbor:"asset"`
+	Limit   []byte `cbor:"limit"`
+	WindowS int64  `cbor:"window_s"`
 }
 
 type irPolicy struct {
@@ -205,9 +211,18 @@ func encodeIR(p *Policy) ([]byte, error) {
 	ir.Kill.DenialCount = p.kill.DenialBurst.Count
 	ir.Kill.DenialWindow = int64(p.kill.DenialBurst.Window.Seconds())
 	for _, s := range p.kill.SpendVelocity {
-		ir.Kill.Spend = append(ir.Kill.Spend, irCap{assetAddr(s.Asset), s.Limit.Bytes()})
-		ir.Kill.SpendWindows = append(ir.Kill.SpendWindows, int64(s.Window.Seconds()))
+		ir.Kill.Spend = append(ir.Kill.Spend, irSpend{assetAddr(s.Asset), s.Limit.Bytes(), int64(s.Window.Seconds())})
 	}
+	sort.Slice(ir.Kill.Spend, func(i, j int) bool {
+		a, b := ir.Kill.Spend[i], ir.Kill.Spend[j]
+		if a.Asset != b.Asset {
+			return a.Asset < b.Asset
+		}
+		if a.WindowS != b.WindowS {
+			return a.WindowS < b.WindowS
+		}
+		return new(big.Int).SetBytes(a.Limit).Cmp(new(big.Int).SetBytes(b.Limit)) < 0
+	})
 	em, err := cbor.CoreDetEncOptions().EncMode()
 	if err != nil {
 		return nil, err

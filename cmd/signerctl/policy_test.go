@@ -47,6 +47,13 @@ func TestPolicyCheck(t *testing.T) {
 	if code, _, errs := runPolicyCtl(t, "policy", "check", bad); code != 1 || !strings.Contains(errs, "bad.yaml:3:42: agents.a: unknown field \"color\"") {
 		t.Fatalf("bad policy: exit %d: %s", code, errs)
 	}
+	// The docs' broken example: all three errors, in source order, with positions.
+	code, _, errs = runPolicyCtl(t, "policy", "check", filepath.Join(policyTestdata, "broken.yaml"))
+	if code != 1 || !strings.Contains(errs, "broken.yaml:35:9: rules[research-data].sellers[1]") ||
+		!strings.Contains(errs, "broken.yaml:41:17: rules[research-data].max_amount[0]") ||
+		!strings.Contains(errs, "broken.yaml:83:5: budgets[support-rate]: unknown field \"colour\"") {
+		t.Fatalf("broken.yaml: exit %d\n%s", code, errs)
+	}
 	if code, _, _ := runPolicyCtl(t, "policy", "check"); code != 2 {
 		t.Fatalf("no file: exit %d", code)
 	}
