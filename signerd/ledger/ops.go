@@ -183,10 +183,14 @@ func (l *Ledger) ReserveEarly(ctx context.Context, r Reservation) (Result, error
 
 func (o *reserveOp) event() audit.Event {
 	r := &o.r
-	return audit.Event{Kind: audit.KindDecision, Principal: r.Principal, Agent: r.Agent,
+	ev := audit.Event{Kind: audit.KindDecision, Principal: r.Principal, Agent: r.Agent,
 		Wallet: r.Wallet.Hex(), TabID: r.TabID.String(), ReqID: r.ReqID.String(),
 		PolicyHash: r.PolicyHash, Rule: r.Rule, Digest: r.Digest[:], ClaimsHash: o.h[:],
 		Scheme: r.Scheme}
+	if r.TaskID != "" {
+		ev.Attrs = map[string]string{"task_id": r.TaskID}
+	}
+	return ev
 }
 
 func (o *reserveOp) apply(tx *bolt.Tx, now time.Time) error {
