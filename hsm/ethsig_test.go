@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"math/big"
+	"syscall"
 	"testing"
 
 	"github.com/ethereum/go-ethereum/crypto"
@@ -140,6 +141,8 @@ func benchFromRS(b *testing.B, f func([32]byte, []byte, []byte) ([65]byte, error
 		rs, pub, _ := rsOf(b, d, i%2 == 0)
 		cs = append(cs, c{rs, pub})
 	}
+	var ru0, ru1 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		x := cs[i%len(cs)]
@@ -147,4 +150,8 @@ func benchFromRS(b *testing.B, f func([32]byte, []byte, []byte) ([65]byte, error
 			b.Fatal(err)
 		}
 	}
+	b.StopTimer()
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	cpu := (ru1.Utime.Nano() + ru1.Stime.Nano()) - (ru0.Utime.Nano() + ru0.Stime.Nano())
+	b.ReportMetric(float64(cpu)/1e3/float64(b.N), "cpu-µs/op")
 }
