@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"strconv"
+	"unicode/utf8"
 )
 
 // Version is the guarantee claims version: V1 or V2.
@@ -70,9 +71,14 @@ func (c Claims) Payment() *ClaimsV1 {
 	return nil
 }
 
+// valid checks the union is well formed and a V2 tag is valid UTF-8 (JSON cannot carry other
+// bytes, so Core would hash something else than we sign).
 func (c Claims) valid() error {
 	if c.Payment() == nil {
 		return &FieldError{Field: "version", Reason: "claims union is empty or its Version does not match"}
+	}
+	if c.Version == V2 && !utf8.ValidString(c.V2.RequiredValidationTag) {
+		return &FieldError{Field: "required_validation_tag", Reason: "not valid UTF-8"}
 	}
 	return nil
 }
@@ -286,6 +292,9 @@ func (r Request) MarshalJSON() ([]byte, error) {
 // readObject reads one JSON object into its members, rejecting duplicate keys and trailing
 // data (serde rejects duplicate fields). Keys are matched exactly (case-sensitive).
 func readObject(data []byte, what string) (map[string]json.RawMessage, error) {
+	if !utf8.Valid(data) { // serde_json rejects it; encoding/json would silently substitute U+FFFD
+		return nil, &FieldError{Field: what, Reason: "not valid UTF-8"}
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	tok, err := dec.Token()
 	if err != nil || tok != json.Delim('{') {

@@ -237,3 +237,33 @@ func TestConcurrentDigests(t *testing.T) {
 		}
 	}
 }
+
+func TestInvalidUTF8Rejected(t *testing.T) {
+	raw := claimsTestdata(t, "claims-v2.json")
+	bad := bytes.Replace(raw, []byte("hard-finality"), []byte("hard-\xff"), 1)
+	var fe *FieldError
+	if _, err := DecodeClaims(bad); !errors.As(err, &fe) || fe.Field != "claims" {
+		t.Fatalf("invalid UTF-8 input: %v", err)
+	}
+	c, err := DecodeClaims(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.V2.RequiredValidationTag = "hard-\xff"
+	c.V2.Fill()
+	if err := c.V2.Check(0); !errors.As(err, &fe) || fe.Field != "required_validation_tag" {
+		t.Fatalf("invalid UTF-8 tag: %v", err)
+	}
+}
+
+func TestInvalidUTF8TagNotDigestedOrEncoded(t *testing.T) {
+	c, _ := DecodeClaims(claimsTestdata(t, "claims-v2.json"))
+	c.V2.RequiredValidationTag = "\xc3"
+	d, _ := NewDomain("4mica", "1", 84532)
+	if _, err := d.Digest(c, SchemeEIP712); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("digest: %v", err)
+	}
+	if _, err := json.Marshal(c); err == nil {
+		t.Fatal("marshalled invalid UTF-8 tag")
+	}
+}

@@ -2,6 +2,7 @@ package fourmica
 
 import (
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/ethereum/go-ethereum/crypto"
 )
@@ -64,7 +65,7 @@ func (c *ClaimsV2) Fill() {
 }
 
 // Check applies Core's V2 policy-binding checks: min_validation_score in 1..100, job_hash
-// non-zero, both validation hashes canonical, and, when chainID is non-zero,
+// non-zero, the tag valid UTF-8, both validation hashes canonical, and, when chainID is non-zero,
 // validation_chain_id == chainID. (The trusted-registry check needs Core's public params and is
 // left to the caller.)
 func (c *ClaimsV2) Check(chainID uint64) error {
@@ -73,6 +74,10 @@ func (c *ClaimsV2) Check(chainID uint64) error {
 	}
 	if c.JobHash.IsZero() {
 		return &FieldError{Field: "job_hash", Reason: "must not be zero"}
+	}
+	if !utf8.ValidString(c.RequiredValidationTag) {
+		// JSON would carry U+FFFD instead, so Core would hash different bytes than we sign.
+		return &FieldError{Field: "required_validation_tag", Reason: "not valid UTF-8"}
 	}
 	if want := ValidationSubjectHash(&c.ClaimsV1); c.ValidationSubjectHash != want {
 		return &FieldError{Field: "validation_subject_hash", Reason: "not canonical (want " + want.Hex() + ")"}
