@@ -843,3 +843,55 @@ func TestPendingIndexRebuilt(t *testing.T) {
 		t.Fatalf("rebuilt pending: %v %v", p, err)
 	}
 }
+
+func TestBackupWhileServing(t *testing.T) {
+	l := openTest(t, nil)
+	ctx := context.Background()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // writes keep going during the backup
+		defer wg.Done()
+		for i := int64(0); ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			r, err := l.Reserve(ctx, resv(9, i, "b"))
+			if err == nil {
+				_, err = l.Commit(ctx, r.RecordID, sig65(9))
+			}
+			if err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	time.Sleep(30 * time.Millisecond)
+	dst := filepath.Join(t.TempDir(), "backup.db")
+	f, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := l.Backup(f)
+	if err != nil || n == 0 {
+		t.Fatal(n, err)
+	}
+	_ = f.Close()
+	close(stop)
+	wg.Wait()
+	b, err := Open(Options{Path: dst})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	rep, err := b.VerifyAudit()
+	if err != nil || !rep.OK || rep.Records == 0 {
+		t.Fatalf("backup audit: %+v %v", rep, err)
+	}
+	recs, err := b.ByTab(wallet, big.NewInt(9))
+	if err != nil || len(recs) == 0 {
+		t.Fatalf("backup records: %d %v", len(recs), err)
+	}
+}

@@ -270,3 +270,15 @@ func (l *Ledger) AuditHead() (uint64, [32]byte, error) {
 	})
 	return seq, h, err
 }
+
+// Backup writes a consistent copy of the whole ledger file (ledger and audit log) to w while the
+// ledger keeps serving (one bbolt read transaction). The copy opens with Open like the original.
+func (l *Ledger) Backup(w io.Writer) (int64, error) {
+	var n int64
+	err := l.view("backup", func(tx *bolt.Tx) error {
+		var err error
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	return n, err
+}
