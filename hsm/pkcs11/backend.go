@@ -20,6 +20,7 @@ import (
 	"github.com/ethereum/go-ethereum/common"
 	p11 "github.com/miekg/pkcs11"
 	"github.com/signerd/signerd/hsm"
+	"github.com/signerd/signerd/hsm/lockedmem"
 )
 
 // Name is the registry name of this backend.
@@ -41,9 +42,10 @@ func init() {
 // Backend keeps secp256k1 keys on one PKCS#11 token and signs through a pool of logged-in
 // sessions. It is safe for concurrent use.
 type Backend struct {
-	opts hsm.PKCS11Options
-	mod  *module
-	pin  []byte
+	opts   hsm.PKCS11Options
+	mod    *module
+	pin    []byte            // the user PIN, kept for re-login; in pinBuf when locking worked
+	pinBuf *lockedmem.Buffer // mlock'ed, non-dumpable memory outside the Go heap (or nil)
 
 	sem        chan struct{} // one slot per session: bounds concurrent device calls
 	waiting    atomic.Int64
@@ -126,9 +128,14 @@ func Open(ctx context.Context, opts hsm.PKCS11Options) (*Backend, error) {
 		stop:       make(chan struct{}),
 		done:       make(chan struct{}),
 	}
+	if buf, err := lockedmem.New(len(pin)); err == nil {
+		copy(buf.Bytes(), pin)
+		hsm.Zero(pin)
+		b.pin, b.pinBuf = buf.Bytes(), buf
+	}
 	c, err := b.connect()
 	if err != nil {
-		hsm.Zero(pin)
+		b.zeroPIN()
 		return nil, err
 	}
 	b.conn, b.checked = c, time.Now()
@@ -452,8 +459,17 @@ func (b *Backend) Close() error {
 	if c != nil {
 		b.closeConn(c)
 	}
-	hsm.Zero(b.pin)
+	b.zeroPIN()
 	return nil
+}
+
+// zeroPIN wipes the PIN (and releases its locked memory).
+func (b *Backend) zeroPIN() {
+	hsm.Zero(b.pin)
+	if b.pinBuf != nil {
+		b.pinBuf.Close()
+	}
+	b.pin = nil
 }
 
 // ---- keys ----
