@@ -127,7 +127,7 @@ type Decision struct {
 	Timeout time.Duration // NeedsApproval: how long to wait before denying
 	Agent   string        // the agent the intent was evaluated as
 	Charges []Charge      // counters to debit atomically if the request proceeds
-	Matches []Match       // every rule that matched, for explain
+	Matches []Match       // every rule that matched, with details: filled by Explain only (Evaluate leaves it nil to stay fast)
 	Err     error         // the wrapped fault behind CodeUsageUnavailable (log it, do not show it)
 }
 

@@ -64,3 +64,26 @@ func TestMemLedgerAllOrNothing(t *testing.T) {
 		t.Fatalf("a usage after the hour %s, want 0", u)
 	}
 }
+
+func TestMemLedgerPrune(t *testing.T) {
+	l := NewMemLedger()
+	now := time.Unix(1736000000, 0)
+	ch := []Charge{
+		{Budget: "m", Key: "m", Window: time.Minute, Limit: big.NewInt(10), Amount: big.NewInt(1)},
+		{Budget: "life", Key: "life", Window: 0, Limit: big.NewInt(10), Amount: big.NewInt(1)},
+	}
+	if err := l.Apply(ch, now); err != nil {
+		t.Fatal(err)
+	}
+	l.Prune(now.Add(30 * time.Second))
+	if len(l.counters) != 2 {
+		t.Fatalf("pruned a live counter: %d left", len(l.counters))
+	}
+	l.Prune(now.Add(3 * time.Minute))
+	if len(l.counters) != 1 {
+		t.Fatalf("want only the lifetime counter left, have %d", len(l.counters))
+	}
+	if u, _ := l.Usage("life", 0, now.Add(1000*time.Hour)); u.Int64() != 1 {
+		t.Fatalf("lifetime usage %s", u)
+	}
+}
