@@ -919,3 +919,52 @@ func TestStaleTempFile(t *testing.T) {
 		t.Fatalf("list %+v", list)
 	}
 }
+
+// TestPerSignatureKeySwitch: per-signature mode keeps the last key's sealed object loaded; signing
+// round-robin with several keys must always use the right one, and an attestation (one more
+// transient object) still fits beside it.
+func TestPerSignatureKeySwitch(t *testing.T) {
+	ctx := context.Background()
+	sw := swtpmtest.Start(t)
+	b := openTest(t, testOptions(sw, t.TempDir(), true, []int{16}))
+	var kis []hsm.KeyInfo
+	for range 3 {
+		ki, err := b.Generate(ctx, hsm.GenerateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		kis = append(kis, ki)
+	}
+	for i := range 30 {
+		ki := kis[i%len(kis)]
+		if i%7 == 0 {
+			ki = kis[0]
+		}
+		signOK(t, b, ki.URI, ki.Address)
+		if i == 10 {
+			nonce := randDigest(t)
+			doc, err := b.Attest(ctx, ki.URI, nonce[:])
+			if err != nil {
+				t.Fatalf("Attest beside a loaded key: %v", err)
+			}
+			if _, err := attestation.Verify(doc, nonce[:], nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Retire the key whose object is loaded: it must not sign again.
+	last := kis[29%len(kis)]
+	if err := b.Retire(ctx, last.URI); err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.Signer(ctx, kis[0].URI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SignDigest(ctx, randDigest(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Signer(ctx, last.URI); !errors.Is(err, hsm.ErrKeyRetired) {
+		t.Fatalf("retired err = %v", err)
+	}
+}

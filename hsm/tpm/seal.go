@@ -152,29 +152,43 @@ func unsealInto(t transport.TPM, srk srkInfo, kf *keyFile, dst []byte, encrypt b
 	if !bytes.Equal(kf.ParentName, srk.name.Buffer) {
 		return fmt.Errorf("%w: key was sealed under a different storage root key (another TPM, or this TPM was cleared)", hsm.ErrPolicyMismatch)
 	}
-	pub, err := tpm2.Unmarshal[tpm2.TPM2BPublic](kf.Public)
-	if err != nil {
-		return fmt.Errorf("%w: public blob: %v", hsm.ErrCorrupt, err)
-	}
-	priv, err := tpm2.Unmarshal[tpm2.TPM2BPrivate](kf.Private)
-	if err != nil {
-		return fmt.Errorf("%w: private blob: %v", hsm.ErrCorrupt, err)
-	}
-	lr, err := tpm2.Load{
-		ParentHandle: tpm2.NamedHandle{Handle: srk.handle, Name: srk.name},
-		InPrivate:    *priv,
-		InPublic:     *pub,
-	}.Execute(t)
-	if err != nil {
-		if rc, ok := tpmRC(err); ok && !rc.IsWarning() {
-			return fmt.Errorf("%w: the TPM rejected the sealed blob: %v", hsm.ErrCorrupt, err)
+	var obj tpm2.NamedHandle
+	if sc != nil && sc.obj.Handle != 0 && bytes.Equal(sc.objPrivate, kf.Private) {
+		obj = sc.obj // still loaded from the previous signature with this key
+	} else {
+		if sc != nil {
+			sc.flushObject(t)
 		}
-		return unavailable("load sealed object", err)
+		pub, err := tpm2.Unmarshal[tpm2.TPM2BPublic](kf.Public)
+		if err != nil {
+			return fmt.Errorf("%w: public blob: %v", hsm.ErrCorrupt, err)
+		}
+		priv, err := tpm2.Unmarshal[tpm2.TPM2BPrivate](kf.Private)
+		if err != nil {
+			return fmt.Errorf("%w: private blob: %v", hsm.ErrCorrupt, err)
+		}
+		lr, err := tpm2.Load{
+			ParentHandle: tpm2.NamedHandle{Handle: srk.handle, Name: srk.name},
+			InPrivate:    *priv,
+			InPublic:     *pub,
+		}.Execute(t)
+		if err != nil {
+			if rc, ok := tpmRC(err); ok && !rc.IsWarning() {
+				return fmt.Errorf("%w: the TPM rejected the sealed blob: %v", hsm.ErrCorrupt, err)
+			}
+			return unavailable("load sealed object", err)
+		}
+		obj = tpm2.NamedHandle{Handle: lr.ObjectHandle, Name: lr.Name}
+		if sc != nil {
+			sc.obj, sc.objPrivate = obj, kf.Private
+		} else {
+			defer func() { _, _ = (tpm2.FlushContext{FlushHandle: obj.Handle}).Execute(t) }()
+		}
 	}
-	defer func() { _, _ = (tpm2.FlushContext{FlushHandle: lr.ObjectHandle}).Execute(t) }()
 
 	var sess tpm2.Session
 	if sc != nil {
+		var err error
 		if sess, err = sc.get(t, srk, len(kf.PCRs) > 0, encrypt); err != nil {
 			return unavailable("start unseal session", err)
 		}
@@ -199,10 +213,10 @@ func unsealInto(t transport.TPM, srk srkInfo, kf *keyFile, dst []byte, encrypt b
 			sess = tpm2.HMAC(tpm2.TPMAlgSHA256, 16, append(opts, tpm2.Auth(nil))...)
 		}
 	}
-	us, err := tpm2.Unseal{ItemHandle: tpm2.AuthHandle{Handle: lr.ObjectHandle, Name: lr.Name, Auth: sess}}.Execute(t)
+	us, err := tpm2.Unseal{ItemHandle: tpm2.AuthHandle{Handle: obj.Handle, Name: obj.Name, Auth: sess}}.Execute(t)
 	if err != nil {
 		if sc != nil {
-			// A failed command leaves a continued session in an unknown policy state.
+			// A failed command leaves a continued session in an unknown policy state; start over.
 			sc.discard(t)
 		}
 		switch {
@@ -221,12 +235,23 @@ func unsealInto(t transport.TPM, srk srkInfo, kf *keyFile, dst []byte, encrypt b
 	return nil
 }
 
-// sessionCache keeps one salted, response-encrypting policy session and one HMAC session per
-// connection for per-signature unsealing. A policy session is reset by the TPM after each
-// successful use, so PolicyPCR is asserted again before every Unseal.
+// sessionCache keeps, per connection, what per-signature unsealing reuses: one salted,
+// response-encrypting policy session, one HMAC session, and the sealed object of the last key
+// (so a run of signatures with one key skips Load and Flush). A policy session is reset by the
+// TPM after each successful use, so PolicyPCR is asserted again before every Unseal.
 type sessionCache struct {
 	policy, hmac           tpm2.Session
 	closePolicy, closeHMAC func() error
+	obj                    tpm2.NamedHandle // loaded sealed object (Handle 0: none)
+	objPrivate             []byte           // its private blob, identifying the key
+}
+
+// flushObject unloads the cached sealed object.
+func (c *sessionCache) flushObject(t transport.TPM) {
+	if c.obj.Handle != 0 && t != nil {
+		_, _ = (tpm2.FlushContext{FlushHandle: c.obj.Handle}).Execute(t)
+	}
+	c.obj, c.objPrivate = tpm2.NamedHandle{}, nil
 }
 
 func (c *sessionCache) get(t transport.TPM, srk srkInfo, policy, encrypt bool) (tpm2.Session, error) {
@@ -254,8 +279,10 @@ func (c *sessionCache) get(t transport.TPM, srk srkInfo, policy, encrypt bool) (
 	return c.hmac, nil
 }
 
-// discard flushes the cached sessions (best effort) so the next unseal starts fresh ones.
+// discard flushes the cached sessions and object (best effort; with t nil the connection is
+// already gone) so the next unseal starts afresh.
 func (c *sessionCache) discard(t transport.TPM) {
+	c.flushObject(t)
 	if t != nil {
 		if c.closePolicy != nil {
 			_ = c.closePolicy()
