@@ -413,6 +413,55 @@ func TestTokenRemoval(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Signers keep going during the whole outage: every call must end with a valid signature
+	// or hsm.ErrUnavailable — nothing else, no hang, no panic.
+	stop := make(chan struct{})
+	var bg sync.WaitGroup
+	var bgOK, bgUnavailable atomic.Int64
+	bgErr := make(chan error, 4)
+	for w := 0; w < 4; w++ {
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				d := randDigest(t)
+				sig, err := s.SignDigest(ctx, d)
+				switch {
+				case err == nil:
+					if err := checkSig(d, sig, ki); err != nil {
+						bgErr <- err
+						return
+					}
+					bgOK.Add(1)
+				case errors.Is(err, hsm.ErrUnavailable):
+					bgUnavailable.Add(1)
+					time.Sleep(time.Millisecond)
+				default:
+					bgErr <- err
+					return
+				}
+			}
+		}()
+	}
+	defer func() {
+		close(stop)
+		bg.Wait()
+		close(bgErr)
+		for err := range bgErr {
+			t.Errorf("background signer: %v", err)
+		}
+		t.Logf("background signers: %d signed, %d unavailable", bgOK.Load(), bgUnavailable.Load())
+		if bgUnavailable.Load() == 0 {
+			t.Error("background signers never saw the outage")
+		}
+	}()
+	time.Sleep(50 * time.Millisecond)
+
 	parked := filepath.Join(t.TempDir(), filepath.Base(path))
 	if err := os.Rename(path, parked); err != nil {
 		t.Fatal(err)
