@@ -723,9 +723,6 @@ func amountText(raw json.RawMessage) string {
 	if s == "" || s == "null" {
 		return "0"
 	}
-	if _, ok := new(big.Int).SetString(s, 10); !ok {
-		return s
-	}
 	return s
 }
 
@@ -808,10 +805,13 @@ func claimsAmount(claims string) string {
 	if json.Unmarshal([]byte(claims), &c) != nil {
 		return "-"
 	}
-	for _, k := range []string{"amount", "Amount"} {
-		if v, ok := c[k]; ok {
-			return fmt.Sprint(v)
-		}
+	v, ok := c["amount"].(string)
+	if !ok {
+		return "-"
 	}
-	return "-"
+	n, ok := new(big.Int).SetString(strings.TrimPrefix(v, "0x"), map[bool]int{true: 16, false: 10}[strings.HasPrefix(v, "0x")])
+	if !ok {
+		return v
+	}
+	return n.String()
 }

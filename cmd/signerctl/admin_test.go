@@ -207,7 +207,7 @@ func TestAuditAndLedgerViaDaemon(t *testing.T) {
 		t.Fatal("--window without --key accepted")
 	}
 	out, _, code = ctl("ledger", "records", "--limit", "5", "--socket", f.sock)
-	if code != 0 || !strings.Contains(out, "signed") || !strings.Contains(out, "0x10") || !strings.Contains(f.last(), "limit=5") {
+	if code != 0 || !strings.Contains(out, "signed") || !strings.Contains(out, " 16 ") || !strings.Contains(f.last(), "limit=5") {
 		t.Fatalf("records: %d %s %s", code, out, f.last())
 	}
 }
