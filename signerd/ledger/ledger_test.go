@@ -895,3 +895,31 @@ func TestBackupWhileServing(t *testing.T) {
 		t.Fatalf("backup records: %d %v", len(recs), err)
 	}
 }
+
+func TestMaxBatchBoundsGroups(t *testing.T) {
+	l, err := Open(Options{Path: filepath.Join(t.TempDir(), "mb.db"), MaxBatch: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	unblock := blockCommitter(t, l)
+	var wg sync.WaitGroup
+	for i := 0; i < 10; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if _, err := l.AppendAudit(context.Background(), audit.Event{Kind: audit.KindKeyOp}); err != nil {
+				t.Error(err)
+			}
+		}(i)
+	}
+	for l.Stats().Queued < 10 {
+		time.Sleep(time.Millisecond)
+	}
+	unblock()
+	wg.Wait()
+	// 1 blocker group + ceil(10/3) = 4 groups of at most 3.
+	if st := l.Stats(); st.Groups != 5 || st.Ops != 11 {
+		t.Fatalf("%+v", st)
+	}
+}
