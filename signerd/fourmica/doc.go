@@ -31,7 +31,8 @@
 // [Signature] is 65 bytes r‖s‖v. [NormalizeSignature] turns any acceptable signature into the
 // canonical form SDKs emit (low s, v 27/28). [VerifySignature] applies Core's rules (exactly 65
 // bytes; v 0/1/27/28 or ≥35; high s tolerated) and checks that the signature recovers to the
-// claim's user; [RecoverSigner] returns the recovered address.
+// claim's user; [RecoverSigner] returns the recovered address. [Domain.SignedRequest] is the
+// last step of signing: normalise, verify against the user, return the Core-ready [Request].
 //
 // # V2 validation policy
 //

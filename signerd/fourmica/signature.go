@@ -156,3 +156,19 @@ func (d *Domain) VerifyRequest(r *Request) (Hash, error) {
 	}
 	return digest, VerifySignature(digest, r.Signature[:], r.Claims.Payment().User)
 }
+
+// SignedRequest is the last step of signing: it normalises sig (low s, v 27/28), checks that it
+// recovers to the claims' user over the digest of c under d and scheme (V2 claims must also pass
+// Check(d.ChainID())), and returns the Core-ready request. A signature that does not verify is
+// never returned.
+func (d *Domain) SignedRequest(c Claims, scheme Scheme, sig []byte) (*Request, error) {
+	norm, err := NormalizeSignature(sig)
+	if err != nil {
+		return nil, err
+	}
+	r := &Request{Claims: c, Signature: norm, Scheme: scheme}
+	if _, err := d.VerifyRequest(r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}

@@ -69,3 +69,29 @@ func withV(sig []byte, v byte) []byte {
 	out[64] = v
 	return out
 }
+
+func TestSignedRequest(t *testing.T) {
+	d, _ := NewDomain("4mica", "1", 84532)
+	c, err := DecodeClaims(claimsTestdata(t, "claims-v2.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := crypto.HexToECDSA(strings.Repeat("0", 63) + "2")
+	digest, _ := d.Digest(c, SchemeEIP712)
+	raw, _ := crypto.Sign(digest[:], key)
+	r, err := d.SignedRequest(c, SchemeEIP712, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := DecodeRequest(claimsTestdata(t, "request-v2.json"))
+	if r.Signature != want.Signature {
+		t.Fatalf("signature %s, want %s", r.Signature, want.Signature)
+	}
+	if _, err := d.SignedRequest(c, SchemeEIP191, raw); !errors.Is(err, ErrSignatureMismatch) {
+		t.Fatalf("signature over another digest accepted: %v", err)
+	}
+	other, _ := NewDomain("4mica", "1", 1)
+	if _, err := other.SignedRequest(c, SchemeEIP712, raw); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("V2 claims for another chain accepted: %v", err)
+	}
+}
