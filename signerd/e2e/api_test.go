@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -130,5 +131,31 @@ func TestDenialCodes(t *testing.T) {
 		t.Fatalf("after denials: %d %+v", st, ae)
 	} else {
 		verifyGuarantee(t, g)
+	}
+	// Every policy denial is in the audit log with its code (denials are audited asynchronously:
+	// allow a moment for the next group commit).
+	want := map[string]bool{"budget_exhausted": true, "rate_limited": true}
+	for _, tc := range cases {
+		want[tc.code] = true
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, errs, code := e.ctl("audit", "export")
+		if code != 0 {
+			t.Fatalf("audit export: %s", errs)
+		}
+		missing := []string{}
+		for c := range want {
+			if !strings.Contains(out, `"decision":"deny","code":"`+c+`"`) {
+				missing = append(missing, c)
+			}
+		}
+		if len(missing) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("denials without an audit record: %v", missing)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
+	"io"
 	"math/big"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -243,5 +246,48 @@ func TestBudgetRace(t *testing.T) {
 	out, _, code := e.ctl("ledger", "spend", "--json")
 	if code != 0 || !(strings.Contains(out, `"used":"2500"`) || strings.Contains(out, `"used":2500`)) {
 		t.Fatalf("ledger spend: %d %s", code, out)
+	}
+}
+
+// TestOverloaded: past limits.max_in_flight concurrent signing requests, callers get 503
+// overloaded with Retry-After, and the daemon keeps serving.
+func TestOverloaded(t *testing.T) {
+	e := newEnv(t, envOptions{extra: "  max_in_flight: 2"})
+	e.start()
+	var ok, overloaded, other atomic.Int64
+	var retryAfter atomic.Bool
+	parallel(32, func(i int) {
+		c := e.agentClient()
+		defer c.close()
+		for j := 0; j < 4; j++ {
+			body := mustJSON(map[string]any{"claims": newClaims("1")})
+			req, _ := http.NewRequest("POST", "http://signerd/v1/guarantees", bytes.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := c.h.Do(req)
+			if err != nil {
+				other.Add(1)
+				continue
+			}
+			raw, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			switch {
+			case resp.StatusCode == 200:
+				ok.Add(1)
+			case resp.StatusCode == 503 && errOf(raw).Code == "overloaded":
+				overloaded.Add(1)
+				if resp.Header.Get("Retry-After") != "" {
+					retryAfter.Store(true)
+				}
+			default:
+				other.Add(1)
+				t.Errorf("unexpected %d %s", resp.StatusCode, raw)
+			}
+		}
+	})
+	if ok.Load() == 0 || overloaded.Load() == 0 || !retryAfter.Load() || other.Load() != 0 {
+		t.Fatalf("ok %d, overloaded %d (Retry-After %v), other %d", ok.Load(), overloaded.Load(), retryAfter.Load(), other.Load())
+	}
+	if n := countSigned(e.records(t)); int64(n) != ok.Load() {
+		t.Fatalf("ledger has %d signed, clients got %d", n, ok.Load())
 	}
 }
