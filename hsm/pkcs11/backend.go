@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -674,6 +675,12 @@ func (b *Backend) List(ctx context.Context) ([]hsm.KeyInfo, error) {
 	if err != nil {
 		return nil, err
 	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Label != out[j].Label {
+			return out[i].Label < out[j].Label
+		}
+		return out[i].URI < out[j].URI
+	})
 	return out, nil
 }
 

@@ -383,9 +383,15 @@ func TestOverloaded(t *testing.T) {
 	if _, err := s.SignDigest(ctx, randDigest(t)); !errors.Is(err, hsm.ErrOverloaded) {
 		t.Fatalf("second waiter: %v", err)
 	}
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
+	// A waiter whose context ends stops waiting with the context's error.
+	give2 := make(chan error, 1)
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	_ = cctx
+	// (the waiting slot is taken by the first waiter, so this one is overloaded, not waiting)
+	go func() { _, err := s.SignDigest(cctx, randDigest(t)); give2 <- err }()
+	if err := <-give2; !errors.Is(err, hsm.ErrOverloaded) {
+		t.Fatalf("third caller: %v", err)
+	}
 	give()
 	if err := <-waiter; err != nil {
 		t.Fatalf("the waiting caller: %v", err)
