@@ -116,6 +116,9 @@ func TestReserveOutcomes(t *testing.T) {
 			if r.Budget == nil || r.Budget.Budget != "daily" || r.Budget.Code() != policyengine.CodeBudgetExhausted {
 				t.Errorf("budget %+v", r.Budget)
 			}
+			if r.Charge == nil || r.Charge.Amount.Int64() != 61 || r.Used.Int64() != 40 {
+				t.Errorf("charge %+v used %v", r.Charge, r.Used)
+			}
 		}, 40},
 		{"exactly the limit fits", func() (Result, error) {
 			return l.Reserve(ctx, resv(1, 2, `{"a":4}`, charge("daily", day, 100, 60)))
@@ -129,7 +132,11 @@ func TestReserveOutcomes(t *testing.T) {
 		}, 100},
 		{"two charges on the same counter add up", func() (Result, error) {
 			return l.Reserve(ctx, resv(1, 4, `{"a":6}`, charge("rate", time.Minute, 3, 2), charge("rate", time.Minute, 3, 2)))
-		}, BudgetExhausted, nil, 100},
+		}, BudgetExhausted, func(t *testing.T, r Result) {
+			if r.Used.Int64() != 2 { // the first charge of the same request on the counter counts
+				t.Errorf("used %v, want 2", r.Used)
+			}
+		}, 100},
 		{"rate limit code", func() (Result, error) {
 			c := charge("rate", time.Minute, 0, 1)
 			c.Count = true

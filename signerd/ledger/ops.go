@@ -126,6 +126,10 @@ type Result struct {
 	// Budget identifies the charge that did not fit (BudgetExhausted only); Budget.Code() is the
 	// denial code (budget_exhausted or rate_limited).
 	Budget *policyengine.BudgetError
+	// Charge is the charge that did not fit and Used the counter's usage before it, including
+	// earlier charges of the same request on that counter (BudgetExhausted only).
+	Charge *policyengine.Charge
+	Used   *big.Int
 	// AuditSeq is the seq of the audit record written for this call.
 	AuditSeq uint64
 }
@@ -250,8 +254,10 @@ func (o *reserveOp) apply(tx *bolt.Tx, now time.Time) error {
 			o.err = err
 			return nil
 		}
-		if used.Add(used, p).Cmp(c.Limit) > 0 {
-			o.res.Outcome = BudgetExhausted
+		if new(big.Int).Add(used, p).Cmp(c.Limit) > 0 {
+			cc := c
+			o.res.Outcome, o.res.Charge = BudgetExhausted, &cc
+			o.res.Used = used.Add(used, p).Sub(used, c.Amount)
 			o.res.Budget = &policyengine.BudgetError{Budget: c.Budget, Key: c.Key, Window: c.Window, Count: c.Count}
 			ev.Decision, ev.Code, ev.Rule = "deny", o.res.Budget.Code(), c.Budget
 			ev.Reason = fmt.Sprintf("budget %s (key %s, window %s) would exceed its limit %s", c.Budget, c.Key, c.Window, c.Limit)
