@@ -2,6 +2,7 @@ package killswitch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -20,6 +21,21 @@ type spend struct {
 	amount uint64
 }
 
+// SetAutoTrip replaces the automatic-trip settings (e.g. after a policy reload); nil disables
+// automatic trips. The sliding windows start afresh.
+func (s *Switch) SetAutoTrip(a *AutoTrip) error {
+	if a != nil && (a.MaxDenials > 0 || a.MaxSpend > 0) && a.Window <= 0 {
+		return errors.New("killswitch: AutoTrip.Window must be positive")
+	}
+	if a != nil {
+		c := *a
+		a = &c
+	}
+	s.autoTrip.Store(a)
+	s.auto.reset()
+	return nil
+}
+
 func (a *autoState) reset() {
 	a.mu.Lock()
 	a.denials, a.spends, a.total = nil, nil, 0
@@ -30,7 +46,7 @@ func (a *autoState) reset() {
 // AutoTrip.MaxDenials denials fall within AutoTrip.Window the switch engages (in the
 // background, operator "auto"). It is a no-op without AutoTrip.
 func (s *Switch) ObserveDenial() {
-	at := s.opts.AutoTrip
+	at := s.autoTrip.Load()
 	if at == nil || at.MaxDenials <= 0 || s.engaged.Load() {
 		return
 	}
@@ -58,7 +74,7 @@ func (s *Switch) ObserveDenial() {
 // sum within AutoTrip.Window exceeds AutoTrip.MaxSpend the switch engages (in the background,
 // operator "auto"). It is a no-op without AutoTrip.
 func (s *Switch) ObserveSpend(amount uint64) {
-	at := s.opts.AutoTrip
+	at := s.autoTrip.Load()
 	if at == nil || at.MaxSpend == 0 || s.engaged.Load() {
 		return
 	}

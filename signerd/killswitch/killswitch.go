@@ -133,7 +133,8 @@ type Switch struct {
 	mu    sync.Mutex // guards state and serializes state changes
 	state persisted
 
-	auto autoState
+	auto     autoState
+	autoTrip atomic.Pointer[AutoTrip]
 }
 
 // New opens the switch, loading its durable state: a daemon restarted while engaged starts
@@ -159,6 +160,10 @@ func New(opts Options) (*Switch, error) {
 		return nil, errors.New("killswitch: AutoTrip.Window must be positive")
 	}
 	s := &Switch{opts: opts, drained: make(chan struct{}, 1)}
+	if opts.AutoTrip != nil {
+		c := *opts.AutoTrip
+		s.autoTrip.Store(&c)
+	}
 	raw, err := opts.Store.GetState(StateKey)
 	if err != nil {
 		return nil, fmt.Errorf("killswitch: loading state: %w", err)

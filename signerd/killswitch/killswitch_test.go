@@ -398,3 +398,30 @@ func waitDurable(t *testing.T, s *Switch) {
 	}
 	t.Fatal("automatic trip never recorded durably")
 }
+
+func TestSetAutoTrip(t *testing.T) {
+	clk := newClock()
+	s := mustNew(t, Options{Store: newMemStore(), Clock: clk})
+	for i := 0; i < 10; i++ {
+		s.ObserveDenial()
+	}
+	if s.Engaged() {
+		t.Fatal("tripped without AutoTrip")
+	}
+	if err := s.SetAutoTrip(&AutoTrip{MaxDenials: 3}); err == nil {
+		t.Fatal("AutoTrip without window accepted")
+	}
+	if err := s.SetAutoTrip(&AutoTrip{MaxDenials: 3, Window: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	s.ObserveDenial()
+	s.ObserveDenial()
+	if s.Engaged() {
+		t.Fatal("tripped early")
+	}
+	s.ObserveDenial()
+	if !s.Engaged() {
+		t.Fatal("did not trip after SetAutoTrip")
+	}
+	waitDurable(t, s)
+}
