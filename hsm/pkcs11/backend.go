@@ -523,6 +523,7 @@ type keyFacts struct {
 	secp256k1                                bool
 	local, alwaysSensitive, neverExtractable bool
 	sensitive, extractable, sign             bool
+	retiredMeta                              bool // signerd's metadata object says retired
 }
 
 func (b *Backend) readFacts(sh p11.SessionHandle, h p11.ObjectHandle) (keyFacts, error) {
@@ -562,8 +563,9 @@ func (b *Backend) readFacts(sh p11.SessionHandle, h p11.ObjectHandle) (keyFacts,
 }
 
 // retired reports whether the key was retired: signerd retires a key by clearing CKA_SIGN,
-// so the token itself refuses to sign with it.
-func (f keyFacts) retired() bool { return !f.sign }
+// so the token itself refuses to sign with it, and records it in the key's metadata object
+// (which alone counts on a token that does not let CKA_SIGN change).
+func (f keyFacts) retired() bool { return !f.sign || f.retiredMeta }
 
 // publicPoint finds the public key object with CKA_ID id and returns its handle and 65-byte point.
 func (b *Backend) publicPoint(sh p11.SessionHandle, id []byte) (p11.ObjectHandle, []byte, error) {
@@ -659,6 +661,7 @@ func (b *Backend) List(ctx context.Context) ([]hsm.KeyInfo, error) {
 			if !f.secp256k1 || len(f.id) == 0 {
 				continue
 			}
+			f.retiredMeta = !metas[string(f.id)].meta.RetiredAt.IsZero()
 			pubH, pub, err := b.publicPoint(sh, f.id)
 			if err != nil {
 				if deviceFailure(err) {
@@ -737,6 +740,11 @@ func (b *Backend) resolve(c *conn, sh p11.SessionHandle, id []byte, fresh bool) 
 	if !f.secp256k1 {
 		return nil, fmt.Errorf("%w: key %x is not a secp256k1 key", hsm.ErrUnknownKey, id)
 	}
+	metas, err := b.readMetas(sh)
+	if err != nil {
+		return nil, err
+	}
+	f.retiredMeta = !metas[string(id)].meta.RetiredAt.IsZero()
 	pubH, pub, err := b.publicPoint(sh, id)
 	if err != nil {
 		return nil, err
@@ -916,8 +924,8 @@ func (b *Backend) Import(ctx context.Context, opts hsm.ImportOptions) (hsm.KeyIn
 
 // Retire implements hsm.Backend. The private key's CKA_SIGN is cleared, so the token itself
 // refuses to sign with it, and the time is recorded in signerd's metadata object for the key;
-// the key stays listed. (Anyone holding the user PIN could set CKA_SIGN again with other
-// tools; signerd never does.)
+// the key stays listed. A key counts as retired if either says so, so setting CKA_SIGN again
+// with another tool does not bring it back.
 func (b *Backend) Retire(ctx context.Context, uri string) error {
 	u, err := b.parseKeyURI(uri)
 	if err != nil {
@@ -928,8 +936,10 @@ func (b *Backend) Retire(ctx context.Context, uri string) error {
 		if err != nil {
 			return err
 		}
-		e.retired.Store(true) // refuse at once, even if the token write below fails
-		if err := b.mod.ctx.SetAttributeValue(sh, e.priv, []*p11.Attribute{p11.NewAttribute(p11.CKA_SIGN, false)}); err != nil {
+		e.retired.Store(true) // refuse at once, even if the token writes below fail
+		if err := b.mod.ctx.SetAttributeValue(sh, e.priv, []*p11.Attribute{p11.NewAttribute(p11.CKA_SIGN, false)}); err != nil &&
+			!isCKR(err, p11.CKR_ATTRIBUTE_READ_ONLY) {
+			// (a token that keeps CKA_SIGN read-only is left to the metadata object below)
 			return fmt.Errorf("clearing CKA_SIGN: %w", err)
 		}
 		metas, err := b.readMetas(sh)

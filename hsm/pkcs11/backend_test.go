@@ -283,7 +283,16 @@ func TestRetireAndDestroy(t *testing.T) {
 	if _, err := raw.Sign(make([]byte, 32)); !pkcs11.IsCKR(err, "CKR_KEY_FUNCTION_NOT_PERMITTED") {
 		t.Fatalf("raw sign with retired key: %v", err)
 	}
+	// Someone with the PIN sets CKA_SIGN again behind signerd's back: signerd's metadata still
+	// says retired, so a fresh backend refuses the key.
+	if err := raw.SetBool("sign", true); err != nil {
+		t.Fatal(err)
+	}
 	raw.Close()
+	b3 := open(t, "wallet")
+	if _, err := b3.Signer(ctx, ki.URI); !errors.Is(err, hsm.ErrKeyRetired) {
+		t.Fatalf("CKA_SIGN re-enabled by another tool: %v", err)
+	}
 	if err := b.Destroy(ctx, ki.URI); err != nil {
 		t.Fatal(err)
 	}

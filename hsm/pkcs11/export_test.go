@@ -58,9 +58,9 @@ func (r *RawKey) ReadValue() ([]byte, error) {
 	return a[0].Value, nil
 }
 
-// SetBool tries to set a boolean attribute ("extractable" or "sensitive") of the private key.
+// SetBool tries to set a boolean attribute ("extractable", "sensitive", "sign") of the private key.
 func (r *RawKey) SetBool(name string, v bool) error {
-	t := map[string]uint{"extractable": p11.CKA_EXTRACTABLE, "sensitive": p11.CKA_SENSITIVE}[name]
+	t := map[string]uint{"extractable": p11.CKA_EXTRACTABLE, "sensitive": p11.CKA_SENSITIVE, "sign": p11.CKA_SIGN}[name]
 	return r.b.mod.ctx.SetAttributeValue(r.sh, r.priv, []*p11.Attribute{p11.NewAttribute(t, v)})
 }
 
