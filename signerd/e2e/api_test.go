@@ -1,9 +1,12 @@
 package e2e
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/signerd/signerd/signerd/fourmica"
 )
 
 func TestAllowAndReplay(t *testing.T) {
@@ -157,5 +160,84 @@ func TestDenialCodes(t *testing.T) {
 			t.Fatalf("denials without an audit record: %v", missing)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+const sample402 = `{"x402Version": 1, "error": "payment required", "accepts": [{
+  "scheme": "4mica-credit", "network": "eip155:84532", "maxAmountRequired": "10000",
+  "payTo": "0x1234567890123456789012345678901234567890", "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+  "resource": "https://api.example.com/v1/weather", "description": "one forecast", "mimeType": "application/json",
+  "maxTimeoutSeconds": 300, "extra": {"tabEndpoint": "https://api.example.com/x402/tab"}}]}`
+
+// TestX402Payment: the x402 endpoint returns a payment header whose guarantee verifies, and a
+// retry with the same tab and request id returns the same header.
+func TestX402Payment(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.start()
+	c := e.agentClient()
+	body := map[string]any{"requirements": json.RawMessage(sample402), "tab": map[string]any{"tab_id": randHex(16), "next_req_id": "0x0"}}
+	st, raw, err := c.call("POST", "/v1/x402/payments", body)
+	if err != nil || st != 200 {
+		t.Fatalf("x402: %d %v %s", st, err, raw)
+	}
+	var pay struct {
+		Header   string `json:"header"`
+		Value    string `json:"value"`
+		RecordID string `json:"record_id"`
+	}
+	json.Unmarshal(raw, &pay)
+	if pay.Header != "X-PAYMENT" || pay.RecordID == "" {
+		t.Fatalf("x402 answer: %s", raw)
+	}
+	env, err := fourmica.DecodeEnvelope(pay.Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := devDomain.VerifyRequest(env.Payload); err != nil {
+		t.Fatalf("x402 guarantee does not verify: %v", err)
+	}
+	if p := env.Payload.Claims.Payment(); !strings.EqualFold(p.User.Hex(), wallet1) || p.Amount.Dec() != "10000" {
+		t.Fatalf("x402 claims: user %s amount %s", p.User.Hex(), p.Amount.Dec())
+	}
+	st, raw2, _ := c.call("POST", "/v1/x402/payments", body)
+	var again struct {
+		Value string `json:"value"`
+	}
+	json.Unmarshal(raw2, &again)
+	if st != 200 || again.Value != pay.Value {
+		t.Fatalf("x402 retry: %d %s", st, raw2)
+	}
+	// A seller the policy does not allow is refused.
+	bad := strings.Replace(sample402, "0x1234567890123456789012345678901234567890", "0x9999999999999999999999999999999999999999", 1)
+	st, raw, _ = c.call("POST", "/v1/x402/payments", map[string]any{"requirements": json.RawMessage(bad), "tab": map[string]any{"tab_id": randHex(16), "next_req_id": "0x0"}})
+	if st != 403 || errOf(raw).Code != "seller_not_allowed" {
+		t.Fatalf("x402 bad seller: %d %s", st, raw)
+	}
+}
+
+// TestAutoTrip: the policy's kill_switch.auto_trip engages the switch after a burst of denials.
+func TestAutoTrip(t *testing.T) {
+	e := newEnv(t, envOptions{policy: apiPolicy + "kill_switch:\n  auto_trip:\n    denials: {count: 5, window: 1m}\n"})
+	e.start()
+	c := e.agentClient()
+	for i := 0; i < 5; i++ {
+		if st, _, ae, _ := sign(c, newClaims("1").with("timestamp", 5), nil); st != 403 {
+			t.Fatalf("denial %d: %d %+v", i, st, ae)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, _, ae, _ := sign(c, newClaims("1"), nil)
+		if st == 503 && ae.Code == "kill_switch_engaged" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("5 denials did not trip the kill switch: %d %+v", st, ae)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	out, _, _ := e.ctl("status")
+	if !strings.Contains(out, "ENGAGED") || !strings.Contains(out, "by auto") {
+		t.Fatalf("status: %s", out)
 	}
 }
