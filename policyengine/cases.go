@@ -36,7 +36,7 @@ import (
 type casesFile struct {
 	Options        *casesOptions  `yaml:"options"`
 	Start          string         `yaml:"start"`
-	IntentDefaults map[string]any `yaml:"intent_defaults"`
+	IntentDefaults yaml.Node      `yaml:"intent_defaults"`
 	Steps          []caseStep     `yaml:"steps"`
 }
 
@@ -48,7 +48,7 @@ type casesOptions struct {
 type caseStep struct {
 	Name    string         `yaml:"name"`
 	Advance string         `yaml:"advance"`
-	Intent  map[string]any `yaml:"intent"`
+	Intent  yaml.Node      `yaml:"intent"`
 	Expect  string         `yaml:"expect"`
 	Code    string         `yaml:"code"`
 	Rule    string         `yaml:"rule"`
@@ -142,11 +142,15 @@ func RunCases(p *Policy, cases []byte) (*CasesReport, error) {
 	if len(cf.Steps) == 0 {
 		return nil, fmt.Errorf("cases: no steps")
 	}
+	defaults, err := nodeMap(&cf.IntentDefaults)
+	if err != nil {
+		return nil, fmt.Errorf("cases: intent_defaults: %w", err)
+	}
 	rep := &CasesReport{Policy: p}
 	led := NewMemLedger()
 	for i, st := range cf.Steps {
 		if st.Advance != "" {
-			if st.Intent != nil || st.Expect != "" {
+			if st.Intent.Kind != 0 || st.Expect != "" {
 				return nil, fmt.Errorf("cases: step %d: advance is a step of its own", i+1)
 			}
 			d, err := parseAdvance(st.Advance)
@@ -168,8 +172,12 @@ func RunCases(p *Policy, cases []byte) (*CasesReport, error) {
 		if n <= 0 {
 			n = 1
 		}
+		stepIntent, err := nodeMap(&st.Intent)
+		if err != nil {
+			return nil, fmt.Errorf("cases: step %d (%s): intent: %w", i+1, st.Name, err)
+		}
 		for r := 0; r < n; r++ {
-			in, err := buildCaseIntent(p, cf.IntentDefaults, st.Intent, now)
+			in, err := buildCaseIntent(p, defaults, stepIntent, now)
 			if err != nil {
 				return nil, fmt.Errorf("cases: step %d (%s): %w", i+1, st.Name, err)
 			}
@@ -274,4 +282,80 @@ func buildCaseIntent(p *Policy, defaults, step map[string]any, now time.Time) (*
 		return nil, err
 	}
 	return DecodeIntent(b)
+}
+
+// nodeMap converts a YAML mapping into JSON-ready values, keeping the source text of scalars:
+// an unquoted 0x… address stays a string (YAML would read it as an integer), plain numbers
+// become json.Number, true/false booleans, null nil.
+func nodeMap(n *yaml.Node) (map[string]any, error) {
+	if n.Kind == 0 {
+		return nil, nil
+	}
+	v, err := nodeValue(n, 0)
+	if err != nil {
+		return nil, err
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("line %d: expected a mapping", n.Line)
+	}
+	return m, nil
+}
+
+func nodeValue(n *yaml.Node, depth int) (any, error) {
+	if depth > 8 {
+		return nil, fmt.Errorf("line %d: nested too deeply", n.Line)
+	}
+	switch n.Kind {
+	case yaml.AliasNode:
+		return nodeValue(n.Alias, depth+1)
+	case yaml.ScalarNode:
+		switch {
+		case n.Tag == "!!null":
+			return nil, nil
+		case n.Tag == "!!bool":
+			return n.Value == "true", nil
+		case (n.Tag == "!!int" || n.Tag == "!!float") && !strings.HasPrefix(n.Value, "0x") && !strings.HasPrefix(n.Value, "0X"):
+			return json.Number(n.Value), nil
+		}
+		return n.Value, nil
+	case yaml.SequenceNode:
+		out := make([]any, 0, len(n.Content))
+		for _, c := range n.Content {
+			v, err := nodeValue(c, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, v)
+		}
+		return out, nil
+	case yaml.MappingNode:
+		out := map[string]any{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if k.Value == "<<" { // merge key: copy the referenced mapping's entries first
+				mv, err := nodeValue(v, depth+1)
+				if err != nil {
+					return nil, err
+				}
+				mm, ok := mv.(map[string]any)
+				if !ok {
+					return nil, fmt.Errorf("line %d: << needs a mapping", k.Line)
+				}
+				for kk, vv := range mm {
+					if _, set := out[kk]; !set {
+						out[kk] = vv
+					}
+				}
+				continue
+			}
+			val, err := nodeValue(v, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			out[k.Value] = val
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("line %d: unexpected YAML", n.Line)
 }

@@ -22,7 +22,10 @@
 //     every bucket ≥ first, so a writer whose clock ran ahead is still counted). This never
 //     under-counts the last `window`; it may over-count by up to one bucket (w/60).
 //   - MemLedger: in-memory UsageReader with Apply(charges, now), all-or-nothing; an exhausted
-//     charge returns *BudgetError, errors.Is(err, ErrBudgetExhausted).
+//     charge returns *BudgetError, errors.Is(err, ErrBudgetExhausted). Its clock never goes
+//     backwards (charges are placed and checked at max(now, latest now seen)); a ring-of-buckets
+//     ledger needs that rule, or a charge far in the future can evict a bucket an
+//     earlier-clocked check still needs (the property test found exactly that).
 //   - Load(path, opts) / Compile(files, opts) with CompileOptions{SelfUID, Wallets}: `uid: self`
 //     in a caller means SelfUID. Compile errors are CompileErrors (file:line:col: path: message).
 //   - Policy.Hash(): SHA-256 over the deterministic CBOR (CoreDetEncOptions) of the compiled IR;

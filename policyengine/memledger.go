@@ -37,9 +37,17 @@ func (e *BudgetError) Code() string {
 // MemLedger is an in-memory UsageReader with atomic check-and-debit, for tests, dry runs and the
 // CLI. It uses the bucket scheme of BucketIndex, so memory per counter is bounded by
 // WindowBuckets(window). Safe for concurrent use.
+//
+// Its clock never goes backwards: a call whose now is earlier than the latest now it has seen
+// (callers whose clocks were read before another caller's, or a stepped wall clock) is treated
+// as happening at that latest time. Placing a charge later keeps it counted longer, and
+// checking at the latest time sees everything a fixed-size ring still holds; without this, a
+// charge far in the future could evict a bucket that an earlier-clocked check still needs.
+// A durable ledger with a ring of WindowBuckets slots needs the same rule.
 type MemLedger struct {
 	mu       sync.Mutex
 	counters map[counterKey]*ring
+	hw       time.Time // latest time seen: charges are placed and checked at max(now, hw)
 }
 
 type counterKey struct {
@@ -95,6 +103,9 @@ func (r *ring) add(cur int64, amount *big.Int) {
 func (l *MemLedger) Usage(key string, window time.Duration, now time.Time) (*big.Int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.hw.After(now) {
+		now = l.hw
+	}
 	out := new(big.Int)
 	if r := l.counters[counterKey{key, window}]; r != nil {
 		r.sum(WindowFirstBucket(window, now), out)
@@ -105,8 +116,24 @@ func (l *MemLedger) Usage(key string, window time.Duration, now time.Time) (*big
 // Apply checks every charge against its limit at now and, only if all fit, debits all of them:
 // all or nothing, under one lock. The error identifies the first charge that does not fit.
 func (l *MemLedger) Apply(charges []Charge, now time.Time) error {
+	_, err := l.ApplyAt(charges, now)
+	return err
+}
+
+// ApplyAt is Apply that also returns the time the charges were placed at: max(now, the latest
+// time the ledger has seen).
+func (l *MemLedger) ApplyAt(charges []Charge, now time.Time) (time.Time, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.hw.After(now) {
+		now = l.hw
+	} else {
+		l.hw = now
+	}
+	return now, l.apply(charges, now)
+}
+
+func (l *MemLedger) apply(charges []Charge, now time.Time) error {
 	// Charges in one request could share a counter; accumulate what this call adds per counter.
 	pending := make(map[counterKey]*big.Int, len(charges))
 	var used big.Int

@@ -89,7 +89,8 @@ func runProperty(t *testing.T, p *Policy, seed int64, workers, steps int) {
 					denied.Add(1)
 					continue
 				}
-				if err := led.Apply(d.Charges, now); err != nil {
+				at, err := led.ApplyAt(d.Charges, now)
+				if err != nil {
 					denied.Add(1) // lost a race with another worker: fine, nothing debited
 					continue
 				}
@@ -98,7 +99,7 @@ func runProperty(t *testing.T, p *Policy, seed int64, workers, steps int) {
 				for i := range d.Charges {
 					c := d.Charges[i]
 					k := fmt.Sprintf("%s|%d", c.Key, c.Window)
-					log[k] = append(log[k], applied{now, c.Amount.Int64()})
+					log[k] = append(log[k], applied{at, c.Amount.Int64()})
 					limits[k] = &c
 				}
 				mu.Unlock()
