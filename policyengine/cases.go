@@ -34,10 +34,10 @@ import (
 // shifts it, and a field set to null removes a default. Allowed (and approved) steps debit their
 // charges through MemLedger.Apply.
 type casesFile struct {
-	Options        *casesOptions  `yaml:"options"`
-	Start          string         `yaml:"start"`
-	IntentDefaults yaml.Node      `yaml:"intent_defaults"`
-	Steps          []caseStep     `yaml:"steps"`
+	Options        *casesOptions `yaml:"options"`
+	Start          string        `yaml:"start"`
+	IntentDefaults yaml.Node     `yaml:"intent_defaults"`
+	Steps          []caseStep    `yaml:"steps"`
 }
 
 type casesOptions struct {
@@ -46,15 +46,15 @@ type casesOptions struct {
 }
 
 type caseStep struct {
-	Name    string         `yaml:"name"`
-	Advance string         `yaml:"advance"`
-	Intent  yaml.Node      `yaml:"intent"`
-	Expect  string         `yaml:"expect"`
-	Code    string         `yaml:"code"`
-	Rule    string         `yaml:"rule"`
-	Group   string         `yaml:"group"`
-	Repeat  int            `yaml:"repeat"`
-	Approve bool           `yaml:"approve"`
+	Name    string    `yaml:"name"`
+	Advance string    `yaml:"advance"`
+	Intent  yaml.Node `yaml:"intent"`
+	Expect  string    `yaml:"expect"`
+	Code    string    `yaml:"code"`
+	Rule    string    `yaml:"rule"`
+	Group   string    `yaml:"group"`
+	Repeat  int       `yaml:"repeat"`
+	Approve bool      `yaml:"approve"`
 }
 
 // CaseResult is the outcome of one executed step.
