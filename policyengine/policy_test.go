@@ -300,3 +300,29 @@ func TestHosts(t *testing.T) {
 		}
 	}
 }
+
+// YAML reads an unquoted 0x… as an integer; cases files must keep the text (regression).
+func TestCasesUnquotedAddresses(t *testing.T) {
+	p := mustLoad(t, filepath.Join(testdataDir, "example.yaml"), CompileOptions{})
+	src := []byte(`
+intent_defaults:
+  agent: research-bot
+  wallet: 0x2B5AD5c4795c026514f8317c7a215E218DcCD6cF
+  pay_to: 0x00000000000000000000000000000000000000aa
+  host: api.weather.example
+  network: eip155:84532
+  chain_id: 84532
+  amount: 0.10 USDC
+  version: 1
+steps:
+  - {name: unquoted, expect: allow}
+  - {name: integer amount, intent: {amount: 100000}, expect: allow}
+`)
+	rep, err := RunCases(p, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Failures != 0 {
+		t.Fatalf("%+v", rep.Results)
+	}
+}
