@@ -316,7 +316,8 @@ intent_defaults:
   version: 1
 steps:
   - {name: unquoted, expect: allow}
-  - {name: integer amount, intent: {amount: 100000}, expect: allow}
+  - {name: integer amount, intent: {amount: 100000, asset: USDC}, expect: allow}
+  - {name: a raw amount names no asset, intent: {amount: 100000}, expect: deny, code: asset_not_allowed}
 `)
 	rep, err := RunCases(p, src)
 	if err != nil {
