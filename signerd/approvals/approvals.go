@@ -12,6 +12,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -63,6 +64,24 @@ func (systemClock) Now() time.Time { return time.Now() }
 // Auditor appends one audit record durably (signerd/ledger's Ledger satisfies it).
 type Auditor interface {
 	AppendAudit(ctx context.Context, ev audit.Event) (audit.Record, error)
+}
+
+// StateStore keeps approvals durable: each change is written under "approval/<id>" together
+// with its audit record in one transaction (signerd/ledger's Ledger satisfies it). When
+// Options.Auditor also implements StateStore, New uses it and reloads known approvals, so a
+// restarted daemon still knows what was pending, approved or denied.
+type StateStore interface {
+	PutState(ctx context.Context, key string, value []byte, ev audit.Event) error
+	StateWithPrefix(prefix string) (map[string][]byte, error)
+}
+
+// statePrefix is the StateStore key prefix of approvals.
+const statePrefix = "approval/"
+
+// stored is the durable form of one approval.
+type stored struct {
+	Key      string   `json:"key"` // hex of Request.Key
+	Approval Approval `json:"approval"`
 }
 
 // Request is a signing request held for approval.
@@ -119,6 +138,7 @@ type entry struct {
 // Manager holds approvals in memory. It is safe for concurrent use.
 type Manager struct {
 	opts  Options
+	store StateStore // nil: in memory only
 	mu    sync.Mutex
 	byID  map[string]*entry
 	byKey map[[32]byte]*entry
@@ -144,7 +164,57 @@ func New(opts Options) (*Manager, error) {
 	if opts.MaxPending == 0 {
 		opts.MaxPending = 10000
 	}
-	return &Manager{opts: opts, byID: map[string]*entry{}, byKey: map[[32]byte]*entry{}}, nil
+	m := &Manager{opts: opts, byID: map[string]*entry{}, byKey: map[[32]byte]*entry{}}
+	if st, ok := opts.Auditor.(StateStore); ok {
+		m.store = st
+		if err := m.load(); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// load restores approvals from the store (decided ones older than Retain are left out).
+func (m *Manager) load() error {
+	all, err := m.store.StateWithPrefix(statePrefix)
+	if err != nil {
+		return fmt.Errorf("approvals: loading: %w", err)
+	}
+	now := m.opts.Clock.Now()
+	for k, v := range all {
+		var st stored
+		if err := json.Unmarshal(v, &st); err != nil {
+			return fmt.Errorf("approvals: %s is corrupt: %w", k, err)
+		}
+		kb, herr := hex.DecodeString(st.Key)
+		if herr != nil || len(kb) != 32 || st.Approval.ID == "" {
+			return fmt.Errorf("approvals: %s is corrupt", k)
+		}
+		if st.Approval.State.Decided() && now.Sub(st.Approval.DecidedAt) > m.opts.Retain {
+			continue
+		}
+		e := &entry{a: st.Approval, decided: make(chan struct{})}
+		copy(e.key[:], kb)
+		if e.a.State.Decided() {
+			close(e.decided)
+		}
+		m.byID[e.a.ID] = e
+		m.byKey[e.key] = e
+	}
+	return nil
+}
+
+// record makes a (the new state of e) durable together with ev, or only audits ev without a store.
+func (m *Manager) record(ctx context.Context, e *entry, a Approval, ev audit.Event) error {
+	if m.store == nil {
+		_, err := m.opts.Auditor.AppendAudit(ctx, ev)
+		return err
+	}
+	raw, err := json.Marshal(stored{Key: hex.EncodeToString(e.key[:]), Approval: a})
+	if err != nil {
+		return err
+	}
+	return m.store.PutState(ctx, statePrefix+a.ID, raw, ev)
 }
 
 func newID() string {
@@ -202,7 +272,7 @@ func (m *Manager) Submit(ctx context.Context, r Request) (Approval, error) {
 	m.byKey[r.Key] = e
 	m.byID[e.a.ID] = e
 	m.mu.Unlock()
-	if _, err := m.opts.Auditor.AppendAudit(ctx, m.event(e, ActionRequested, "", "")); err != nil {
+	if err := m.record(ctx, e, e.a, m.event(e, ActionRequested, "", "")); err != nil {
 		m.mu.Lock()
 		delete(m.byKey, r.Key)
 		delete(m.byID, e.a.ID)
@@ -345,11 +415,13 @@ func (m *Manager) decide(ctx context.Context, id, operator string, to State, rea
 	if to == Denied {
 		action = ActionDenied
 	}
-	// Audit first; hold the lock so nobody else decides meanwhile. The auditor never calls back.
-	if _, err := m.opts.Auditor.AppendAudit(ctx, m.event(e, action, operator, reason)); err != nil {
+	// Record first; hold the lock so nobody else decides meanwhile. The store never calls back.
+	next := e.a
+	next.State, next.DecidedBy, next.DecidedAt, next.Reason = to, operator, m.opts.Clock.Now(), reason
+	if err := m.record(ctx, e, next, m.event(e, action, operator, reason)); err != nil {
 		return e.a, fmt.Errorf("approvals: recording the decision: %w", err)
 	}
-	e.a.State, e.a.DecidedBy, e.a.DecidedAt, e.a.Reason = to, operator, m.opts.Clock.Now(), reason
+	e.a = next
 	close(e.decided)
 	return e.a, nil
 }
@@ -358,10 +430,17 @@ func (m *Manager) decide(ctx context.Context, id, operator string, to State, rea
 // it periodically; every other method calls it too, so expiry is exact even without Run.
 func (m *Manager) Sweep(ctx context.Context) { m.auditExpired(ctx, m.sweep()) }
 
-// sweep does the in-memory part and returns the events to audit.
-func (m *Manager) sweep() []audit.Event {
+// expiry is one expired approval still to be recorded.
+type expiry struct {
+	e  *entry
+	a  Approval
+	ev audit.Event
+}
+
+// sweep does the in-memory part and returns the expiries to record.
+func (m *Manager) sweep() []expiry {
 	now := m.opts.Clock.Now()
-	var evs []audit.Event
+	var evs []expiry
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for id, e := range m.byID {
@@ -370,7 +449,7 @@ func (m *Manager) sweep() []audit.Event {
 			e.a.State, e.a.DecidedAt, e.a.DecidedBy = Expired, now, "signerd"
 			e.a.Reason = "approval expired after " + e.a.ExpiresAt.Sub(e.a.CreatedAt).String() + " without a decision"
 			close(e.decided)
-			evs = append(evs, m.event(e, ActionExpired, "", e.a.Reason))
+			evs = append(evs, expiry{e, e.a, m.event(e, ActionExpired, "", e.a.Reason)})
 		case e.a.State.Decided() && now.Sub(e.a.DecidedAt) > m.opts.Retain:
 			delete(m.byID, id)
 			if m.byKey[e.key] == e {
@@ -383,9 +462,9 @@ func (m *Manager) sweep() []audit.Event {
 
 // auditExpired writes expiry records. Expiry takes effect even if the record cannot be written
 // (it only ever denies); the error is dropped here and the next write reports the store fault.
-func (m *Manager) auditExpired(ctx context.Context, evs []audit.Event) {
-	for _, ev := range evs {
-		_, _ = m.opts.Auditor.AppendAudit(ctx, ev)
+func (m *Manager) auditExpired(ctx context.Context, evs []expiry) {
+	for _, x := range evs {
+		_ = m.record(ctx, x.e, x.a, x.ev)
 	}
 }
 

@@ -243,3 +243,28 @@ func TestOtherUIDRefused(t *testing.T) {
 		t.Fatalf("root: %d %+v", st, ae)
 	}
 }
+
+// TestApprovalSurvivesRestart: an approval filed and approved before a restart lets the agent's
+// re-submission through after it; a pending one is still pending with the same id.
+func TestApprovalSurvivesRestart(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.start()
+	c := e.agentClient()
+	approved, pending := newClaims("600000"), newClaims("700000")
+	id1 := pendingApproval(t, c, approved)
+	id2 := pendingApproval(t, c, pending)
+	if _, errs, code := e.ctl("approvals", "approve", id1); code != 0 {
+		t.Fatal(errs)
+	}
+	e.stopClean()
+	e.start()
+	c = e.agentClient()
+	if st, g, ae, _ := sign(c, approved, nil); st != 200 {
+		t.Fatalf("approved before restart: %d %+v", st, ae)
+	} else {
+		verifyGuarantee(t, g)
+	}
+	if id := pendingApproval(t, c, pending); id != id2 {
+		t.Fatalf("pending approval after restart: %s, was %s", id, id2)
+	}
+}
