@@ -70,6 +70,19 @@ func readBody(r *http.Request, max int64) ([]byte, error) {
 	if r.ContentLength > max {
 		return nil, errTooLarge
 	}
+	var b []byte
+	if n := r.ContentLength; n > 0 {
+		// Known length: one exact read (plus one byte to catch a body longer than announced).
+		b = make([]byte, n, n+1)
+		if _, err := io.ReadFull(r.Body, b); err != nil {
+			return nil, err
+		}
+		var one [1]byte
+		if k, _ := r.Body.Read(one[:]); k > 0 {
+			return nil, errTooLarge
+		}
+		return b, nil
+	}
 	b, err := io.ReadAll(io.LimitReader(r.Body, max+1))
 	if err != nil {
 		return nil, err
