@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -15,6 +16,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/signerd/signerd/hsm/pkcs11"
+	"github.com/signerd/signerd/signerd/config"
 )
 
 // TestMain re-executes this test binary as the daemon when SIGNERD_TEST_MAIN is set, so the
@@ -266,5 +270,103 @@ func TestRefusesExposedConfig(t *testing.T) {
 	p := startSignerd(t, "run", "--config", cfg)
 	if c := p.wait(t); c != 1 || !strings.Contains(p.log.String(), "accessible to other users") {
 		t.Fatalf("exit %d, log:\n%s", c, p.log)
+	}
+}
+
+// TestRunWithConfig: `signerd run --config FILE` on a fresh token with no key: a key generated
+// through the admin API signs at once (keys without restart), two operators are needed to
+// resume, and a retired key stops signing.
+func TestRunWithConfig(t *testing.T) {
+	dir := t.TempDir()
+	hd, err := pkcs11.WriteSoftHSMDir(filepath.Join(dir, "hsm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hd.InitToken("prod", []byte("123456"), []byte("12345678")); err != nil {
+		t.Fatal(err)
+	}
+	if err := pkcs11.WritePINFile(filepath.Join(dir, "pin"), []byte("123456")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), config.DevPolicy, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	uid := os.Getuid()
+	cfg := fmt.Sprintf(`state_dir: state
+sockets:
+  agent: {path: agent.sock, mode: "0660"}
+  admin: {path: admin.sock, mode: "0600"}
+hsm:
+  type: pkcs11
+  pkcs11:
+    module: %s
+    module_env: {SOFTHSM2_CONF: %s}
+    token_label: prod
+    pin_file: pin
+    sessions: 2
+policy: policy.yaml
+protocol: {network: "eip155:84532", chain_id: 84532}
+kill_switch: {two_operator_resume: true}
+operators:
+  - {name: alice, uid: %d}
+`, pkcs11.SoftHSMModule(), hd.Conf, uid)
+	cfgPath := filepath.Join(dir, "signerd.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startSignerd(t, "run", "--config", cfgPath)
+	agent, admin := filepath.Join(dir, "agent.sock"), filepath.Join(dir, "admin.sock")
+	p.waitSocket(t, admin)
+
+	if st, m := call(t, admin, "GET", "/v1/admin/keys", nil); st != 200 || len(m["keys"].([]any)) != 0 {
+		t.Fatalf("keys on a fresh token: %d %v", st, m)
+	}
+	st, m := call(t, admin, "POST", "/v1/admin/keys/generate", map[string]any{"label": "w1"})
+	if st != 200 {
+		t.Fatalf("generate: %d %v\n%s", st, m, p.log)
+	}
+	key := m["key"].(map[string]any)
+	wallet, uri := key["address"].(string), key["uri"].(string)
+	if st, m := guarantee(t, dir, wallet, 1); st != 200 {
+		t.Fatalf("sign with the new key: %d %v\n%s", st, m, p.log)
+	}
+
+	// Two-operator resume: the only operator cannot confirm her own resume.
+	if st, m := call(t, admin, "POST", "/v1/admin/kill-switch", map[string]any{"engaged": true, "reason": "drill"}); st != 200 {
+		t.Fatalf("engage: %d %v", st, m)
+	}
+	if st, m := call(t, admin, "POST", "/v1/admin/kill-switch", map[string]any{"engaged": false}); st != 202 {
+		t.Fatalf("first resume: %d %v", st, m)
+	}
+	if st, m := call(t, admin, "POST", "/v1/admin/kill-switch", map[string]any{"engaged": false}); st != 409 || code(m) != "second_operator_required" {
+		t.Fatalf("same operator confirming: %d %v", st, m)
+	}
+	if st, m := guarantee(t, dir, wallet, 2); st != 503 {
+		t.Fatalf("still engaged: %d %v", st, m)
+	}
+	p.signal(t, syscall.SIGTERM)
+	if c := p.wait(t); c != 0 {
+		t.Fatalf("exit %d\n%s", c, p.log)
+	}
+
+	// Retire on a fresh start (not engaged state is not needed for key ops).
+	p2 := startSignerd(t, "run", "--config", cfgPath)
+	p2.waitSocket(t, admin)
+	if st, m := call(t, admin, "POST", "/v1/admin/keys/retire", map[string]any{"uri": uri}); st != 200 {
+		t.Fatalf("retire: %d %v", st, m)
+	}
+	st, m = call(t, admin, "GET", "/v1/admin/keys", nil)
+	if k := m["keys"].([]any)[0].(map[string]any); st != 200 || k["retired"] != true {
+		t.Fatalf("keys after retire: %d %v", st, m)
+	}
+	st, m = call(t, agent, "GET", "/v1/wallets", nil)
+	for _, w := range m["wallets"].([]any) {
+		if w.(map[string]any)["active"] == true {
+			t.Fatalf("a retired wallet is still active: %v", m)
+		}
+	}
+	p2.signal(t, syscall.SIGTERM)
+	if c := p2.wait(t); c != 0 {
+		t.Fatalf("exit %d\n%s", c, p2.log)
 	}
 }
