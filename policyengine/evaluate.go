@@ -109,6 +109,18 @@ func (p *Policy) evaluate(in *Intent, usage UsageReader, now time.Time, verbose 
 		}
 	}
 	if denyBy != nil {
+		if verbose { // show what the deny overrode
+			for _, r := range p.allowRules {
+				if !r.sel.matchScope(&ctx) {
+					continue
+				}
+				eff, detail := "overridden", r.describe()
+				if _, code, reason := r.allows(&ctx); code != "" {
+					eff, detail = "no_match:"+code, reason
+				}
+				d.Matches = append(d.Matches, Match{Rule: r.id, Kind: "allow", Effect: eff, Detail: detail})
+			}
+		}
 		return deny(&d, denyBy.code, denyBy.id, fmt.Sprintf("deny rule %s matched%s", denyBy.id, descSuffix(denyBy.description)))
 	}
 	// 6. Allow rules: at least one must allow.

@@ -100,7 +100,7 @@ func TestPolicyExplain(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
-	for _, want := range []string{"decision deny", "code     seller_not_allowed", "rule     block-drainer", "deny      block-drainer"} {
+	for _, want := range []string{"decision deny", "code     seller_not_allowed", "rule     block-drainer", "deny      block-drainer", "allow     research-data                overridden"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("explain lacks %q:\n%s", want, out)
 		}
