@@ -15,6 +15,7 @@ import (
 	"crypto/sha256"
 	"log/slog"
 	"math/big"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -133,9 +134,15 @@ type Outcome struct {
 
 // Pipeline signs guarantees. It is safe for concurrent use.
 type Pipeline struct {
-	o      Options
-	policy atomic.Pointer[policyBox]
+	o        Options
+	policy   atomic.Pointer[policyBox]
+	stopping chan struct{} // closed by Stop: approval long polls end at once
+	stopOnce sync.Once
 }
+
+// Stop ends every approval long poll now (their callers get 202 approval_pending) so a
+// shutdown drains quickly; signing in flight is not interrupted.
+func (p *Pipeline) Stop() { p.stopOnce.Do(func() { close(p.stopping) }) }
 
 type policyBox struct{ p Policy }
 
@@ -161,7 +168,7 @@ func New(opts Options, p Policy) (*Pipeline, error) {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
-	pl := &Pipeline{o: opts}
+	pl := &Pipeline{o: opts, stopping: make(chan struct{})}
 	pl.policy.Store(&policyBox{p})
 	return pl, nil
 }

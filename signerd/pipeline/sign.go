@@ -338,7 +338,17 @@ func (p *Pipeline) awaitApproval(ctx context.Context, a *Admission, req *Request
 		return st, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the approval could not be filed", err)
 	}
 	if st.State == ApprovalWaiting && p.o.MaxWait > 0 {
-		if st, err = p.o.Approvals.Wait(ctx, st.ID, p.o.MaxWait); err != nil && st.ID == "" {
+		wctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-p.stopping:
+				cancel()
+			case <-wctx.Done():
+			}
+		}()
+		st, err = p.o.Approvals.Wait(wctx, st.ID, p.o.MaxWait)
+		cancel()
+		if err != nil && st.ID == "" {
 			return st, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the approval could not be read", err)
 		}
 	}

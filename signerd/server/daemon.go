@@ -236,6 +236,9 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	d.closeMu.Unlock()
+	if d.pipe != nil {
+		d.pipe.Stop() // approval long polls answer 202 now
+	}
 	var errs []error
 	var wg sync.WaitGroup
 	for _, s := range []*http.Server{d.agentSrv, d.adminSrv} {

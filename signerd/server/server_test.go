@@ -517,3 +517,33 @@ func waitAudit(t *testing.T, d *testDaemon, s string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestShutdownEndsApprovalWaits: a request held in an approval long poll answers 202 as soon
+// as the daemon starts draining, so a shutdown does not wait for the poll to time out.
+func TestShutdownEndsApprovalWaits(t *testing.T) {
+	d := startDaemon(t, func(c *config.Config) { c.Approvals.MaxWait = 20 * time.Second })
+	got := make(chan *response, 1)
+	go func() {
+		got <- d.agent.do(t, "POST", "/v1/guarantees", map[string]any{"claims": d.claims(11, 1, 600_000, nil), "task": map[string]any{"id": "w"}})
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(d.admin.do(t, "GET", "/v1/admin/approvals?state=pending", nil).Body["approvals"].([]any)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the request was never held")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	if r.Status != 202 || r.errCode() != "approval_pending" {
+		t.Fatalf("held request: %d %s", r.Status, r.Raw)
+	}
+	if el := time.Since(start); el > 3*time.Second {
+		t.Fatalf("shutdown took %v", el)
+	}
+}
