@@ -45,7 +45,7 @@ budgets:
 // loop in this process, at concurrency 1, 2 and 4. The two sides alternate in short rounds so
 // that load from other processes on a shared machine hits both alike. It prints one BENCHROW
 // line per concurrency (scripts/bench.sh formats them). BENCH_OPS sets the operations per side
-// and concurrency (default 1500).
+// and concurrency (default 1500); SIGNERD_BENCH_STATE_DIR where the ledger lives.
 func BenchmarkE2EVsRaw(b *testing.B) {
 	ops := 1500
 	if s := os.Getenv("BENCH_OPS"); s != "" {
@@ -53,7 +53,9 @@ func BenchmarkE2EVsRaw(b *testing.B) {
 			ops = n
 		}
 	}
-	e := newEnv(b, envOptions{policy: benchPolicy})
+	// SIGNERD_BENCH_STATE_DIR puts the ledger elsewhere (e.g. /dev/shm, to separate the daemon's
+	// own cost from the disk's fsync cost); the default is the test's directory on disk.
+	e := newEnv(b, envOptions{policy: benchPolicy, stateParent: os.Getenv("SIGNERD_BENCH_STATE_DIR")})
 	e.start()
 	// The same token, opened in this process for the raw loop.
 	tok, err := openRawToken(filepath.Join(e.dir, "dev", "hsm"))
@@ -144,8 +146,8 @@ func BenchmarkE2EVsRaw(b *testing.B) {
 		}
 		e2eOps, rawOps := float64(ops)/e2eTime.Seconds(), float64(ops)/rawTime.Seconds()
 		e2eP50, rawP50 := p50(e2eLat), p50(rawLat)
-		fmt.Printf("BENCHROW conc=%d ops=%d e2e_ops_s=%.0f raw_ops_s=%.0f e2e_p50_us=%d raw_p50_us=%d ratio=%.3f added_p50_us=%d\n",
-			conc, ops, e2eOps, rawOps, e2eP50.Microseconds(), rawP50.Microseconds(), e2eOps/rawOps, (e2eP50 - rawP50).Microseconds())
+		fmt.Printf("BENCHROW state=%s conc=%d ops=%d e2e_ops_s=%.0f raw_ops_s=%.0f e2e_p50_us=%d raw_p50_us=%d ratio=%.3f added_p50_us=%d\n",
+			filepath.Dir(e.db), conc, ops, e2eOps, rawOps, e2eP50.Microseconds(), rawP50.Microseconds(), e2eOps/rawOps, (e2eP50 - rawP50).Microseconds())
 		b.ReportMetric(e2eOps/rawOps, fmt.Sprintf("ratio-c%d", conc))
 	}
 	b.StopTimer()

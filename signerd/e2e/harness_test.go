@@ -161,6 +161,7 @@ type envOptions struct {
 	twoOperators bool
 	maxWait      time.Duration // approval long poll
 	extra        string        // extra YAML lines under limits:
+	stateParent  string        // where the ledger's state dir goes (default: inside the env dir)
 }
 
 func copyDir(src, dst string) error {
@@ -203,6 +204,16 @@ func newEnv(t testing.TB, o envOptions) *env {
 	e := &env{t: t, dir: dir, cfg: filepath.Join(dir, "signerd.yaml"), agent: filepath.Join(run, "agent.sock"),
 		admin: filepath.Join(run, "admin.sock"), policy: filepath.Join(dir, "policy.yaml"),
 		db: filepath.Join(dir, "state", "signerd.db")}
+	stateDir := filepath.Join(dir, "state")
+	if o.stateParent != "" {
+		sd, err := os.MkdirTemp(o.stateParent, "signerd-e2e-state-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(sd) })
+		stateDir = sd
+		e.db = filepath.Join(sd, "signerd.db")
+	}
 	pol := o.policy
 	if pol == "" {
 		pol = apiPolicy
@@ -242,7 +253,7 @@ limits:
   max_body_bytes: 65536
 %s
 log_level: info
-`, filepath.Join(dir, "state"), e.agent, nobodyUID, e.admin, nobodyUID, softhsmModule,
+`, stateDir, e.agent, nobodyUID, e.admin, nobodyUID, softhsmModule,
 		filepath.Join(tdir, "hsm", "softhsm2.conf"), filepath.Join(tdir, "hsm", "pin"), e.policy,
 		maxWait, filepath.Join(dir, "STOP"), o.twoOperators, nobodyUID, o.extra)
 	if err := os.WriteFile(e.cfg, []byte(cfg), 0o600); err != nil {
