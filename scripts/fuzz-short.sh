@@ -8,6 +8,6 @@ grep -rl --include='*_test.go' '^func Fuzz' . | sort | while read -r f; do
   pkg=./$(dirname "${f#./}")
   for fn in $(grep -oE '^func (Fuzz[A-Za-z0-9_]+)' "$f" | awk '{print $2}'); do
     echo "fuzz: $pkg $fn ($t)"
-    go test -run='^$' -fuzz="^${fn}\$" -fuzztime="$t" "$pkg"
+    go test -run='^$' -fuzz="^${fn}\$" -fuzztime="$t" -fuzzminimizetime=0 "$pkg"
   done
 done
