@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -211,27 +212,27 @@ func TestOtherUIDRefused(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	e.start()
 	body, _ := json.Marshal(map[string]any{"claims": newClaims("1000")})
-	curlAs := func(uid, gid uint32, sock, method, path string, data []byte) (string, string) {
-		args := []string{"-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket", sock, "-X", method, "http://signerd" + path}
-		if data != nil {
-			args = append(args, "-H", "Content-Type: application/json", "--data-binary", "@-")
+	asUID := func(uid, gid uint32, sock, method, path string, data []byte) (string, string) {
+		if clientBin == "" {
+			t.Fatal("no client binary")
 		}
-		cmd := exec.Command("curl", args...)
+		cmd := exec.Command(clientBin)
+		cmd.Env = append(os.Environ(), "SIGNERD_E2E_CLIENT=1", "SIGNERD_E2E_SOCK="+sock, "SIGNERD_E2E_METHOD="+method, "SIGNERD_E2E_PATH="+path)
 		cmd.Stdin = bytes.NewReader(data)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
 		out, err := cmd.Output()
 		if err != nil {
-			t.Fatalf("curl as %d: %v %s", uid, err, out)
+			t.Fatalf("client as %d: %v %s", uid, err, out)
 		}
 		s := strings.TrimSpace(string(out))
 		i := strings.LastIndex(s, "\n")
 		return s[:i], s[i+1:]
 	}
-	b, code := curlAs(nobodyUID, nobodyUID, e.agent, "POST", "/v1/guarantees", body)
+	b, code := asUID(nobodyUID, nobodyUID, e.agent, "POST", "/v1/guarantees", body)
 	if code != "403" || errOf([]byte(b)).Code != "unknown_caller" {
 		t.Fatalf("agent socket as nobody: %s %s", code, b)
 	}
-	b, code = curlAs(65533, nobodyUID, e.admin, "GET", "/v1/admin/status", nil)
+	b, code = asUID(65533, nobodyUID, e.admin, "GET", "/v1/admin/status", nil)
 	if code != "403" || errOf([]byte(b)).Code != "unknown_caller" {
 		t.Fatalf("admin socket as a non-operator: %s %s", code, b)
 	}

@@ -31,6 +31,7 @@ var (
 	binDir       string
 	signerdBin   string
 	signerctlBin string
+	clientBin    string // this test binary, runnable by other uids as a client
 	templateDir  string
 	wallet1      string // the template token's wallet address (0x, checksummed)
 )
@@ -49,6 +50,9 @@ func TestMain(m *testing.M) {
 }
 
 func runMain(m *testing.M) int {
+	if os.Getenv("SIGNERD_E2E_CLIENT") == "1" {
+		return clientMain()
+	}
 	if _, err := os.Stat(softhsmModule); err != nil {
 		if os.Getenv("CI") == "true" {
 			fmt.Fprintln(os.Stderr, "e2e: SoftHSM2 is not installed (", softhsmModule, ") — required in CI")
@@ -80,6 +84,13 @@ func runMain(m *testing.M) int {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: go build %s: %v\n%s", pkg, err, out)
 			return 1
+		}
+	}
+	// A copy of this test binary that other uids can run as a plain HTTP client (clientMain).
+	if self, err := os.Executable(); err == nil {
+		if b, err := os.ReadFile(self); err == nil {
+			clientBin = filepath.Join(binDir, "e2e-client")
+			os.WriteFile(clientBin, b, 0o755)
 		}
 	}
 	templateDir = filepath.Join(binDir, "template")
@@ -592,3 +603,22 @@ func parallel(n int, f func(i int)) {
 }
 
 func getenvCI() bool { return os.Getenv("CI") == "true" }
+
+// clientMain is the test binary run as a one-shot HTTP client over a Unix socket (as another
+// uid): SIGNERD_E2E_SOCK, SIGNERD_E2E_METHOD, SIGNERD_E2E_PATH, body on stdin. It prints the
+// answer's body, a newline and the status code.
+func clientMain() int {
+	body, _ := io.ReadAll(os.Stdin)
+	c := newClient(os.Getenv("SIGNERD_E2E_SOCK"))
+	var in any
+	if len(body) > 0 {
+		in = body
+	}
+	st, raw, err := c.call(os.Getenv("SIGNERD_E2E_METHOD"), os.Getenv("SIGNERD_E2E_PATH"), in)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Printf("%s\n%d", raw, st)
+	return 0
+}
