@@ -121,7 +121,6 @@ func (d *Daemon) handleKillSwitch(w http.ResponseWriter, r *http.Request, o conf
 		return
 	}
 	if res.Resumed {
-		d.metrics.killSwitch.Set(0)
 		d.log.Warn("kill switch released", "operator", o.Name)
 	}
 	status := http.StatusOK

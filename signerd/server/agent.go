@@ -80,6 +80,7 @@ func (d *Daemon) admit(w http.ResponseWriter, r *http.Request) (*pipeline.Admiss
 	}
 	adm, err := d.pipe.Admit(*c)
 	if err != nil {
+		d.observe(pipeline.Outcome{Decision: "deny", Code: pipeline.AsError(err).Code})
 		d.fail(w, r, err)
 		return nil, nil, false
 	}

@@ -159,7 +159,12 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("protocol: %w", err)
 	}
-	d.metrics = newMetrics()
+	d.metrics = newMetrics(func() float64 {
+		if d.ks.Engaged() {
+			return 1
+		}
+		return 0
+	})
 	d.pipe, err = pipeline.New(pipeline.Options{
 		Domain: dom, Network: cfg.Protocol.Network, Ledger: d.ledger, KillSwitch: d.ks, Keys: d.keys,
 		Approvals: approvals.ForPipeline(d.approvals), MaxWait: cfg.Approvals.MaxWait,
@@ -352,7 +357,6 @@ func (d *Daemon) policyInfo(lp *loadedPolicy, prev string) PolicyInfo {
 // EngageKillSwitch engages the kill switch; when it returns nil no further signature leaves.
 func (d *Daemon) EngageKillSwitch(ctx context.Context, operator, reason string) error {
 	err := d.ks.Engage(ctx, operator, reason)
-	d.metrics.killSwitch.Set(1)
 	return err
 }
 

@@ -15,11 +15,11 @@ type metrics struct {
 	decisions  *prometheus.CounterVec   // signing outcomes by decision and code
 	requests   *prometheus.CounterVec   // HTTP requests by socket, route and status class
 	latency    *prometheus.HistogramVec // signing latency by route
-	killSwitch prometheus.Gauge
+	killSwitch prometheus.GaugeFunc
 	inflight   prometheus.Gauge
 }
 
-func newMetrics() *metrics {
+func newMetrics(engaged func() float64) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -32,7 +32,7 @@ func newMetrics() *metrics {
 			Name: "signerd_sign_duration_seconds", Help: "Time to answer a signing request.",
 			Buckets: []float64{.0002, .0005, .001, .002, .005, .01, .025, .05, .1, .5, 1, 5, 30},
 		}, []string{"route"}),
-		killSwitch: prometheus.NewGauge(prometheus.GaugeOpts{Name: "signerd_kill_switch_engaged", Help: "1 while the kill switch is engaged."}),
+		killSwitch: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "signerd_kill_switch_engaged", Help: "1 while the kill switch is engaged (however it was engaged)."}, engaged),
 		inflight:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "signerd_inflight_requests", Help: "Signing requests in flight."}),
 	}
 	m.reg.MustRegister(m.decisions, m.requests, m.latency, m.killSwitch, m.inflight,

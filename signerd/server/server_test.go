@@ -343,6 +343,12 @@ func TestKillSwitchAdmin(t *testing.T) {
 	if r.Status != 503 || r.errCode() != "kill_switch_engaged" {
 		t.Fatalf("signing while engaged: %d %s", r.Status, r.Raw)
 	}
+	m := d.admin.do(t, "GET", "/metrics", nil)
+	for _, want := range []string{"signerd_kill_switch_engaged 1", `signerd_decisions_total{code="kill_switch_engaged",decision="deny"}`} {
+		if !strings.Contains(string(m.Raw), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 	if r := d.admin.do(t, "POST", "/v1/admin/kill-switch", map[string]any{"engaged": false}); r.Status != 200 {
 		t.Fatalf("resume: %d %s", r.Status, r.Raw)
 	}
