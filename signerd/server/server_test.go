@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -410,6 +411,15 @@ func TestX402Payment(t *testing.T) {
 	other := strings.Replace(req, `"250"`, `"251"`, 1)
 	if c := d.agent.do(t, "POST", "/v1/x402/payments", []byte(`{"requirements":`+other+`,"tab":{"tab_id":"0xabc","next_req_id":3}}`)); c.Status != 409 {
 		t.Fatalf("x402 conflicting retry: %d %s", c.Status, c.Raw)
+	}
+	// x402 v2: requirements in the PAYMENT-REQUIRED header, answer in PAYMENT-SIGNATURE.
+	v2 := `{"x402Version":2,"resource":{"url":"https://api.example.com/y","description":"d","mimeType":"application/json"},"accepts":[{"scheme":"4mica-credit","network":"eip155:84532","amount":"77","payTo":"0x1234567890123456789012345678901234567890","asset":"0x036CbD53842c5426634e7929541eC2318f3dCF7e","extra":{"tabEndpoint":"https://api.example.com/tab"}}]}`
+	r2 := d.agent.do(t, "POST", "/v1/x402/payments", map[string]any{"payment_required_header": base64.StdEncoding.EncodeToString([]byte(v2)), "tab": map[string]any{"tab_id": "0xabd"}})
+	if r2.Status != 200 || r2.str("header") != "PAYMENT-SIGNATURE" {
+		t.Fatalf("x402 v2: %d %s", r2.Status, r2.Raw)
+	}
+	if p := d.checkSigned(t, r2).Claims.Payment(); p.Amount.Dec() != "77" || p.ReqID.Dec() != "0" {
+		t.Fatalf("v2 claims: %+v", p)
 	}
 	if r := d.agent.do(t, "POST", "/v1/x402/payments", []byte(`{"requirements":`+req+`}`)); r.Status != 400 || r.errField("field") != "tab" {
 		t.Fatalf("missing tab: %d %s", r.Status, r.Raw)
