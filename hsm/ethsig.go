@@ -31,29 +31,6 @@ func FromRS(digest [32]byte, rs []byte, pub65 []byte) ([65]byte, error) {
 	return [65]byte{}, fmt.Errorf("%w: no recovery id yields the key", ErrSignature)
 }
 
-// FromRSConcurrent is FromRS with both recovery ids tried at the same time (v=1 on a second
-// goroutine). The result and the guarantee are the same; the latency is one recovery instead
-// of 1.5 on average, at the price of always spending two. Use it only when a core is idle.
-func FromRSConcurrent(digest [32]byte, rs []byte, pub65 []byte) ([65]byte, error) {
-	sig, err := lowS(rs)
-	if err != nil {
-		return [65]byte{}, err
-	}
-	one := make(chan bool, 1)
-	go func() { one <- recoversTo(digest, sig, 1, pub65) }()
-	zero := recoversTo(digest, sig, 0, pub65)
-	isOne := <-one
-	switch {
-	case zero:
-		sig[64] = 27
-	case isOne:
-		sig[64] = 28
-	default:
-		return [65]byte{}, fmt.Errorf("%w: no recovery id yields the key", ErrSignature)
-	}
-	return sig, nil
-}
-
 // lowS checks the length and range of r‖s and returns it with s in the lower half (EIP-2).
 func lowS(rs []byte) ([65]byte, error) {
 	var sig [65]byte

@@ -43,9 +43,6 @@ func TestFromRS(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got2, err := FromRSConcurrent(d, rs, pub); err != nil || got2 != got {
-				t.Fatalf("FromRSConcurrent = %x, %v; FromRS %x", got2, err, got)
-			}
 			if got != want {
 				t.Fatalf("FromRS(high=%v) = %x, geth %x", high, got, want)
 			}
@@ -87,9 +84,6 @@ func TestFromRSRejects(t *testing.T) {
 		if sig, err := FromRS(c.digest, c.rs, c.pub); !errors.Is(err, ErrSignature) || sig != [65]byte{} {
 			t.Errorf("%s: sig %x err %v", name, sig[:4], err)
 		}
-		if sig, err := FromRSConcurrent(c.digest, c.rs, c.pub); !errors.Is(err, ErrSignature) || sig != [65]byte{} {
-			t.Errorf("concurrent %s: sig %x err %v", name, sig[:4], err)
-		}
 	}
 }
 
@@ -128,9 +122,6 @@ func TestVerifyEth(t *testing.T) {
 
 // BenchmarkFromRS measures the low-s + v-by-recovery step added to every token signature.
 func BenchmarkFromRS(b *testing.B) { benchFromRS(b, FromRS) }
-
-// BenchmarkFromRSConcurrent is the same with both recovery ids tried at once.
-func BenchmarkFromRSConcurrent(b *testing.B) { benchFromRS(b, FromRSConcurrent) }
 
 func benchFromRS(b *testing.B, f func([32]byte, []byte, []byte) ([65]byte, error)) {
 	var d [32]byte

@@ -50,7 +50,6 @@ type Backend struct {
 
 	sem        chan struct{} // one slot per session: bounds concurrent device calls
 	waiting    atomic.Int64
-	signing    atomic.Int64 // callers inside SignDigest
 	maxWaiting int64
 
 	reconnMu  sync.Mutex // serialises reconnection attempts
@@ -1021,8 +1020,6 @@ var ecdsaMech = []*p11.Mechanism{p11.NewMechanism(p11.CKM_ECDSA, nil)}
 // chosen by recovery against the key's public point (hsm.FromRS), outside the session so the
 // token can serve the next caller meanwhile.
 func (s *signer) SignDigest(ctx context.Context, digest [32]byte) ([65]byte, error) {
-	active := s.b.signing.Add(1)
-	defer s.b.signing.Add(-1)
 	var rs []byte
 	err := s.b.withSession(ctx, func(c *conn, sh p11.SessionHandle) error {
 		e, err := s.b.resolve(c, sh, s.id, false)
@@ -1051,13 +1048,5 @@ func (s *signer) SignDigest(ctx context.Context, digest [32]byte) ([65]byte, err
 	if err != nil {
 		return [65]byte{}, err
 	}
-	if int(active) <= halfCPUs {
-		// A core is idle: try both recovery ids at once (one recovery of latency, not 1.5).
-		return hsm.FromRSConcurrent(digest, rs, s.pub65)
-	}
 	return hsm.FromRS(digest, rs, s.pub65)
 }
-
-// halfCPUs is the number of concurrent signers up to which the v search runs both recovery
-// ids in parallel.
-var halfCPUs = runtime.NumCPU() / 2
