@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -453,28 +454,39 @@ func (d *Daemon) handleKeyGenerate(w http.ResponseWriter, r *http.Request, o con
 }
 
 func (d *Daemon) handleKeyImport(w http.ResponseWriter, r *http.Request, o config.Operator) {
+	// key_hex stays raw bytes (never a Go string, which could not be wiped) and is zeroed, with
+	// the request body, once the key is on the device.
 	var body struct {
 		Label      string          `json:"label"`
-		KeyHex     *string         `json:"key_hex"`
+		KeyHex     json.RawMessage `json:"key_hex"`
 		Keystore   json.RawMessage `json:"keystore"`
 		Passphrase string          `json:"passphrase"`
 	}
-	if e := decodeBody(r, d.cfg.Limits.MaxBodyBytes, &body); e != nil {
+	defer func() { clear(body.KeyHex); clear(body.Keystore) }()
+	if e := decodeBodyWipe(r, d.cfg.Limits.MaxBodyBytes, &body, true); e != nil {
 		writeError(w, r, e)
 		return
 	}
 	opts := hsm.ImportOptions{Label: body.Label, Passphrase: body.Passphrase}
 	hasKS := len(body.Keystore) > 0 && string(body.Keystore) != "null"
+	hasKey := len(body.KeyHex) > 0 && string(body.KeyHex) != "null"
 	switch {
 	case body.Label == "":
 		writeError(w, r, pipeline.Invalidf("label", "required"))
 		return
-	case body.KeyHex != nil && hasKS:
+	case hasKey && hasKS:
 		writeError(w, r, pipeline.Invalidf("key_hex", "give key_hex or keystore, not both"))
 		return
-	case body.KeyHex != nil:
-		k, err := hex.DecodeString(strings.TrimPrefix(*body.KeyHex, "0x"))
-		if err != nil || len(k) != 32 {
+	case hasKey:
+		raw := body.KeyHex
+		if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+			writeError(w, r, pipeline.Invalidf("key_hex", "must be a string"))
+			return
+		}
+		raw = bytes.TrimPrefix(raw[1:len(raw)-1], []byte("0x"))
+		k := make([]byte, hex.DecodedLen(len(raw)))
+		if n, err := hex.Decode(k, raw); err != nil || n != 32 {
+			clear(k)
 			writeError(w, r, pipeline.Invalidf("key_hex", "want 32 bytes of hex"))
 			return
 		}
@@ -487,6 +499,7 @@ func (d *Daemon) handleKeyImport(w http.ResponseWriter, r *http.Request, o confi
 			ks = []byte(s)
 		}
 		opts.Keystore = ks
+		defer clear(ks)
 	default:
 		writeError(w, r, pipeline.Invalidf("key_hex", "key_hex or keystore is required"))
 		return

@@ -97,6 +97,12 @@ func readBody(r *http.Request, max int64) ([]byte, error) {
 // unknown fields, trailing data, wrong types and oversize bodies are rejected with an error
 // naming the field.
 func decodeBody(r *http.Request, max int64, dst any) *pipeline.Error {
+	return decodeBodyWipe(r, max, dst, false)
+}
+
+// decodeBodyWipe is decodeBody that, with wipe, zeroes the raw body (and its JSON transcoding)
+// once decoded: for bodies that carry key material (keys/import).
+func decodeBodyWipe(r *http.Request, max int64, dst any, wipe bool) *pipeline.Error {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || (mt != ctJSON && mt != ctCBOR) {
@@ -114,14 +120,21 @@ func decodeBody(r *http.Request, max int64, dst any) *pipeline.Error {
 		}
 		return pipeline.Invalidf("body", "could not be read")
 	}
+	if wipe {
+		defer clear(body)
+	}
 	if len(bytes.TrimSpace(body)) == 0 {
 		return pipeline.Invalidf("body", "empty")
 	}
 	if wantsCBOR(r) {
-		body, err = cborToJSON(body)
+		j, err := cborToJSON(body)
 		if err != nil {
 			return pipeline.Invalidf("body", "%s", err.Error())
 		}
+		if wipe {
+			defer clear(j)
+		}
+		body = j
 	}
 	return decodeJSON(body, dst)
 }

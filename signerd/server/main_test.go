@@ -36,7 +36,7 @@ func TestMain(m *testing.M) {
 		os.Exit(clientMain(sock, os.Getenv("SIGNERD_TEST_CLIENT_PATH")))
 	}
 	var err error
-	env, err = softhsmtest.Setup("daemon")
+	env, err = softhsmtest.Setup("daemon", "keys")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "softhsm setup:", err) // never skip: CI must fail
 		os.Exit(1)
@@ -70,7 +70,7 @@ type testDaemon struct {
 	wallet string
 }
 
-var walletOnce sync.Once
+var walletOnce sync.Map // token label → *sync.Once: one wallet generated per test token
 
 var cborAnswers, _ = cbor.DecOptions{DefaultMapType: reflect.TypeOf(map[string]any(nil))}.DecMode()
 
@@ -106,7 +106,8 @@ func startDaemon(t testing.TB, mutate func(*config.Config)) *testDaemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	walletOnce.Do(func() {
+	once, _ := walletOnce.LoadOrStore(cfg.HSM.PKCS11.TokenLabel, new(sync.Once))
+	once.(*sync.Once).Do(func() {
 		keys, err := b.List(ctx)
 		if err != nil {
 			t.Fatal(err)

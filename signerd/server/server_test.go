@@ -563,3 +563,31 @@ func TestShutdownEndsApprovalWaits(t *testing.T) {
 		t.Fatalf("shutdown took %v", el)
 	}
 }
+
+// TestKeyImport: a raw key imported through the admin API signs at once (its address is the
+// known one for key 0x…02), bad key material is refused, and a retired key stops signing.
+func TestKeyImport(t *testing.T) {
+	d := startDaemon(t, func(c *config.Config) { c.HSM = env.Options("keys") })
+	if r := d.admin.do(t, "POST", "/v1/admin/keys/import", map[string]any{"label": "bad", "key_hex": "0x1234"}); r.Status != 400 || r.errField("field") != "key_hex" {
+		t.Fatalf("short key: %d %s", r.Status, r.Raw)
+	}
+	r := d.admin.do(t, "POST", "/v1/admin/keys/import", map[string]any{"label": "imported",
+		"key_hex": "0x0000000000000000000000000000000000000000000000000000000000000002"})
+	if r.Status != 200 {
+		t.Fatalf("import: %d %s", r.Status, r.Raw)
+	}
+	key := r.Body["key"].(map[string]any)
+	const addr = "0x2b5ad5c4795c026514f8317c7a215e218dccd6cf"
+	if key["address"] != addr || key["origin"] != "imported" {
+		t.Fatalf("imported key: %v", key)
+	}
+	d.wallet = addr
+	d.checkSigned(t, d.agent.do(t, "POST", "/v1/guarantees", map[string]any{"claims": d.claims(12, 1, 1, nil)}))
+	if r := d.admin.do(t, "POST", "/v1/admin/keys/retire", map[string]any{"uri": key["uri"]}); r.Status != 200 {
+		t.Fatalf("retire: %d %s", r.Status, r.Raw)
+	}
+	if r := d.agent.do(t, "POST", "/v1/guarantees", map[string]any{"claims": d.claims(12, 2, 1, nil)}); r.Status != 403 {
+		t.Fatalf("a retired key signed: %d %s", r.Status, r.Raw)
+	}
+	waitAudit(t, d, `"key_op"`)
+}
