@@ -2,6 +2,9 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
 	"net"
 	"os"
 	"os/user"
@@ -41,6 +44,7 @@ func peerCaller(c net.Conn) (*policyengine.Caller, error) {
 	caller.User = names.user(cred.Uid)
 	caller.Group = names.group(cred.Gid)
 	caller.Groups = supplementaryGroups(cred.Pid)
+	caller.Exe, caller.ExeSHA256 = exeOf(cred.Pid)
 	return caller, nil
 }
 
@@ -124,4 +128,48 @@ func connContext(ctx context.Context, c net.Conn) context.Context {
 func CallerFrom(ctx context.Context) (*policyengine.Caller, bool) {
 	c, ok := ctx.Value(callerKey{}).(*policyengine.Caller)
 	return c, ok
+}
+
+// exeHashes caches executable hashes by file identity, so a binary is hashed once.
+var exeHashes sync.Map // exeKey → string
+
+type exeKey struct {
+	dev, ino uint64
+	size     int64
+	mtime    int64
+}
+
+// exeOf returns the peer's executable path and the SHA-256 of the executable it runs. The file
+// is opened through /proc/PID/exe, so it is the mapped binary even if the path was replaced
+// since. Best effort: without permission (another uid, daemon not root) both stay empty and
+// policy rules on exe or exe_sha256 do not match (fail closed).
+func exeOf(pid int32) (path, sum string) {
+	if pid <= 0 {
+		return "", ""
+	}
+	link := "/proc/" + strconv.Itoa(int(pid)) + "/exe"
+	path, err := os.Readlink(link)
+	if err != nil {
+		return "", ""
+	}
+	f, err := os.Open(link)
+	if err != nil {
+		return path, ""
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return path, ""
+	}
+	k := exeKey{uint64(st.Dev), st.Ino, st.Size, st.Mtim.Nano()}
+	if v, ok := exeHashes.Load(k); ok {
+		return path, v.(string)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return path, ""
+	}
+	sum = hex.EncodeToString(h.Sum(nil))
+	exeHashes.Store(k, sum)
+	return path, sum
 }

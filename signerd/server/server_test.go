@@ -3,6 +3,8 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/base64"
 	"encoding/json"
 	"os"
@@ -590,4 +592,39 @@ func TestKeyImport(t *testing.T) {
 		t.Fatalf("a retired key signed: %d %s", r.Status, r.Raw)
 	}
 	waitAudit(t, d, `"key_op"`)
+}
+
+// TestExeMatch: callers may be pinned to an executable path and hash (read through
+// /proc/PID/exe); a wrong hash makes the caller unknown.
+func TestExeMatch(t *testing.T) {
+	exe, err := os.Readlink("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	pinned := func(h string) string {
+		return strings.Replace(mustRead(t, "testdata/policy.yaml"), "      - uid: self\n",
+			"      - uid: self\n        exe: "+exe+"\n        exe_sha256: \""+h+"\"\n", 1)
+	}
+	for _, tc := range []struct {
+		hash   string
+		status int
+	}{{hex.EncodeToString(sum[:]), 200}, {strings.Repeat("ab", 32), 403}} {
+		d := startDaemon(t, nil)
+		if err := os.WriteFile(d.cfg.Policy, []byte(pinned(tc.hash)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if r := d.admin.do(t, "POST", "/v1/admin/policy/reload", nil); r.Status != 200 {
+			t.Fatalf("reload: %d %s", r.Status, r.Raw)
+		}
+		d.agent = newClient(d.cfg.Sockets.Agent.Path) // a fresh connection: credentials are read per connection
+		r := d.agent.do(t, "GET", "/v1/wallets", nil)
+		if r.Status != tc.status {
+			t.Fatalf("hash %s…: %d %s", tc.hash[:8], r.Status, r.Raw)
+		}
+	}
 }
