@@ -238,5 +238,7 @@ func provisionDev(dir string, stderr io.Writer) (*config.Config, hsm.Backend, er
 		}
 		fmt.Fprintf(stderr, "signerd dev: generated wallet %s (%s)\n", k.Address.Hex(), k.URI)
 	}
+	fmt.Fprintf(stderr, "signerd dev: agents use %s; operators: export SIGNERD_ADMIN_SOCKET=%s (signerctl --socket)\n",
+		cfg.Sockets.Agent.Path, cfg.Sockets.Admin.Path)
 	return cfg, b, nil
 }
