@@ -161,6 +161,15 @@ func TestPolicyReload(t *testing.T) {
 	if st, _, ae, _ := sign(c, newClaims("400"), nil); st != 200 {
 		t.Fatalf("after bad reload, small amount: %d %+v", st, ae)
 	}
+	// A policy without an allow rule for this request: default deny.
+	e.writePolicy(strings.Replace(apiPolicy, "  - id: allow-usdc\n    effect: allow\n    agents: [tester]\n",
+		"  - id: allow-usdc\n    effect: allow\n    agents: [tester]\n    labels: {suite: never}\n", 1))
+	if _, errs, code := e.ctl("reload-policy"); code != 0 {
+		t.Fatalf("reload: %s", errs)
+	}
+	if st, _, ae, _ := sign(c, newClaims("5"), nil); st != 403 || ae.Code != "default_deny" {
+		t.Fatalf("no allow rule: %d %+v", st, ae)
+	}
 	// SIGHUP reloads too.
 	e.writePolicy(apiPolicy)
 	e.proc.Process.Signal(syscall.SIGHUP)
@@ -176,8 +185,8 @@ func TestPolicyReload(t *testing.T) {
 	}
 	// Reloads are audited.
 	out, _, _ = e.ctl("audit", "export")
-	if n := strings.Count(out, `"kind":"policy_reload"`); n < 3 {
-		t.Fatalf("%d policy_reload audit records, want ≥ 3", n)
+	if n := strings.Count(out, `"kind":"policy_reload"`); n < 4 {
+		t.Fatalf("%d policy_reload audit records, want ≥ 4", n)
 	}
 }
 

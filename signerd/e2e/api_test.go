@@ -57,6 +57,7 @@ func TestDenialCodes(t *testing.T) {
 		code   string
 		rule   string
 	}{
+		{name: "zero amount", claims: newClaims("0"), status: 403, code: "invalid_intent"},
 		{name: "stale timestamp", claims: newClaims("1000").with("timestamp", now-3600), status: 403, code: "stale_timestamp"},
 		{name: "seller not allowed", claims: newClaims("1000").with("recipient_address", "0x9999999999999999999999999999999999999999"), status: 403, code: "seller_not_allowed"},
 		{name: "explicitly denied seller", claims: newClaims("1000").with("recipient_address", sellerBad), status: 403, code: "seller_not_allowed", rule: "drainer"},
@@ -113,7 +114,7 @@ func TestDenialCodes(t *testing.T) {
 	})
 	t.Run("unknown wallet parameter", func(t *testing.T) {
 		st, raw, _ := c.call("POST", "/v1/guarantees", map[string]any{"wallet": "0x6813Eb9362372EEF6200f3b1dbC3f819671cBA69", "claims": newClaims("1")})
-		if ae := errOf(raw); st/100 != 4 || ae.Code == "" {
+		if ae := errOf(raw); st != 400 || ae.Code != "invalid_request" || ae.Field != "wallet" {
 			t.Fatalf("foreign wallet: %d %s", st, raw)
 		}
 	})
