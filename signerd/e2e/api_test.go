@@ -136,6 +136,17 @@ func TestDenialCodes(t *testing.T) {
 	} else {
 		verifyGuarantee(t, g)
 	}
+	// Prometheus metrics on the admin socket count decisions by code.
+	st, metrics, err := e.adminClient().call("GET", "/metrics", nil)
+	if err != nil || st != 200 {
+		t.Fatalf("metrics: %d %v", st, err)
+	}
+	for _, want := range []string{`signerd_decisions_total{code="stale_timestamp",decision="deny"} 1`,
+		`signerd_decisions_total{code="budget_exhausted",decision="deny"} 1`, `signerd_kill_switch_engaged 0`} {
+		if !strings.Contains(string(metrics), want) {
+			t.Fatalf("metrics lack %s", want)
+		}
+	}
 	// Every policy denial is in the audit log with its code (denials are audited asynchronously:
 	// allow a moment for the next group commit).
 	want := map[string]bool{"budget_exhausted": true, "rate_limited": true}
