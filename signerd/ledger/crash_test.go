@@ -98,10 +98,9 @@ func crashChild(path string) {
 			for {
 				tab, req, variant := rng.Intn(8), rng.Intn(40), rng.Intn(2)
 				claims := []byte(fmt.Sprintf(`{"tab":%d,"req":%d,"v":%d}`, tab, req, variant))
-				reserve := l.Reserve
-				if w%2 == 1 {
-					reserve = l.ReserveEarly // half the writers overlap "signing" with the fsync
-				}
+				// A third of the writers each: Reserve, ReserveEarly (signing overlaps the fsync),
+				// ReserveDeferred (reservation in memory, written with the signature).
+				reserve := []func(context.Context, Reservation) (Result, error){l.Reserve, l.ReserveEarly, l.ReserveDeferred}[w%3]
 				r, err := reserve(ctx, Reservation{Wallet: wallet, TabID: big.NewInt(int64(tab)),
 					ReqID: big.NewInt(int64(req)), Claims: claims, Charges: crashCharges(int64(1 + rng.Intn(20))),
 					Principal: "uid:1000", Agent: "agent-a", Rule: "allow", Digest: sha256.Sum256(claims)})

@@ -165,8 +165,9 @@ type Ledger struct {
 	done   chan struct{} // closed when the committer exits
 	once   sync.Once
 
-	lastPrune time.Time // committer-only
-	lastID    uint64    // committer-only: last record id handed out (never goes back, even if a tx fails)
+	lastPrune time.Time   // committer-only
+	lastID    uint64      // committer-only: last record id handed out (never goes back, even if a tx fails)
+	pend      *pendingSet // committer-only: pending deferred reservations (see deferred.go)
 
 	// testHookAfterApply, if set, runs inside the group's transaction after every operation
 	// was applied and early results were released; an error fails the transaction (tests).
@@ -228,7 +229,8 @@ func Open(opts Options) (*Ledger, error) {
 		}
 		return nil, &StoreError{Op: "init", Err: err}
 	}
-	l := &Ledger{db: db, opts: opts, clock: opts.Clock, q: make(chan op, opts.QueueSize), done: make(chan struct{})}
+	l := &Ledger{db: db, opts: opts, clock: opts.Clock, q: make(chan op, opts.QueueSize), done: make(chan struct{}),
+		pend: newPendingSet()}
 	l.lastPrune = opts.Clock()
 	_ = db.View(func(tx *bolt.Tx) error { l.lastID = tx.Bucket(bucketRecords).Sequence(); return nil })
 	go l.commitLoop()
@@ -387,6 +389,7 @@ func (l *Ledger) runGroup(group []op) {
 	for {
 		now := l.clock()
 		l.updates.Add(1)
+		l.pend.reset()
 		err = l.db.Update(func(tx *bolt.Tx) error {
 			for i, o := range group {
 				if failed[i] {
@@ -423,6 +426,19 @@ func (l *Ledger) runGroup(group []op) {
 		if !errors.Is(err, errRerun) {
 			break
 		}
+	}
+	if err == nil {
+		l.pend.merge()
+	} else {
+		// Nothing of the group is durable: staged pending changes are dropped, and deferred
+		// reservations whose Commit failed are dropped too (their signatures are withheld).
+		l.pend.reset()
+		for _, o := range group {
+			if c, ok := o.(*commitOp); ok && c.deferred {
+				l.pend.remove(c.id)
+			}
+		}
+		l.pend.merge()
 	}
 	l.groups.Add(1)
 	l.ops.Add(uint64(len(group)))

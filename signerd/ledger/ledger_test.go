@@ -350,7 +350,11 @@ func TestConcurrentBudgetNeverExceeded(t *testing.T) {
 			defer wg.Done()
 			for i := 0; i < per; i++ {
 				amt := int64(1 + (w*7+i*3)%5)
-				r, err := l.Reserve(ctx, resv(int64(w), int64(i), fmt.Sprint(w, i), charge("daily", 24*time.Hour, limit, amt)))
+				reserve := []func(context.Context, Reservation) (Result, error){l.Reserve, l.ReserveEarly, l.ReserveDeferred}[w%3]
+				r, err := reserve(ctx, resv(int64(w), int64(i), fmt.Sprint(w, i), charge("daily", 24*time.Hour, limit, amt)))
+				if err == nil && r.Outcome == Reserved && w%3 == 2 {
+					_, err = l.Commit(ctx, r.RecordID, sig65(1)) // deferred charges land on disk at commit
+				}
 				if err != nil {
 					t.Error(err)
 					return
@@ -928,5 +932,144 @@ func TestMaxBatchBoundsGroups(t *testing.T) {
 	// 1 blocker group + ceil(10/3) = 4 groups of at most 3.
 	if st := l.Stats(); st.Groups != 5 || st.Ops != 11 {
 		t.Fatalf("%+v", st)
+	}
+}
+
+func auditCount(t *testing.T, l *Ledger) uint64 {
+	t.Helper()
+	seq, _, err := l.AuditHead()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return seq
+}
+
+func TestReserveDeferred(t *testing.T) {
+	clk := &fakeClock{t: t0}
+	l := openTest(t, clk)
+	ctx := context.Background()
+	day := 24 * time.Hour
+	c := func(a int64) policyengine.Charge { return charge("daily", day, 100, a) }
+
+	r, err := l.ReserveDeferred(ctx, resv(1, 1, "a", c(60)))
+	if err != nil || r.Outcome != Reserved || r.AuditSeq != 0 {
+		t.Fatalf("%+v %v", r, err)
+	}
+	// Nothing on disk yet.
+	if _, err := l.Record(r.RecordID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("deferred record on disk: %v", err)
+	}
+	if u, _ := l.Usage("daily/agent-a", day, clk.Now()); u.Sign() != 0 {
+		t.Fatalf("deferred charge on disk: %s", u)
+	}
+	if n := auditCount(t, l); n != 0 {
+		t.Fatalf("%d audit records for a pending deferred reservation", n)
+	}
+	// But every check counts it.
+	if r2, _ := l.ReserveDeferred(ctx, resv(1, 1, "a", c(60))); r2.Outcome != Resumable || r2.RecordID != r.RecordID {
+		t.Fatalf("identical in-flight request: %+v", r2)
+	}
+	if r2, _ := l.Reserve(ctx, resv(1, 1, "b", c(1))); r2.Outcome != Conflict || r2.RecordID != r.RecordID {
+		t.Fatalf("other claims: %+v", r2)
+	}
+	if r2, _ := l.Reserve(ctx, resv(1, 2, "c", c(41))); r2.Outcome != BudgetExhausted || r2.Used.Int64() != 60 {
+		t.Fatalf("budget must count the pending 60: %+v", r2)
+	}
+	// Commit writes everything in one transaction.
+	before := l.Stats()
+	cr, err := l.Commit(ctx, r.RecordID, sig65(5))
+	if err != nil || cr.AlreadySigned {
+		t.Fatal(cr, err)
+	}
+	if st := l.Stats(); st.Updates-before.Updates != 1 {
+		t.Fatalf("commit of a deferred reservation took %d transactions", st.Updates-before.Updates)
+	}
+	rec, err := l.Record(r.RecordID)
+	if err != nil || rec.Status != StatusSigned || !bytes.Equal(rec.Signature, sig65(5)) || len(rec.Charges) != 1 {
+		t.Fatalf("%+v %v", rec, err)
+	}
+	if u, _ := l.Usage("daily/agent-a", day, clk.Now()); u.Int64() != 60 {
+		t.Fatalf("usage after commit %s", u)
+	}
+	if r2, _ := l.ReserveDeferred(ctx, resv(1, 1, "a", c(60))); r2.Outcome != Duplicate || !bytes.Equal(r2.Signature, sig65(5)) {
+		t.Fatalf("retry after commit: %+v", r2)
+	}
+	if cr, err := l.Commit(ctx, r.RecordID, sig65(6)); err != nil || !cr.AlreadySigned || !bytes.Equal(cr.Signature, sig65(5)) {
+		t.Fatalf("second commit: %+v %v", cr, err)
+	}
+
+	// Release of a deferred reservation: history kept, nothing charged, key free.
+	r3, _ := l.ReserveDeferred(ctx, resv(1, 3, "d", c(40)))
+	if err := l.Release(ctx, r3.RecordID, "", "hsm down"); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ := l.Record(r3.RecordID); rec == nil || rec.Status != StatusReleased {
+		t.Fatalf("released deferred record: %+v", rec)
+	}
+	if _, err := l.Commit(ctx, r3.RecordID, sig65(1)); !errors.Is(err, ErrReleased) {
+		t.Fatalf("commit after release: %v", err)
+	}
+	if r4, _ := l.ReserveDeferred(ctx, resv(1, 3, "d", c(40))); r4.Outcome != Reserved || r4.RecordID == r3.RecordID {
+		t.Fatalf("key after release: %+v", r4)
+	}
+
+	// Verify the chain and the kinds written for the committed one: decision, signature.
+	if rep, err := l.VerifyAudit(); err != nil || !rep.OK {
+		t.Fatal(rep, err)
+	}
+	var kinds []audit.Kind
+	for seq := uint64(1); seq <= auditCount(t, l); seq++ {
+		ar, _, _ := l.AuditRecord(seq)
+		if ar.Event.RecordID == uint64(r.RecordID) && ar.Event.Code == "" {
+			kinds = append(kinds, ar.Event.Kind)
+		}
+	}
+	if fmt.Sprint(kinds) != fmt.Sprint([]audit.Kind{audit.KindDecision, audit.KindSignature}) {
+		t.Fatalf("audit kinds %v", kinds)
+	}
+}
+
+func TestReserveDeferredFailures(t *testing.T) {
+	l := openTest(t, &fakeClock{t: t0})
+	ctx := context.Background()
+	day := 24 * time.Hour
+	var fail atomic.Bool
+	l.testHookAfterApply = func() error {
+		if fail.CompareAndSwap(true, false) {
+			return errors.New("injected commit failure")
+		}
+		return nil
+	}
+	// The reservation's group fails: the reservation is gone, its Commit fails.
+	fail.Store(true)
+	r, err := l.ReserveDeferred(ctx, resv(1, 1, "a", charge("daily", day, 100, 70)))
+	if err != nil || r.Outcome != Reserved {
+		t.Fatal(r, err)
+	}
+	for fail.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := l.Commit(ctx, r.RecordID, sig65(1)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("commit after the reservation's group failed: %v", err)
+	}
+	// The Commit's group fails: the signature is withheld and the pending reservation dropped.
+	r, err = l.ReserveDeferred(ctx, resv(1, 2, "b", charge("daily", day, 100, 70)))
+	if err != nil || r.Outcome != Reserved {
+		t.Fatal(r, err)
+	}
+	fail.Store(true)
+	var se *StoreError
+	if _, err := l.Commit(ctx, r.RecordID, sig65(1)); !errors.As(err, &se) {
+		t.Fatalf("failed commit: %v", err)
+	}
+	if _, err := l.Commit(ctx, r.RecordID, sig65(1)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("commit after a failed commit: %v", err)
+	}
+	// Nothing is held any more: the full budget is available.
+	if r, _ := l.Reserve(ctx, resv(1, 3, "c", charge("daily", day, 100, 100))); r.Outcome != Reserved {
+		t.Fatalf("budget still held: %+v", r)
+	}
+	if rep, err := l.VerifyAudit(); err != nil || !rep.OK {
+		t.Fatal(rep, err)
 	}
 }

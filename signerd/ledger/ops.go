@@ -136,10 +136,11 @@ type Result struct {
 
 type reserveOp struct {
 	opBase
-	l   *Ledger
-	r   Reservation
-	h   [32]byte
-	res Result
+	l        *Ledger
+	r        Reservation
+	h        [32]byte
+	deferred bool // ReserveDeferred: a Reserved outcome is held in memory, not written
+	res      Result
 }
 
 // earlyOK: only a reservation to be signed may be released before the fsync (its Commit comes
@@ -203,7 +204,20 @@ func (o *reserveOp) apply(tx *bolt.Tx, now time.Time) error {
 	rk := replayKey(r.Wallet, r.TabID, r.ReqID)
 	ev := o.event()
 
-	// 1. Replay.
+	// 1. Replay: a pending deferred reservation of the key first, then the file.
+	if d := o.l.pend.getKey(string(rk)); d != nil {
+		o.res.RecordID, ev.RecordID = d.rec.ID, uint64(d.rec.ID)
+		if d.rec.ClaimsHash != o.h {
+			o.res.Outcome = Conflict
+			ev.Decision, ev.Code = "deny", CodeReplayConflict
+			ev.Reason = fmt.Sprintf("(wallet, tab_id, req_id) in use by pending record %d with different claims", d.rec.ID)
+			return o.audit(tx, now, ev)
+		}
+		// An identical request is in flight: same record; nothing to write (its decision is
+		// written when it is committed or released).
+		o.res.Outcome, o.res.Digest = Resumable, d.rec.Digest
+		return nil
+	}
 	if v := tx.Bucket(bucketReplay).Get(rk); v != nil {
 		e, err := parseReplay(rk, v)
 		if err != nil {
@@ -254,6 +268,7 @@ func (o *reserveOp) apply(tx *bolt.Tx, now time.Time) error {
 			o.err = err
 			return nil
 		}
+		used.Add(used, o.l.pend.usage(c.Key, c.Window, policyengine.WindowFirstBucket(c.Window, now), policyengine.BucketIndex(c.Window, now)))
 		if new(big.Int).Add(used, p).Cmp(c.Limit) > 0 {
 			cc := c
 			o.res.Outcome, o.res.Charge = BudgetExhausted, &cc
@@ -281,11 +296,18 @@ func (o *reserveOp) apply(tx *bolt.Tx, now time.Time) error {
 		b := policyengine.BucketIndex(c.Window, now)
 		rec.Charges = append(rec.Charges, ChargeRecord{Budget: c.Budget, Key: c.Key, Window: c.Window,
 			Bucket: b, Amount: new(big.Int).Set(c.Amount), Count: c.Count})
-		if c.Amount.Sign() > 0 {
+		if c.Amount.Sign() > 0 && !o.deferred {
 			if err := addUsage(tx, c.Key, c.Window, b, c.Amount); err != nil {
 				return err
 			}
 		}
+	}
+	if o.deferred {
+		rec.TabID, rec.ReqID = new(big.Int).Set(r.TabID), new(big.Int).Set(r.ReqID)
+		rec.Claims, rec.PolicyHash = append([]byte(nil), r.Claims...), append([]byte(nil), r.PolicyHash...)
+		o.l.pend.add(&deferredRes{rec: rec, rk: string(rk)})
+		o.res.Outcome, o.res.RecordID, o.res.Digest = Reserved, rec.ID, r.Digest
+		return nil
 	}
 	if err := putRecord(tx, rec); err != nil {
 		return err
@@ -331,9 +353,11 @@ type CommitResult struct {
 
 type commitOp struct {
 	opBase
-	id  RecordID
-	sig []byte
-	res CommitResult
+	l        *Ledger
+	id       RecordID
+	sig      []byte
+	deferred bool // the record was a pending deferred reservation
+	res      CommitResult
 }
 
 // Commit makes sig durable for record id (status signed, signature stored, audit record of kind
@@ -344,7 +368,7 @@ func (l *Ledger) Commit(ctx context.Context, id RecordID, sig []byte) (CommitRes
 	if len(sig) == 0 || len(sig) > 1024 {
 		return CommitResult{}, fmt.Errorf("%w: signature length %d", ErrInvalid, len(sig))
 	}
-	o := &commitOp{opBase: newBase(false), id: id, sig: append([]byte(nil), sig...)}
+	o := &commitOp{opBase: newBase(false), l: l, id: id, sig: append([]byte(nil), sig...)}
 	if err := l.submit(ctx, o); err != nil {
 		return CommitResult{}, err
 	}
@@ -354,8 +378,19 @@ func (l *Ledger) Commit(ctx context.Context, id RecordID, sig []byte) (CommitRes
 func (o *commitOp) earlyOK() bool { return false }
 
 func (o *commitOp) apply(tx *bolt.Tx, now time.Time) error {
-	o.res = CommitResult{}
+	o.res, o.deferred = CommitResult{}, false
 	rec, err := getRecord(tx, o.id)
+	if errors.Is(err, ErrNotFound) {
+		if d := o.l.pend.get(o.id); d != nil {
+			// A deferred reservation: write it (record, replay entry, debits, decision) now.
+			if err := writeDeferred(tx, now, d, true); err != nil {
+				return err
+			}
+			o.l.pend.remove(o.id)
+			o.deferred = true
+			rec, err = d.rec, nil
+		}
+	}
 	if err != nil {
 		o.err = err
 		return nil
@@ -405,6 +440,7 @@ func setReplayStatus(tx *bolt.Tx, rec *PaymentRecord, s Status) error {
 
 type releaseOp struct {
 	opBase
+	l            *Ledger
 	id           RecordID
 	code, reason string
 }
@@ -419,13 +455,25 @@ func (l *Ledger) Release(ctx context.Context, id RecordID, code, reason string) 
 	if code == "" {
 		code = CodeSigningFailed
 	}
-	return l.submit(ctx, &releaseOp{opBase: newBase(false), id: id, code: code, reason: reason})
+	return l.submit(ctx, &releaseOp{opBase: newBase(false), l: l, id: id, code: code, reason: reason})
 }
 
 func (o *releaseOp) earlyOK() bool { return false }
 
 func (o *releaseOp) apply(tx *bolt.Tx, now time.Time) error {
 	rec, err := getRecord(tx, o.id)
+	if errors.Is(err, ErrNotFound) {
+		if d := o.l.pend.get(o.id); d != nil {
+			// A deferred reservation: nothing was charged on disk; keep its history.
+			cp := *d.rec
+			cp.Status, cp.Code, cp.Reason, cp.Updated = StatusReleased, o.code, o.reason, now
+			if err := writeDeferred(tx, now, &deferredRes{rec: &cp, rk: d.rk}, false); err != nil {
+				return err
+			}
+			o.l.pend.remove(o.id)
+			return auditRelease(tx, now, &cp, o.code, o.reason, "reservation dropped (deferred: never charged on disk)")
+		}
+	}
 	if err != nil {
 		o.err = err
 		return nil
@@ -461,6 +509,11 @@ func releaseRecord(tx *bolt.Tx, now time.Time, rec *PaymentRecord, code, reason 
 	if err := tx.Bucket(bucketPending).Delete(rec.ID.key()); err != nil {
 		return err
 	}
+	return auditRelease(tx, now, rec, code, reason, "charges refunded, replay key freed")
+}
+
+// auditRelease writes the signing_failed and reservation_released records of a release.
+func auditRelease(tx *bolt.Tx, now time.Time, rec *PaymentRecord, code, reason, what string) error {
 	base := audit.Event{RecordID: uint64(rec.ID), Principal: rec.Principal, Agent: rec.Agent,
 		Wallet: rec.Wallet.Hex(), TabID: rec.TabID.String(), ReqID: rec.ReqID.String(), Digest: rec.Digest[:]}
 	ev := base
@@ -469,7 +522,7 @@ func releaseRecord(tx *bolt.Tx, now time.Time, rec *PaymentRecord, code, reason 
 		return err
 	}
 	ev = base
-	ev.Kind, ev.Charges, ev.Reason = audit.KindReservationReleased, auditCharges(rec.Charges), "charges refunded, replay key freed"
+	ev.Kind, ev.Charges, ev.Reason = audit.KindReservationReleased, auditCharges(rec.Charges), what
 	_, err := audit.Append(tx, now, ev)
 	return err
 }
