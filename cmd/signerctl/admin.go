@@ -529,7 +529,11 @@ func auditVerify(a *adminFlags, dbPath string, stdout, stderr io.Writer) int {
 		}
 	} else {
 		if err := a.client().do("GET", "/v1/admin/audit/verify", nil, &rep); err != nil {
-			return a.fail(err, stdout, stderr)
+			code := a.fail(err, stdout, stderr)
+			if code == exitUnreachable {
+				fmt.Fprintln(stderr, "if the daemon is stopped, verify its ledger file directly: signerctl audit verify --db STATE_DIR/signerd.db")
+			}
+			return code
 		}
 	}
 	if *a.json {
