@@ -48,9 +48,10 @@ type Config struct {
 
 // Performance tunes the signing path.
 type Performance struct {
-	// OverlapSigning signs on the HSM while the reservation is being made durable, instead of
-	// after (see pipeline.Options.OverlapSigning). Default false.
-	OverlapSigning bool `yaml:"overlap_signing"`
+	// Reservation is when a reservation reaches the disk: "durable" (default: fsynced before
+	// signing), "early" (signing overlaps its fsync) or "deferred" (written with the signature,
+	// one fsync per request). See pipeline.ReservationMode.
+	Reservation string `yaml:"reservation"`
 }
 
 // Sockets names both listeners.
@@ -295,6 +296,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Limits.MaxInFlight < 1 {
 		bad("limits.max_in_flight must be positive")
+	}
+	switch c.Performance.Reservation {
+	case "", "durable", "early", "deferred":
+	default:
+		bad("performance.reservation %q: want durable, early or deferred", c.Performance.Reservation)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

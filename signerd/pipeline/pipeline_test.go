@@ -100,6 +100,14 @@ func (h *hookLedger) ReserveEarly(ctx context.Context, r ledger.Reservation) (le
 	return res, err
 }
 
+func (h *hookLedger) ReserveDeferred(ctx context.Context, r ledger.Reservation) (ledger.Result, error) {
+	res, err := h.Ledger.ReserveDeferred(ctx, r)
+	if h.afterReserve != nil {
+		h.afterReserve()
+	}
+	return res, err
+}
+
 func (h *hookLedger) Commit(ctx context.Context, id ledger.RecordID, sig []byte) (ledger.CommitResult, error) {
 	if h.commitErr != nil {
 		return ledger.CommitResult{}, h.commitErr
@@ -116,7 +124,7 @@ type fixture struct {
 	ts     uint64
 }
 
-func newFixture(t *testing.T, overlap bool) *fixture {
+func newFixture(t *testing.T, mode pipeline.ReservationMode) *fixture {
 	t.Helper()
 	l, err := ledger.Open(ledger.Options{Path: filepath.Join(t.TempDir(), "l.db")})
 	if err != nil {
@@ -132,7 +140,7 @@ func newFixture(t *testing.T, overlap bool) *fixture {
 	dom, _ := fourmica.NewDomain("4mica", "1", 84532)
 	hl := &hookLedger{Ledger: l}
 	p, err := pipeline.New(pipeline.Options{Domain: dom, Network: "eip155:84532", Ledger: hl, KillSwitch: ks,
-		Keys: keys{s}, OverlapSigning: overlap}, allowPolicy{wallet: s.Address(), limit: 100})
+		Keys: keys{s}, Reservation: mode}, allowPolicy{wallet: s.Address(), limit: 100})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,14 +157,14 @@ func (f *fixture) request(req, amount uint64) *pipeline.Request {
 	return &pipeline.Request{Claims: fourmica.ClaimsOfV1(c), Scheme: fourmica.SchemeEIP712}
 }
 
-func modes(t *testing.T, fn func(t *testing.T, overlap bool)) {
-	for _, o := range []bool{false, true} {
-		t.Run(map[bool]string{false: "strict", true: "overlapped"}[o], func(t *testing.T) { fn(t, o) })
+func modes(t *testing.T, fn func(t *testing.T, mode pipeline.ReservationMode)) {
+	for _, m := range []pipeline.ReservationMode{pipeline.ReserveDurable, pipeline.ReserveEarly, pipeline.ReserveDeferred} {
+		t.Run(m.String(), func(t *testing.T) { fn(t, m) })
 	}
 }
 
 func TestUnknownCallerAndKillSwitchAreDenials(t *testing.T) {
-	f := newFixture(t, false)
+	f := newFixture(t, pipeline.ReserveDurable)
 	_, err := f.p.Admit(policyengine.Caller{UID: 7})
 	if e := pipeline.AsError(err); e.Kind != pipeline.Denied || e.Code != pipeline.CodeUnknownCaller || e.Status != 403 {
 		t.Fatalf("unknown caller: %+v", e)
@@ -173,8 +181,8 @@ func TestUnknownCallerAndKillSwitchAreDenials(t *testing.T) {
 // TestSigningFailureReleases: a signing fault after the reservation releases it (charges
 // refunded, replay key freed), audits both facts, and is a fault, not a denial.
 func TestSigningFailureReleases(t *testing.T) {
-	modes(t, func(t *testing.T, overlap bool) {
-		f := newFixture(t, overlap)
+	modes(t, func(t *testing.T, mode pipeline.ReservationMode) {
+		f := newFixture(t, mode)
 		f.signer.fail = hsm.ErrUnavailable
 		_, err := f.p.Sign(context.Background(), f.adm, f.request(1, 60))
 		e := pipeline.AsError(err)
@@ -213,7 +221,9 @@ func TestSigningFailureReleases(t *testing.T) {
 // TestKillSwitchBetweenReserveAndSign: engaged after the reservation, the request is refused,
 // its reservation released, and no signature is made.
 func TestKillSwitchBetweenReserveAndSign(t *testing.T) {
-	modes(t, func(t *testing.T, overlap bool) { testKillSwitchBetweenReserveAndSign(t, newFixture(t, overlap)) })
+	modes(t, func(t *testing.T, mode pipeline.ReservationMode) {
+		testKillSwitchBetweenReserveAndSign(t, newFixture(t, mode))
+	})
 }
 
 func testKillSwitchBetweenReserveAndSign(t *testing.T, f *fixture) {
@@ -237,8 +247,8 @@ func testKillSwitchBetweenReserveAndSign(t *testing.T, f *fixture) {
 // TestEngageWaitsForInFlight: Engage does not return while a signed result is held (its
 // response not yet written); once Done is called it returns.
 func TestEngageWaitsForInFlight(t *testing.T) {
-	modes(t, func(t *testing.T, overlap bool) {
-		f := newFixture(t, overlap)
+	modes(t, func(t *testing.T, mode pipeline.ReservationMode) {
+		f := newFixture(t, mode)
 		res, err := f.p.Sign(context.Background(), f.adm, f.request(1, 1))
 		if err != nil {
 			t.Fatal(err)
@@ -260,8 +270,8 @@ func TestEngageWaitsForInFlight(t *testing.T) {
 // TestCommitFailureWithholdsSignature: if the signature cannot be made durable, it is not
 // returned.
 func TestCommitFailureWithholdsSignature(t *testing.T) {
-	modes(t, func(t *testing.T, overlap bool) {
-		f := newFixture(t, overlap)
+	modes(t, func(t *testing.T, mode pipeline.ReservationMode) {
+		f := newFixture(t, mode)
 		f.l.commitErr = errors.New("disk full")
 		res, err := f.p.Sign(context.Background(), f.adm, f.request(1, 1))
 		if res != nil || pipeline.AsError(err).Code != pipeline.CodeStoreUnavailable {
@@ -276,8 +286,8 @@ func TestCommitFailureWithholdsSignature(t *testing.T) {
 // TestBudgetAndReplayOutcomes: the ledger's verdicts map to the right kinds and codes, in both
 // modes, and no pass leaks.
 func TestBudgetAndReplayOutcomes(t *testing.T) {
-	modes(t, func(t *testing.T, overlap bool) {
-		f := newFixture(t, overlap)
+	modes(t, func(t *testing.T, mode pipeline.ReservationMode) {
+		f := newFixture(t, mode)
 		ctx := context.Background()
 		res, err := f.p.Sign(ctx, f.adm, f.request(1, 60))
 		if err != nil {

@@ -128,11 +128,14 @@ func (p *Pipeline) Sign(ctx context.Context, a *Admission, req *Request) (res *R
 		Scheme: string(req.Scheme), TaskID: req.TaskID,
 	}
 	reserve := p.o.Ledger.Reserve
-	if p.o.OverlapSigning {
-		// The reservation is decided in the committer's transaction and returned before its
-		// fsync; signing overlaps the fsync and Commit (a later transaction) succeeds only if
-		// the reservation became durable.
+	switch p.o.Reservation {
+	case ReserveEarly:
+		// Decided in the committer's transaction, answered before its fsync; signing overlaps
+		// the fsync and Commit (a later transaction) succeeds only if it became durable.
 		reserve = p.o.Ledger.ReserveEarly
+	case ReserveDeferred:
+		// Decided and held in the committer's memory; Commit writes it with the signature.
+		reserve = p.o.Ledger.ReserveDeferred
 	}
 	rr, rerr := reserve(ctx, resv)
 	if rerr != nil {
@@ -170,7 +173,7 @@ func signAndVerify(ctx context.Context, s hsm.Signer, digest [32]byte, wallet co
 
 // reserved handles the ledger's answer. done reports that the request is finished (stored
 // signature, conflict, budget); otherwise the record is to be signed. release, when non-nil, is
-// a pass already held (overlapped signing): reused for a duplicate, released otherwise.
+// a pass already held: reused for a duplicate, released otherwise.
 func (p *Pipeline) reserved(rr ledger.Result, req *Request, digest [32]byte, release func()) (res *Result, err error, done bool) {
 	id := rr.RecordID
 	drop := func() {

@@ -505,7 +505,11 @@ func (d *Daemon) ready(ctx context.Context) (bool, map[string]any) {
 	h := d.backend.Health(ctx)
 	st := map[string]any{"backend": h}
 	ok := h.OK
-	if _, err := d.ledger.GetState("ready-probe"); err != nil {
+	if err := d.ledger.Health(); err != nil {
+		st["store"] = map[string]any{"ok": false, "reason": "the ledger cannot take writes"}
+		d.log.Error("readiness: ledger unhealthy", "err", err)
+		ok = false
+	} else if _, err := d.ledger.GetState("ready-probe"); err != nil {
 		st["store"] = map[string]any{"ok": false, "reason": "the ledger cannot be read"}
 		d.log.Error("readiness: ledger read failed", "err", err)
 		ok = false

@@ -127,6 +127,21 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 		return nil, fmt.Errorf("opening ledger: %w", err)
 	}
 
+	// Records left reserved by a crash between reservation and commit never had their
+	// signature sent: release them (budgets refunded, replay keys freed) before serving.
+	for {
+		n, err := d.ledger.ReleaseOrphans(ctx, "reserved but never signed before a restart", 0)
+		if err != nil {
+			return nil, fmt.Errorf("releasing orphaned reservations: %w", err)
+		}
+		if n > 0 {
+			d.log.Warn("released reservations orphaned by a restart", "count", n)
+		}
+		if n < 10000 {
+			break
+		}
+	}
+
 	// Policy.
 	lp, err := d.compilePolicy()
 	if err != nil {
@@ -159,6 +174,10 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("protocol: %w", err)
 	}
+	mode, err := pipeline.ParseReservationMode(cfg.Performance.Reservation)
+	if err != nil {
+		return nil, err
+	}
 	d.metrics = newMetrics(func() float64 {
 		if d.ks.Engaged() {
 			return 1
@@ -168,7 +187,7 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 	d.pipe, err = pipeline.New(pipeline.Options{
 		Domain: dom, Network: cfg.Protocol.Network, Ledger: d.ledger, KillSwitch: d.ks, Keys: d.keys,
 		Approvals: approvals.ForPipeline(d.approvals), MaxWait: cfg.Approvals.MaxWait,
-		Logger: d.log, Clock: d.clock, Observe: d.observe, OverlapSigning: cfg.Performance.OverlapSigning,
+		Logger: d.log, Clock: d.clock, Observe: d.observe, Reservation: mode,
 	}, lp.p)
 	if err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,9 +91,9 @@ func TestDenials(t *testing.T) {
 }
 
 func TestReplay(t *testing.T) {
-	for _, overlap := range []bool{false, true} {
-		t.Run(map[bool]string{false: "strict", true: "overlapped"}[overlap], func(t *testing.T) {
-			testReplay(t, startDaemon(t, func(c *config.Config) { c.Performance.OverlapSigning = overlap }))
+	for _, mode := range []string{"durable", "early", "deferred"} {
+		t.Run(mode, func(t *testing.T) {
+			testReplay(t, startDaemon(t, func(c *config.Config) { c.Performance.Reservation = mode }))
 		})
 	}
 }
@@ -334,7 +335,7 @@ func TestPolicyReload(t *testing.T) {
 }
 
 func TestKillSwitchAdmin(t *testing.T) {
-	d := startDaemon(t, func(c *config.Config) { c.Performance.OverlapSigning = true })
+	d := startDaemon(t, func(c *config.Config) { c.Performance.Reservation = "deferred" })
 	if r := d.admin.do(t, "POST", "/v1/admin/kill-switch", map[string]any{"engaged": true}); r.Status != 400 {
 		t.Fatalf("engage without a reason: %d %s", r.Status, r.Raw)
 	}
@@ -431,9 +432,9 @@ func TestX402Payment(t *testing.T) {
 // TestShutdownDrains: requests in flight when Shutdown starts complete with full answers,
 // every signature a client received is durable, and the audit chain verifies.
 func TestShutdownDrains(t *testing.T) {
-	for _, overlap := range []bool{false, true} {
-		t.Run(map[bool]string{false: "strict", true: "overlapped"}[overlap], func(t *testing.T) {
-			testShutdownDrains(t, startDaemon(t, func(c *config.Config) { c.Performance.OverlapSigning = overlap }))
+	for _, mode := range []string{"durable", "early", "deferred"} {
+		t.Run(mode, func(t *testing.T) {
+			testShutdownDrains(t, startDaemon(t, func(c *config.Config) { c.Performance.Reservation = mode }))
 		})
 	}
 }
@@ -626,5 +627,31 @@ func TestExeMatch(t *testing.T) {
 		if r.Status != tc.status {
 			t.Fatalf("hash %s…: %d %s", tc.hash[:8], r.Status, r.Raw)
 		}
+	}
+}
+
+// TestOrphansReleasedAtStart: a record left reserved by a crash (reserved, never signed) is
+// released when the daemon starts, so its budget comes back and a retry signs.
+func TestOrphansReleasedAtStart(t *testing.T) {
+	var orphan ledger.RecordID
+	d := startDaemon(t, func(c *config.Config) {
+		if err := os.MkdirAll(c.StateDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		l, err := ledger.Open(ledger.Options{Path: filepath.Join(c.StateDir, "signerd.db")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := l.Reserve(context.Background(), ledger.Reservation{TabID: big.NewInt(13), ReqID: big.NewInt(1),
+			Claims: []byte(`{"orphan":true}`), Charges: nil, Scheme: "eip712"})
+		if err != nil || res.Outcome != ledger.Reserved {
+			t.Fatalf("reserve: %+v %v", res, err)
+		}
+		orphan = res.RecordID
+		l.Close()
+	})
+	rec, err := d.Ledger().Record(orphan)
+	if err != nil || rec.Status != ledger.StatusReleased {
+		t.Fatalf("orphan after start: %+v %v", rec, err)
 	}
 }
