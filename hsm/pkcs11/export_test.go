@@ -99,3 +99,6 @@ func FillSlots(b *Backend) func() {
 
 // Waiting returns the number of callers waiting for a slot.
 func Waiting(b *Backend) int64 { return b.waiting.Load() }
+
+// PublicKey exposes a signer's 65-byte public key to the benchmarks.
+func (s *signer) PublicKey() []byte { return s.pub65 }
