@@ -63,6 +63,7 @@ type ksOutcome struct {
 // committed or returned any more, and requests get 503 kill_switch_engaged; the state survives a
 // restart; resuming needs two different operators (alice = root, bob = nobody).
 func TestKillSwitchUnderLoad(t *testing.T) {
+	needRoot(t) // bob (nobody) confirms the resume
 	e := newEnv(t, envOptions{twoOperators: true})
 	e.start()
 	var (
