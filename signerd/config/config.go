@@ -140,6 +140,8 @@ type Limits struct {
 	IdleTimeout       time.Duration `yaml:"idle_timeout"`
 	// MaxInFlight bounds concurrent signing requests; past it callers get 503 overloaded.
 	MaxInFlight int `yaml:"max_in_flight"`
+	// MaxConnections bounds open connections per socket; past it new ones wait in the backlog.
+	MaxConnections int `yaml:"max_connections"`
 	// DrainTimeout bounds the SIGTERM drain.
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
 }
@@ -227,6 +229,9 @@ func (c *Config) Defaults() {
 	if l.MaxInFlight == 0 {
 		l.MaxInFlight = 512
 	}
+	if l.MaxConnections == 0 {
+		l.MaxConnections = 1024
+	}
 	if l.DrainTimeout == 0 {
 		l.DrainTimeout = 15 * time.Second
 	}
@@ -296,6 +301,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Limits.MaxInFlight < 1 {
 		bad("limits.max_in_flight must be positive")
+	}
+	if c.Limits.MaxConnections < 1 {
+		bad("limits.max_connections must be positive")
 	}
 	switch c.Performance.Reservation {
 	case "", "durable", "early", "deferred":

@@ -244,8 +244,8 @@ func (d *Daemon) Start() {
 		defer d.bg.Done()
 		d.approvals.Run(ctx, time.Second)
 	}()
-	go func() { d.serveErr <- d.agentSrv.Serve(d.agentLn) }()
-	go func() { d.serveErr <- d.adminSrv.Serve(d.adminLn) }()
+	go func() { d.serveErr <- d.agentSrv.Serve(limitConns(d.agentLn, d.cfg.Limits.MaxConnections)) }()
+	go func() { d.serveErr <- d.adminSrv.Serve(limitConns(d.adminLn, d.cfg.Limits.MaxConnections)) }()
 	d.log.Info("signerd serving", "agent", d.cfg.Sockets.Agent.Path, "admin", d.cfg.Sockets.Admin.Path,
 		"network", d.cfg.Protocol.Network, "wallets", len(d.keys.addresses()), "policy", fourmica.Hash(d.policy.Load().hash).Hex(),
 		"kill_switch_engaged", d.ks.Engaged())

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/signerd/signerd/signerd/config"
@@ -50,4 +51,38 @@ func Listen(s config.Socket) (*net.UnixListener, error) {
 		return nil, fmt.Errorf("listen %s: chmod: %w", s.Path, err)
 	}
 	return ln, nil
+}
+
+// limitListener bounds the number of open connections: past the limit Accept waits until one
+// closes (clients queue in the socket backlog), so a caller opening connections in a loop cannot
+// exhaust the daemon's file descriptors.
+type limitListener struct {
+	net.Listener
+	sem chan struct{}
+}
+
+func limitConns(l net.Listener, n int) net.Listener {
+	return &limitListener{Listener: l, sem: make(chan struct{}, n)}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	l.sem <- struct{}{}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.sem
+		return nil, err
+	}
+	return &limitConn{Conn: c, release: func() { <-l.sem }}, nil
+}
+
+type limitConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
 }

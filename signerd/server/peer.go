@@ -22,6 +22,9 @@ type callerKey struct{}
 // peerCaller reads SO_PEERCRED once per connection and resolves the uid and gid to names.
 // The pid is informational only (it can be reused); authorization uses uid and gid.
 func peerCaller(c net.Conn) (*policyengine.Caller, error) {
+	if lc, ok := c.(*limitConn); ok {
+		c = lc.Conn
+	}
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
 		return nil, net.UnknownNetworkError("not a unix socket")

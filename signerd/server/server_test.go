@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -654,4 +655,30 @@ func TestOrphansReleasedAtStart(t *testing.T) {
 	if err != nil || rec.Status != ledger.StatusReleased {
 		t.Fatalf("orphan after start: %+v %v", rec, err)
 	}
+}
+
+// TestConnectionLimit: past limits.max_connections a new connection is not served until one
+// closes, and the daemon keeps serving.
+func TestConnectionLimit(t *testing.T) {
+	d := startDaemon(t, func(c *config.Config) { c.Limits.MaxConnections = 2 })
+	var held []net.Conn
+	for i := 0; i < 2; i++ {
+		c, err := net.Dial("unix", d.cfg.Sockets.Agent.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	time.Sleep(50 * time.Millisecond) // let the server accept both
+	third := newClient(d.cfg.Sockets.Agent.Path)
+	third.http.Timeout = 300 * time.Millisecond
+	if _, err := third.http.Get("http://signerd/v1/health"); err == nil {
+		t.Fatal("a third connection was served past the limit")
+	}
+	held[0].Close()
+	third.http.Timeout = 5 * time.Second
+	if r := third.do(t, "GET", "/v1/health", nil); r.Status != 200 {
+		t.Fatalf("after a connection closed: %d", r.Status)
+	}
+	held[1].Close()
 }
