@@ -11,7 +11,7 @@ build:
 	$(GO) build ./...
 
 run: setup
-	./scripts/demo.sh
+	./scripts/demo-daemon.sh
 
 # The test command README.md shows and .ci/run calls.
 test: setup
