@@ -173,13 +173,14 @@ type Ledger struct {
 	// was applied and early results were released; an error fails the transaction (tests).
 	testHookAfterApply func() error
 
-	groups, ops, updates, asyncErrs, pruned atomic.Uint64
-	lastErr                                 atomic.Pointer[StoreError] // last group's store error, nil after a good group
+	groups, ops, updates, asyncErrs, pruned, readOnlyGroups atomic.Uint64
+	lastErr                                                 atomic.Pointer[StoreError] // last group's store error, nil after a good group
 }
 
 // Stats are counters for metrics and tests.
 type Stats struct {
 	Updates     uint64 // db.Update transactions run (including re-runs after a failed op)
+	ReadOnly    uint64 // of those, rolled back because no op wrote anything (no fsync)
 	Groups      uint64 // groups committed
 	Ops         uint64 // operations applied
 	AsyncErrors uint64 // AuditAsync records that could not be written
@@ -255,7 +256,7 @@ func (l *Ledger) Close() error {
 
 // Stats returns the counters.
 func (l *Ledger) Stats() Stats {
-	return Stats{Updates: l.updates.Load(), Groups: l.groups.Load(), Ops: l.ops.Load(),
+	return Stats{Updates: l.updates.Load(), ReadOnly: l.readOnlyGroups.Load(), Groups: l.groups.Load(), Ops: l.ops.Load(),
 		AsyncErrors: l.asyncErrs.Load(), Pruned: l.pruned.Load(), Queued: len(l.q)}
 }
 
@@ -307,6 +308,9 @@ type op interface {
 	apply(tx *bolt.Tx, now time.Time) error
 	// earlyOK reports whether the applied outcome may be released before the fsync.
 	earlyOK() bool
+	// wroteNothing reports, after apply, that the op certainly wrote nothing (a group of such
+	// ops is rolled back instead of committed: no fsync). Ops return false when in doubt.
+	wroteNothing() bool
 }
 
 func newBase(async bool) opBase { return opBase{done: make(chan struct{}), async: async} }
@@ -350,6 +354,9 @@ func (l *Ledger) submit(ctx context.Context, o op) error {
 
 // errRerun rolls back a group so it can be re-run without a failed op.
 var errRerun = errors.New("ledger: re-run group")
+
+// errNothingWritten rolls back a group none of whose ops wrote anything (no fsync needed).
+var errNothingWritten = errors.New("ledger: nothing written")
 
 func (l *Ledger) commitLoop() {
 	defer close(l.done)
@@ -402,7 +409,15 @@ func (l *Ledger) runGroup(group []op) {
 					return errRerun
 				}
 			}
+			wrote := false
+			for i, o := range group {
+				if !failed[i] && !o.wroteNothing() {
+					wrote = true
+					break
+				}
+			}
 			if l.opts.PruneEvery > 0 && now.Sub(l.lastPrune) >= l.opts.PruneEvery {
+				wrote = true
 				n, e := pruneUsage(tx, now)
 				if e != nil {
 					return e
@@ -419,10 +434,19 @@ func (l *Ledger) runGroup(group []op) {
 				}
 			}
 			if l.testHookAfterApply != nil {
-				return l.testHookAfterApply()
+				if err := l.testHookAfterApply(); err != nil {
+					return err
+				}
+			}
+			if !wrote {
+				return errNothingWritten
 			}
 			return nil
 		})
+		if errors.Is(err, errNothingWritten) {
+			err = nil
+			l.readOnlyGroups.Add(1)
+		}
 		if !errors.Is(err, errRerun) {
 			break
 		}

@@ -460,6 +460,7 @@ type testOp struct {
 
 func (o *testOp) apply(tx *bolt.Tx, _ time.Time) error { return o.f(tx) }
 func (o *testOp) earlyOK() bool                        { return false }
+func (o *testOp) wroteNothing() bool                   { return false }
 
 // blockCommitter queues an op that holds the committer until the returned func is called, so
 // that the ops queued meanwhile form one group.

@@ -148,6 +148,13 @@ type reserveOp struct {
 // denials wait for durability.
 func (o *reserveOp) earlyOK() bool { return o.res.Outcome == Reserved || o.res.Outcome == Resumable }
 
+// wroteNothing: a deferred Reserved outcome and a Resumable of a pending deferred reservation
+// write nothing (AuditSeq 0 and no error means no audit record was appended).
+func (o *reserveOp) wroteNothing() bool {
+	return o.err == nil && o.res.AuditSeq == 0 &&
+		((o.deferred && o.res.Outcome == Reserved) || o.res.Outcome == Resumable)
+}
+
 // Reserve checks the replay key and every budget charge, and if all pass writes the payment
 // record (status reserved), the replay entry and the debits, with one audit record, durably, in
 // one transaction. See Outcome for the results. Every outcome writes exactly one audit record
@@ -377,6 +384,8 @@ func (l *Ledger) Commit(ctx context.Context, id RecordID, sig []byte) (CommitRes
 
 func (o *commitOp) earlyOK() bool { return false }
 
+func (o *commitOp) wroteNothing() bool { return false }
+
 func (o *commitOp) apply(tx *bolt.Tx, now time.Time) error {
 	o.res, o.deferred = CommitResult{}, false
 	rec, err := getRecord(tx, o.id)
@@ -460,6 +469,8 @@ func (l *Ledger) Release(ctx context.Context, id RecordID, code, reason string) 
 
 func (o *releaseOp) earlyOK() bool { return false }
 
+func (o *releaseOp) wroteNothing() bool { return false }
+
 func (o *releaseOp) apply(tx *bolt.Tx, now time.Time) error {
 	rec, err := getRecord(tx, o.id)
 	if errors.Is(err, ErrNotFound) {
@@ -538,6 +549,8 @@ type orphansOp struct {
 }
 
 func (o *orphansOp) earlyOK() bool { return false }
+
+func (o *orphansOp) wroteNothing() bool { return false }
 
 // ReleaseOrphans releases every record still reserved — neither signed nor released — as Release
 // does (refund, free the replay key, audit signing_failed with code orphaned_reservation and
@@ -638,6 +651,8 @@ func (l *Ledger) PutState(ctx context.Context, key string, value []byte, ev audi
 
 func (o *stateOp) earlyOK() bool { return false }
 
+func (o *stateOp) wroteNothing() bool { return false }
+
 func (o *stateOp) apply(tx *bolt.Tx, now time.Time) error {
 	b := tx.Bucket(bucketState)
 	var err error
@@ -698,6 +713,8 @@ func (l *Ledger) AuditAsync(ev audit.Event) error {
 var ErrOverloaded = errors.New("ledger: queue full")
 
 func (o *auditOp) earlyOK() bool { return false }
+
+func (o *auditOp) wroteNothing() bool { return false }
 
 func (o *auditOp) apply(tx *bolt.Tx, now time.Time) error {
 	var err error
