@@ -147,7 +147,7 @@ func TestHostileRequests(t *testing.T) {
 		{name: "cbor deep nesting", raw: cpost(append(bytes.Repeat([]byte{0x81}, 20000), 0x00)), status: 400, code: "invalid_request"},
 		{name: "cbor integer map keys", raw: cpost(mustCBOR(map[int]any{1: "x"})), status: 400, code: "invalid_request"},
 		// HTTP level.
-		{name: "GET on a POST route", raw: []byte("GET /v1/guarantees HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), status: 404, code: "not_found"},
+		{name: "GET on a POST route", raw: []byte("GET /v1/guarantees HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), status: 405, code: "method_not_allowed"},
 		{name: "PUT on a POST route", raw: post("/v1/guarantees", "application/json", []byte("{}"))[:0], status: 0},
 		{name: "unknown path", raw: post("/v1/nothing", "application/json", []byte("{}")), status: 404},
 		{name: "admin route on the agent socket", raw: post("/v1/admin/kill-switch", "application/json", []byte(`{"engaged":true,"reason":"x"}`)), status: 404},
@@ -165,7 +165,7 @@ func TestHostileRequests(t *testing.T) {
 	for i := range cases {
 		if cases[i].name == "PUT on a POST route" {
 			cases[i].raw = []byte("PUT /v1/guarantees HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
-			cases[i].status, cases[i].code = 404, "not_found"
+			cases[i].status, cases[i].code = 405, "method_not_allowed"
 		}
 	}
 	if len(cases) < 40 {

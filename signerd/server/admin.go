@@ -67,8 +67,7 @@ func (d *Daemon) adminRoutes() http.Handler {
 	mux.HandleFunc("GET /v1/health", d.instrument("admin", "health", d.handleHealth))
 	mh := d.metricsHandler()
 	mux.HandleFunc("GET /metrics", op("metrics", func(w http.ResponseWriter, r *http.Request, _ config.Operator) { mh.ServeHTTP(w, r) }))
-	mux.HandleFunc("/", d.instrument("admin", "not_found", notFound))
-	return mux
+	return d.withFallback("admin", mux)
 }
 
 // adminError writes an operator-facing error (operators see the cause's text: it never

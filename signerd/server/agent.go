@@ -27,8 +27,7 @@ func (d *Daemon) agentRoutes() http.Handler {
 	mux.HandleFunc("GET /v1/wallets", d.instrument("agent", "wallets", d.handleWallets))
 	mux.HandleFunc("GET /v1/approvals/{id}", d.instrument("agent", "approval", d.handleAgentApproval))
 	mux.HandleFunc("GET /v1/health", d.instrument("agent", "health", d.handleHealth))
-	mux.HandleFunc("/", d.instrument("agent", "not_found", notFound))
-	return mux
+	return d.withFallback("agent", mux)
 }
 
 // statusWriter records the status for metrics.
