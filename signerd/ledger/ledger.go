@@ -35,6 +35,9 @@
 //
 // ReserveEarly is the same call for a caller that overlaps signing with the reservation's fsync
 // (the Reserved/Resumable result is released before the fsync; Commit still gates the signature).
+// ReserveDeferred holds the reservation in the committer's memory and lets Commit write it with
+// the signature: one transaction (one fsync) per signed request; see deferred.go for the
+// trade-off.
 //
 // Reserve audits every outcome itself (allow with the reservation, replay duplicate/resume, or a
 // deny with its code); policy denials decided before the ledger is reached are audited with
