@@ -363,6 +363,7 @@ func (d *Daemon) ReloadPolicy(ctx context.Context, operator, why string) (Policy
 	}
 	d.policy.Store(lp)
 	d.pipe.SetPolicy(lp.p)
+	d.applyAutoTrip(old.p, lp.p)
 	d.log.Info("policy reloaded", "operator", operator, "hash", fourmica.Hash(lp.hash).Hex(), "previous", oldHash)
 	info := d.policyInfo(lp, oldHash)
 	info.Changed = lp.hash != old.hash
@@ -409,6 +410,29 @@ func (d *Daemon) observe(o pipeline.Outcome) {
 			}
 		}
 	}
+}
+
+// applyAutoTrip puts the new policy's kill_switch.auto_trip settings in force. The switch's
+// sliding windows restart only when the settings change (a reload of an unchanged policy does
+// not forget recent denials or spend).
+func (d *Daemon) applyAutoTrip(old, next *policyengine.Policy) {
+	was, now := autoTrip(old), autoTrip(next)
+	if was == nil && now == nil || was != nil && now != nil && *was == *now {
+		return
+	}
+	if err := d.ks.SetAutoTrip(now); err != nil {
+		// autoTrip never yields a zero window for an active trigger; keep the old settings.
+		d.log.Error("policy reload: automatic kill-switch trips not updated", "err", err)
+		return
+	}
+	d.log.Info("automatic kill-switch trips updated", "settings", autoTripString(now))
+}
+
+func autoTripString(a *killswitch.AutoTrip) string {
+	if a == nil {
+		return "off"
+	}
+	return fmt.Sprintf("denials=%d spend=%d window=%s", a.MaxDenials, a.MaxSpend, a.Window)
 }
 
 // autoTrip maps the policy's automatic kill-switch triggers onto the switch. Spend velocity
