@@ -46,6 +46,9 @@ var (
 	ErrNoOperator = errors.New("operator is required")
 	// ErrCorrupt: the stored state cannot be decoded; the switch starts engaged.
 	ErrCorrupt = errors.New("kill switch state is corrupt")
+	// ErrNotReady: Options.BeforeResume failed (e.g. the key backend could not be reopened
+	// after its keys were zeroized); the switch stays engaged.
+	ErrNotReady = errors.New("kill switch stays engaged: the daemon could not be made ready to sign again")
 )
 
 // Clock tells the time; tests inject a fake one.
@@ -77,6 +80,12 @@ type Options struct {
 	// OnEngage runs once per transition to engaged, after in-flight passes have drained
 	// (e.g. to zeroize unsealed keys). It must not block for long.
 	OnEngage func()
+	// BeforeResume, when set, runs when a Resume call is about to release the switch (after
+	// the second operator's confirmation, if required), with the switch still engaged; e.g. to
+	// reopen a key backend whose keys OnEngage zeroized. If it fails, Resume returns an error
+	// wrapping ErrNotReady, nothing is recorded and the switch stays engaged (a pending resume
+	// stays pending). It runs under the switch's state lock: Status waits for it.
+	BeforeResume func(ctx context.Context) error
 	// AutoTrip, when set, engages the switch automatically on bursts (see Observe).
 	AutoTrip *AutoTrip
 }
@@ -339,6 +348,11 @@ func (s *Switch) Resume(ctx context.Context, operator string) (ResumeResult, err
 			return ResumeResult{}, ErrConfirmExpired
 		case p.By == operator:
 			return ResumeResult{}, ErrSameOperator
+		}
+	}
+	if s.opts.BeforeResume != nil {
+		if err := s.opts.BeforeResume(ctx); err != nil {
+			return ResumeResult{}, fmt.Errorf("%w: %w", ErrNotReady, err)
 		}
 	}
 	ev := event(ActionResumed, operator, "", nil)

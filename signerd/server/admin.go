@@ -114,6 +114,8 @@ func (d *Daemon) handleKillSwitch(w http.ResponseWriter, r *http.Request, o conf
 			code = "confirmation_expired"
 		case errors.Is(err, killswitch.ErrTripFilePresent):
 			code = "trip_file_present"
+		case errors.Is(err, killswitch.ErrNotReady):
+			status, code = http.StatusServiceUnavailable, pipeline.CodeBackendUnavailable
 		default:
 			status, code = http.StatusServiceUnavailable, pipeline.CodeStoreUnavailable
 		}
@@ -387,7 +389,7 @@ func (d *Daemon) handleRecords(w http.ResponseWriter, r *http.Request, _ config.
 }
 
 func (d *Daemon) handleKeys(w http.ResponseWriter, r *http.Request, _ config.Operator) {
-	keys, err := d.backend.List(r.Context())
+	keys, err := d.be().List(r.Context())
 	if err != nil {
 		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeBackendUnavailable, err)
 		return
@@ -440,7 +442,7 @@ func (d *Daemon) handleKeyGenerate(w http.ResponseWriter, r *http.Request, o con
 		writeError(w, r, pipeline.Invalidf("label", "required"))
 		return
 	}
-	k, err := d.backend.Generate(r.Context(), hsm.GenerateOptions{Label: body.Label})
+	k, err := d.be().Generate(r.Context(), hsm.GenerateOptions{Label: body.Label})
 	if err != nil {
 		keyError(w, r, err)
 		return
@@ -503,7 +505,7 @@ func (d *Daemon) handleKeyImport(w http.ResponseWriter, r *http.Request, o confi
 		writeError(w, r, pipeline.Invalidf("key_hex", "key_hex or keystore is required"))
 		return
 	}
-	k, err := d.backend.Import(r.Context(), opts)
+	k, err := d.be().Import(r.Context(), opts)
 	clear(opts.Key)
 	if err != nil {
 		keyError(w, r, err)
@@ -528,12 +530,12 @@ func (d *Daemon) handleKeyRetire(w http.ResponseWriter, r *http.Request, o confi
 		writeError(w, r, pipeline.Invalidf("uri", "required"))
 		return
 	}
-	if err := d.backend.Retire(r.Context(), body.URI); err != nil {
+	if err := d.be().Retire(r.Context(), body.URI); err != nil {
 		keyError(w, r, err)
 		return
 	}
 	var info hsm.KeyInfo
-	if keys, err := d.backend.List(r.Context()); err == nil {
+	if keys, err := d.be().List(r.Context()); err == nil {
 		for _, k := range keys {
 			if k.URI == body.URI {
 				info = k

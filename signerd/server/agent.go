@@ -501,7 +501,7 @@ func (d *Daemon) handleHealth(w http.ResponseWriter, r *http.Request) {
 // ready reports whether the daemon can sign now: the key backend is healthy and the store
 // answers.
 func (d *Daemon) ready(ctx context.Context) (bool, map[string]any) {
-	h := d.backend.Health(ctx)
+	h := d.be().Health(ctx)
 	st := map[string]any{"backend": h}
 	ok := h.OK
 	if err := d.ledger.Health(); err != nil {

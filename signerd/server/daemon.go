@@ -50,7 +50,9 @@ type Daemon struct {
 	clock func() time.Time
 	self  uint32
 
+	backendMu sync.RWMutex // guards backend (swapped when a zeroized backend is reopened)
 	backend   hsm.Backend
+	zeroized  atomic.Bool // the backend's in-memory keys were zeroized by the kill switch
 	keys      *keyring
 	ledger    *ledger.Ledger
 	ks        *killswitch.Switch
@@ -155,6 +157,7 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 		RequireSecondOperator: cfg.KillSwitch.TwoOperatorResume, ConfirmWithin: cfg.KillSwitch.ConfirmWithin,
 		TripFile: cfg.KillSwitch.TripFile, TripInterval: cfg.KillSwitch.PollInterval,
 		AutoTrip: autoTrip(lp.p),
+		OnEngage: d.zeroizeKeys, BeforeResume: d.reopenBackend,
 	}
 	if d.ks, err = killswitch.New(ksOpts); err != nil {
 		if d.ks == nil {
@@ -162,6 +165,10 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 		}
 		d.log.Error("kill switch state unreadable: starting engaged", "err", err)
 		err = nil
+	}
+	if d.ks.Engaged() {
+		// Restarted while engaged: keys a backend unsealed at open must not sit in memory.
+		d.zeroizeKeys()
 	}
 
 	// Approvals.
@@ -307,12 +314,67 @@ func (d *Daemon) closeAll() error {
 			errs = append(errs, err)
 		}
 	}
-	if d.backend != nil {
-		if err := d.backend.Close(); err != nil {
+	if b := d.be(); b != nil {
+		if err := b.Close(); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// be returns the key backend in use.
+func (d *Daemon) be() hsm.Backend {
+	d.backendMu.RLock()
+	defer d.backendMu.RUnlock()
+	return d.backend
+}
+
+// zeroizeKeys runs when the kill switch engages (after in-flight signatures drained) and at
+// start when the switch is engaged: a backend holding key material in process memory (the TPM
+// backend's unsealed keys, hsm.Zeroizer) overwrites it with zeros and refuses to sign until
+// reopenBackend replaces it. Backends keeping keys in a device (PKCS#11) are left alone.
+func (d *Daemon) zeroizeKeys() {
+	d.backendMu.Lock()
+	defer d.backendMu.Unlock()
+	if !d.ks.Engaged() {
+		return // a resume got here first; its reopened backend must stay usable
+	}
+	z, ok := d.backend.(hsm.Zeroizer)
+	if !ok {
+		return
+	}
+	z.Zeroize()
+	d.zeroized.Store(true)
+	d.log.Warn("kill switch: key material held in memory zeroized", "backend", d.backend.Name())
+}
+
+// reopenBackend runs when a resume is about to release the kill switch: a zeroized backend is
+// closed and opened again from the configuration (the TPM backend unseals its keys afresh),
+// and the signers are rebuilt. If that fails the switch stays engaged (killswitch.ErrNotReady).
+func (d *Daemon) reopenBackend(ctx context.Context) error {
+	d.backendMu.Lock()
+	defer d.backendMu.Unlock()
+	if !d.zeroized.Load() {
+		return nil
+	}
+	// Close first: a TPM (and swtpm's socket) serves one connection at a time.
+	if err := d.backend.Close(); err != nil {
+		d.log.Warn("closing the zeroized key backend", "err", err)
+	}
+	b, err := hsm.Open(ctx, d.cfg.HSM)
+	if err != nil {
+		d.log.Error("kill switch stays engaged: key backend not reopened", "err", err)
+		return fmt.Errorf("reopening key backend %q: %w", d.cfg.HSM.Type, err)
+	}
+	if err := d.keys.reset(ctx, b); err != nil {
+		_ = b.Close()
+		d.log.Error("kill switch stays engaged: signers not rebuilt", "err", err)
+		return err
+	}
+	d.backend = b
+	d.zeroized.Store(false)
+	d.log.Warn("kill switch: key backend reopened", "backend", b.Name(), "wallets", len(d.keys.addresses()))
+	return nil
 }
 
 // compilePolicy compiles the configured policy for the current wallets.

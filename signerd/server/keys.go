@@ -26,9 +26,27 @@ func newKeyring(b hsm.Backend) *keyring {
 	return &keyring{backend: b, signers: map[common.Address]hsm.Signer{}}
 }
 
+// reset makes b the backend and refreshes from it (a reopened backend).
+func (k *keyring) reset(ctx context.Context, b hsm.Backend) error {
+	k.mu.Lock()
+	old := k.backend
+	k.backend = b
+	k.mu.Unlock()
+	if err := k.refresh(ctx); err != nil {
+		k.mu.Lock()
+		k.backend = old
+		k.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
 // refresh lists the backend's keys and opens a signer for each active one.
 func (k *keyring) refresh(ctx context.Context) error {
-	infos, err := k.backend.List(ctx)
+	k.mu.RLock()
+	b := k.backend
+	k.mu.RUnlock()
+	infos, err := b.List(ctx)
 	if err != nil {
 		return fmt.Errorf("listing keys: %w", err)
 	}
@@ -41,7 +59,7 @@ func (k *keyring) refresh(ctx context.Context) error {
 		if _, dup := signers[in.Address]; dup {
 			continue
 		}
-		s, err := k.backend.Signer(ctx, in.URI)
+		s, err := b.Signer(ctx, in.URI)
 		if err != nil {
 			return fmt.Errorf("opening signer for %s: %w", in.URI, err)
 		}
