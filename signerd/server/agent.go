@@ -98,10 +98,30 @@ func (d *Daemon) admit(w http.ResponseWriter, r *http.Request) (*pipeline.Admiss
 // fail writes a pipeline error; faults are logged with their cause (never sent).
 func (d *Daemon) fail(w http.ResponseWriter, r *http.Request, err error) {
 	e := pipeline.AsError(err)
+	d.auditRefusal(r, e)
 	if e.Kind == pipeline.Failed && e.Cause != nil {
 		d.log.Error("request failed", "path", r.URL.Path, "code", e.Code, "record_id", e.RecordID, "err", e.Cause)
 	}
 	writeError(w, r, e)
+}
+
+// auditRefusal records refusals no other step audits: the kill switch engaged before the
+// request was read (Admit) or before a stored signature was handed back (RecordID 0; a
+// refusal after a reservation is audited with the release), and a caller the policy does not
+// map. They go through the refusal auditor (one record per caller and second under a flood).
+func (d *Daemon) auditRefusal(r *http.Request, e *pipeline.Error) {
+	if !(e.Code == pipeline.CodeKillSwitch && e.RecordID == 0) && e.Code != pipeline.CodeUnknownCaller {
+		return
+	}
+	c, ok := CallerFrom(r.Context())
+	if !ok {
+		return
+	}
+	agent := ""
+	if e.Code == pipeline.CodeKillSwitch {
+		agent, _ = d.policy.Load().p.Principal(*c)
+	}
+	d.refusals.refuse(c, agent, r.URL.Path, e.Code, e.Reason)
 }
 
 // taskCtx is the agent-supplied task context.

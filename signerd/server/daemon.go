@@ -56,6 +56,7 @@ type Daemon struct {
 	keys      *keyring
 	ledger    *ledger.Ledger
 	ks        *killswitch.Switch
+	refusals  *refusalAuditor // decision records of kill-switch and unknown-caller refusals
 	approvals *approvals.Manager
 	pipe      *pipeline.Pipeline
 	metrics   *metrics
@@ -128,6 +129,8 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if d.ledger, err = ledger.Open(ledger.Options{Path: filepath.Join(cfg.StateDir, "signerd.db"), Clock: d.clock}); err != nil {
 		return nil, fmt.Errorf("opening ledger: %w", err)
 	}
+
+	d.refusals = newRefusalAuditor(d.ledger, d.clock, d.log)
 
 	// Records left reserved by a crash between reservation and commit never had their
 	// signature sent: release them (budgets refunded, replay keys freed) before serving.
@@ -242,7 +245,11 @@ func (d *Daemon) Serve() error {
 func (d *Daemon) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	d.bgCancel = cancel
-	d.bg.Add(2)
+	d.bg.Add(3)
+	go func() {
+		defer d.bg.Done()
+		d.refusals.run(ctx, time.Second)
+	}()
 	go func() {
 		defer d.bg.Done()
 		d.ks.Watch(ctx, func(err error) { d.log.Error("kill switch trip file", "err", err) })
