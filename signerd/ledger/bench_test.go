@@ -9,6 +9,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -79,6 +80,7 @@ func benchOne(b *testing.B, mode string, c int, signTime time.Duration) {
 			var next atomic.Int64
 			before := l.Stats()
 			b.ResetTimer()
+			cpu0 := cpuTime()
 			start := time.Now()
 			var wg sync.WaitGroup
 			for w := 0; w < c; w++ {
@@ -118,6 +120,7 @@ func benchOne(b *testing.B, mode string, c int, signTime time.Duration) {
 			}
 			wg.Wait()
 			el := time.Since(start)
+			cpu := cpuTime() - cpu0
 			b.StopTimer()
 			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 			st := l.Stats()
@@ -125,6 +128,7 @@ func benchOne(b *testing.B, mode string, c int, signTime time.Duration) {
 			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 			b.ReportMetric(float64(st.Ops-before.Ops)/float64(st.Updates-before.Updates), "ops/tx")
+			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
 		})
 	}
 }
@@ -142,6 +146,7 @@ func BenchmarkBoltUpdateBaseline(b *testing.B) {
 	lat := make([]time.Duration, b.N)
 	val := make([]byte, 300)
 	b.ResetTimer()
+	cpu0 := cpuTime()
 	for i := 0; i < b.N; i++ {
 		t := time.Now()
 		err := db.Update(func(tx *bolt.Tx) error {
@@ -152,8 +157,17 @@ func BenchmarkBoltUpdateBaseline(b *testing.B) {
 		}
 		lat[i] = time.Since(t)
 	}
+	cpu := cpuTime() - cpu0
 	b.StopTimer()
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
+}
+
+// cpuTime is the process's user+system CPU time (independent of how busy the machine is).
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

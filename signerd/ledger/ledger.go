@@ -171,6 +171,7 @@ type Ledger struct {
 	lastPrune time.Time   // committer-only
 	lastID    uint64      // committer-only: last record id handed out (never goes back, even if a tx fails)
 	pend      *pendingSet // committer-only: pending deferred reservations (see deferred.go)
+	hot       hotRecords  // committer-only: records reserved by this process (see hot.go)
 
 	// testHookAfterApply, if set, runs inside the group's transaction after every operation
 	// was applied and early results were released; an error fails the transaction (tests).
@@ -234,7 +235,7 @@ func Open(opts Options) (*Ledger, error) {
 		return nil, &StoreError{Op: "init", Err: err}
 	}
 	l := &Ledger{db: db, opts: opts, clock: opts.Clock, q: make(chan op, opts.QueueSize), done: make(chan struct{}),
-		pend: newPendingSet()}
+		pend: newPendingSet(), hot: hotRecords{m: map[RecordID]*PaymentRecord{}}}
 	l.lastPrune = opts.Clock()
 	_ = db.View(func(tx *bolt.Tx) error { l.lastID = tx.Bucket(bucketRecords).Sequence(); return nil })
 	go l.commitLoop()
@@ -401,6 +402,7 @@ func (l *Ledger) runGroup(group []op) {
 		l.updates.Add(1)
 		l.pend.reset()
 		err = l.db.Update(func(tx *bolt.Tx) error {
+			fillAppendOnly(tx)
 			for i, o := range group {
 				if failed[i] {
 					continue

@@ -322,6 +322,7 @@ func (o *reserveOp) apply(tx *bolt.Tx, now time.Time) error {
 	if err := tx.Bucket(bucketPending).Put(rec.ID.key(), nil); err != nil {
 		return err
 	}
+	o.l.hot.put(rec)
 	if err := tx.Bucket(bucketReplay).Put(rk, replayEntry{o.h, rec.ID, StatusReserved.byte()}.bytes()); err != nil {
 		return err
 	}
@@ -388,7 +389,15 @@ func (o *commitOp) wroteNothing() bool { return false }
 
 func (o *commitOp) apply(tx *bolt.Tx, now time.Time) error {
 	o.res, o.deferred = CommitResult{}, false
-	rec, err := getRecord(tx, o.id)
+	var rec *PaymentRecord
+	var err error
+	if h := o.l.hot.take(o.id); h != nil && isPending(tx, o.id) {
+		// Reserved by this process and still pending (neither signed nor released): the fields
+		// the signature's audit record needs are in memory; no need to read and decode it.
+		rec = h
+	} else {
+		rec, err = getRecord(tx, o.id)
+	}
 	if errors.Is(err, ErrNotFound) {
 		if d := o.l.pend.get(o.id); d != nil {
 			// A deferred reservation: write it (record, replay entry, debits, decision) now.
@@ -472,6 +481,7 @@ func (o *releaseOp) earlyOK() bool { return false }
 func (o *releaseOp) wroteNothing() bool { return false }
 
 func (o *releaseOp) apply(tx *bolt.Tx, now time.Time) error {
+	o.l.hot.take(o.id)
 	rec, err := getRecord(tx, o.id)
 	if errors.Is(err, ErrNotFound) {
 		if d := o.l.pend.get(o.id); d != nil {
