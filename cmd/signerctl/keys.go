@@ -7,6 +7,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -26,7 +27,7 @@ import (
 )
 
 func init() {
-	register("keys", "set up wallet keys: init-softhsm, generate, import, list, retire, sign", runKeys)
+	register("keys", "set up wallet keys: init-softhsm, generate, import, list, retire, sign, attest", runKeys)
 }
 
 func keysUsage(w io.Writer) {
@@ -36,12 +37,15 @@ func keysUsage(w io.Writer) {
   generate --label L                              generate a key on the device
   import --label L --key-file F                   import a raw 32-byte hex key (file mode 0400/0600)
   import --label L --keystore F --passphrase-file P   import an Ethereum keystore v3 file
-  list [--json]                                   list keys: address, URI, facts
+  list [--json]                                   list keys: address, URI, facts (TPM: state=sealed|unsealed|...)
   retire URI                                      retire a key (listed, never signs again)
   sign --uri URI --digest 0x<32 bytes>            sign a digest, print the 65-byte signature
+  attest --uri URI --nonce HEX [--out FILE]       TPM keys: a quote binding the wallet key to this TPM
+                                                  and the verifier's 8..64-byte nonce (CBOR document,
+                                                  printed as base64 or written to FILE; docs/tpm.md)
 
 Backend (offline): --backend FILE (YAML hsm.Options), or --module M --token L (--pin-file F | --pin-env V)
-Daemon: --socket PATH makes list, generate, import and retire use a running signerd's admin API.
+Daemon: --socket PATH makes list, generate, import, retire and attest use a running signerd's admin API.
 `)
 }
 
@@ -52,7 +56,7 @@ type keyFlags struct {
 	pinFile, pinEnv, socket     *string
 	label, uri, digest, keyFile *string
 	keystore, passphraseFile    *string
-	dir                         *string
+	dir, nonce, out             *string
 	json                        *bool
 }
 
@@ -73,6 +77,8 @@ func newKeyFlags(name string, stderr io.Writer) *keyFlags {
 		keystore:       fs.String("keystore", "", "Ethereum keystore v3 file"),
 		passphraseFile: fs.String("passphrase-file", "", "file holding the keystore passphrase"),
 		dir:            fs.String("dir", "", "directory for the SoftHSM2 configuration and tokens"),
+		nonce:          fs.String("nonce", "", "attest: the verifier's challenge, 8..64 bytes in hex"),
+		out:            fs.String("out", "", "attest: write the CBOR document to this file instead of printing base64"),
 		json:           fs.Bool("json", false, "print JSON"),
 	}
 }
@@ -117,7 +123,7 @@ func runKeys(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return usageErr("--dir and --label are required")
 		}
 		return keysInitSoftHSM(k, stdout, stderr)
-	case "generate", "import", "list", "retire", "sign":
+	case "generate", "import", "list", "retire", "sign", "attest":
 	default:
 		fmt.Fprintf(stderr, "signerctl keys: unknown command %q\n", sub)
 		keysUsage(stderr)
@@ -143,6 +149,13 @@ func runKeys(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case "sign":
 		if *k.uri == "" || *k.digest == "" {
 			return usageErr("--uri and --digest are required")
+		}
+	case "attest":
+		if *k.uri == "" || *k.nonce == "" {
+			return usageErr("--uri and --nonce are required")
+		}
+		if _, err := parseNonce(*k.nonce); err != nil {
+			return usageErr(err.Error())
 		}
 	case "import":
 		if *k.label == "" {
@@ -217,6 +230,17 @@ func runKeys(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "retired %s\n", *k.uri)
 		return exitOK
+	case "attest":
+		at, ok := be.(attester)
+		if !ok {
+			return fail(fmt.Errorf("the %s backend cannot attest keys (TPM keys only)", be.Name()))
+		}
+		nonce, _ := parseNonce(*k.nonce)
+		doc, err := at.Attest(ctx, *k.uri, nonce)
+		if err != nil {
+			return fail(err)
+		}
+		return printAttestation(k, doc, stdout, stderr)
 	case "sign":
 		d, err := parseDigest(*k.digest)
 		if err != nil {
@@ -237,6 +261,38 @@ func runKeys(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	return exitUsage
+}
+
+// attester is a backend that can attest its keys (hsm/tpm's Backend.Attest).
+type attester interface {
+	Attest(ctx context.Context, uri string, nonce []byte) ([]byte, error)
+}
+
+// parseNonce decodes an attestation nonce: hex (0x optional), 8..64 bytes.
+func parseNonce(s string) ([]byte, error) {
+	n, err := hex.DecodeString(strings.TrimPrefix(strings.TrimSpace(s), "0x"))
+	if err != nil || len(n) < 8 || len(n) > 64 {
+		return nil, errors.New("--nonce must be 8 to 64 bytes in hex (16 to 128 hex digits, 0x optional)")
+	}
+	return n, nil
+}
+
+// printAttestation writes the CBOR document to --out (mode 0644: it holds no secret) or prints
+// it as standard base64 (or JSON with --json).
+func printAttestation(k *keyFlags, doc []byte, stdout, stderr io.Writer) int {
+	if *k.out != "" {
+		if err := os.WriteFile(*k.out, doc, 0o644); err != nil {
+			fmt.Fprintf(stderr, "signerctl keys attest: %v\n", err)
+			return exitRefused
+		}
+		fmt.Fprintf(stdout, "wrote the attestation document of %s (%d bytes of CBOR) to %s\n", *k.uri, len(doc), *k.out)
+		return exitOK
+	}
+	if *k.json {
+		return writeJSON(stdout, map[string]string{"uri": *k.uri, "nonce": *k.nonce, "document": base64.StdEncoding.EncodeToString(doc)})
+	}
+	fmt.Fprintln(stdout, base64.StdEncoding.EncodeToString(doc))
+	return exitOK
 }
 
 // sameKey compares two key URIs by their parsed identity (token and id).
@@ -381,6 +437,14 @@ func keysViaDaemon(sub string, k *keyFlags, imp *importRequest, stdout, stderr i
 		imp.KeyHex, imp.Passphrase = "", ""
 	case "retire":
 		err = c.do("POST", "/v1/admin/keys/retire", map[string]string{"uri": *k.uri}, &one)
+	case "attest":
+		var ans struct {
+			Document []byte `json:"document"` // base64 in JSON
+		}
+		nonce, _ := parseNonce(*k.nonce) // checked by runKeys
+		if err = c.do("POST", "/v1/admin/keys/attest", map[string]string{"uri": *k.uri, "nonce": hex.EncodeToString(nonce)}, &ans); err == nil {
+			return printAttestation(k, ans.Document, stdout, stderr)
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "signerctl keys %s: %v\n", sub, err)
@@ -409,6 +473,9 @@ func facts(ki hsm.KeyInfo) string {
 		f = append(f, "non-extractable")
 	} else {
 		f = append(f, "EXTRACTABLE")
+	}
+	if st, ok := ki.Facts["state"].(string); ok && st != "" {
+		f = append(f, "state="+st) // TPM keys: sealed, unsealed, policy_mismatch, ...
 	}
 	if len(ki.SealedPCRs) > 0 {
 		f = append(f, fmt.Sprintf("sealed-pcrs=%v", ki.SealedPCRs))

@@ -63,6 +63,7 @@ func (d *Daemon) adminRoutes() http.Handler {
 	mux.HandleFunc("POST /v1/admin/keys/generate", op("keys_generate", d.handleKeyGenerate))
 	mux.HandleFunc("POST /v1/admin/keys/import", op("keys_import", d.handleKeyImport))
 	mux.HandleFunc("POST /v1/admin/keys/retire", op("keys_retire", d.handleKeyRetire))
+	mux.HandleFunc("POST /v1/admin/keys/attest", op("keys_attest", d.handleKeyAttest))
 	mux.HandleFunc("GET /v1/ready", op("ready", d.handleReady))
 	mux.HandleFunc("GET /v1/health", d.instrument("admin", "health", d.handleHealth))
 	mh := d.metricsHandler()
@@ -415,6 +416,51 @@ func (d *Daemon) keysChanged(ctx context.Context, o config.Operator, action stri
 		d.log.Error("policy recompile after a key change failed", "err", err)
 	}
 	return nil
+}
+
+// keyAttester is a backend that can attest its keys (hsm/tpm's Backend.Attest).
+type keyAttester interface {
+	Attest(ctx context.Context, uri string, nonce []byte) ([]byte, error)
+}
+
+// handleKeyAttest answers {"uri", "nonce": hex} with {"uri", "document": base64 CBOR}: a TPM
+// quote binding the key's wallet public key and sealing policy to the verifier's nonce
+// (package attestation). Through the daemon because it holds the TPM connection. Audited.
+func (d *Daemon) handleKeyAttest(w http.ResponseWriter, r *http.Request, o config.Operator) {
+	var body struct {
+		URI   string `json:"uri"`
+		Nonce string `json:"nonce"`
+	}
+	if e := decodeBody(r, d.cfg.Limits.MaxBodyBytes, &body); e != nil {
+		writeError(w, r, e)
+		return
+	}
+	if body.URI == "" {
+		writeError(w, r, pipeline.Invalidf("uri", "required"))
+		return
+	}
+	nonce, err := hex.DecodeString(strings.TrimPrefix(body.Nonce, "0x"))
+	if err != nil || len(nonce) < 8 || len(nonce) > 64 {
+		writeError(w, r, pipeline.Invalidf("nonce", "8 to 64 bytes in hex"))
+		return
+	}
+	b := d.be()
+	at, ok := b.(keyAttester)
+	if !ok {
+		adminError(w, r, http.StatusUnprocessableEntity, "not_supported", errors.New("the "+b.Name()+" backend cannot attest keys (TPM keys only)"))
+		return
+	}
+	doc, err := at.Attest(r.Context(), body.URI, nonce)
+	if err != nil {
+		keyError(w, r, err)
+		return
+	}
+	ev := audit.Event{Kind: audit.KindKeyOp, Operator: o.Name,
+		Attrs: map[string]string{"action": "attest", "uri": body.URI, "backend": b.Name(), "nonce": hex.EncodeToString(nonce)}}
+	if _, err := d.ledger.AppendAudit(r.Context(), ev); err != nil {
+		d.log.Error("audit of a key attestation failed", "err", err)
+	}
+	writeValue(w, r, http.StatusOK, map[string]any{"uri": body.URI, "document": doc})
 }
 
 func keyError(w http.ResponseWriter, r *http.Request, err error) {

@@ -1,7 +1,12 @@
+//go:build !no_tpm
+
 package server_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"os"
@@ -10,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/signerd/signerd/attestation"
 	"github.com/signerd/signerd/hsm"
 	"github.com/signerd/signerd/hsm/tpm/swtpmtest"
 	"github.com/signerd/signerd/signerd/config"
@@ -157,4 +163,58 @@ func TestKillSwitchZeroizesTPMKeys(t *testing.T) {
 		t.Fatalf("resume with the TPM back: %d %s", r.Status, r.Raw)
 	}
 	d.checkSigned(t, d.agent.do(t, "POST", "/v1/guarantees", map[string]any{"claims": d.claims(41, 5, 1, nil)}))
+}
+
+// TestKeyAttestRoute: POST /v1/admin/keys/attest returns a TPM quote document that
+// attestation.Verify accepts for the nonce and binds to the wallet; it is audited; bad input is
+// 400 and a PKCS#11 backend answers 422 not_supported.
+func TestKeyAttestRoute(t *testing.T) {
+	sw := swtpmtest.Start(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(mustRead(t, "testdata/policy.yaml")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts := hsm.Options{Type: "tpm", TPM: hsm.TPMOptions{Address: sw.Address(), KeyDir: filepath.Join(dir, "tpm-keys"), CommandTimeout: 10 * time.Second}}
+	b, err := hsm.Open(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ki, err := b.Generate(context.Background(), hsm.GenerateOptions{Label: "tpm-wallet"})
+	b.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := openTPMDaemon(t, dir, opts)
+	defer d.stop(t)
+
+	nonce := []byte("0123456789abcdef")
+	r := d.admin.do(t, "POST", "/v1/admin/keys/attest", map[string]any{"uri": ki.URI, "nonce": hex.EncodeToString(nonce)})
+	if r.Status != 200 {
+		t.Fatalf("attest: %d %s", r.Status, r.Raw)
+	}
+	doc, err := base64.StdEncoding.DecodeString(r.str("document"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := attestation.Verify(doc, nonce, nil)
+	if err != nil || res.WalletAddress != ki.Address {
+		t.Fatalf("verify: %v", err)
+	}
+	for _, bad := range []map[string]any{{"uri": ki.URI, "nonce": "0102"}, {"uri": ki.URI}, {"nonce": hex.EncodeToString(nonce)}} {
+		if r := d.admin.do(t, "POST", "/v1/admin/keys/attest", bad); r.Status != 400 {
+			t.Errorf("%v: %d %s", bad, r.Status, r.Raw)
+		}
+	}
+	if r := d.admin.do(t, "POST", "/v1/admin/keys/attest", map[string]any{"uri": "tpm:id=nope", "nonce": hex.EncodeToString(nonce)}); r.Status != 404 {
+		t.Errorf("unknown key: %d %s", r.Status, r.Raw)
+	}
+	var buf bytes.Buffer
+	if err := d.Ledger().ExportAudit(&buf, 0); err != nil || !strings.Contains(buf.String(), `"attest"`) {
+		t.Fatalf("attestation not audited: %v", err)
+	}
+
+	p := startDaemon(t, nil)
+	if r := p.admin.do(t, "POST", "/v1/admin/keys/attest", map[string]any{"uri": "pkcs11:id=%01", "nonce": hex.EncodeToString(nonce)}); r.Status != 422 || r.errCode() != "not_supported" {
+		t.Errorf("pkcs11 attest: %d %s", r.Status, r.Raw)
+	}
 }
