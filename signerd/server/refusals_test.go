@@ -10,7 +10,7 @@ import (
 )
 
 // decisions returns the audit log's decision records with code.
-func (d *testDaemon) decisions(t *testing.T, code string) []audit.Event {
+func (d *testDaemon) decisions(t testing.TB, code string) []audit.Event {
 	t.Helper()
 	head, _, err := d.Ledger().AuditHead()
 	if err != nil {
