@@ -42,7 +42,7 @@ func BenchmarkDeferredCommit(b *testing.B) {
 //
 //	go test -run '^$' -bench ReserveSignCommit -benchtime 500x ./signerd/ledger/
 func BenchmarkReserveSignCommit(b *testing.B) {
-	benchReserveCommit(b, []int{1, 8}, 300*time.Microsecond)
+	benchReserveCommit(b, []int{1, 2, 4, 8}, 300*time.Microsecond)
 }
 
 func benchReserveCommit(b *testing.B, conc []int, signTime time.Duration) {
