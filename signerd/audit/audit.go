@@ -246,6 +246,9 @@ func Append(tx *bolt.Tx, now time.Time, ev Event) (Record, error) {
 	head := make([]byte, 40)
 	binary.BigEndian.PutUint64(head, r.Seq)
 	copy(head[8:], r.Hash[:])
+	// Records are appended at the end (increasing seq): full pages halve the page count; the
+	// layout changes, never the content.
+	rb.FillPercent = 1.0
 	if err := rb.Put(seqKey(r.Seq), b); err != nil {
 		return Record{}, fmt.Errorf("audit: put: %w", err)
 	}

@@ -4,8 +4,6 @@ import (
 	"bytes"
 
 	bolt "go.etcd.io/bbolt"
-
-	"github.com/signerd/signerd/signerd/audit"
 )
 
 // maxHot bounds the hot record cache; past it the cache is emptied (Commit then reads from the
@@ -49,15 +47,12 @@ func isPending(tx *bolt.Tx, id RecordID) bool {
 	return bytes.Equal(got, k)
 }
 
-// fillAppendOnly lets the buckets keyed by an increasing sequence (payment records, signatures,
-// the pending index, the audit chain) fill their pages completely before splitting: they are
-// appended at the end, so bbolt's default of half-full pages only doubles their page count
-// (and the size of the branch nodes every transaction reads and rewrites). The setting is per
-// transaction; it changes how pages are laid out, never what is stored.
-func fillAppendOnly(tx *bolt.Tx) {
-	for _, name := range [][]byte{bucketRecords, bucketSigs, bucketPending, audit.BucketRecords} {
-		if b := tx.Bucket(name); b != nil {
-			b.FillPercent = 1.0
-		}
-	}
+// appendOnly sets b's fill percent to 100% for this transaction and returns b. Used for the
+// buckets keyed by an increasing sequence (payment records, signatures, the pending index):
+// they are appended at the end, so bbolt's default of half-full pages only doubles their page
+// count (and the size of the branch nodes a transaction reads and rewrites). It changes how
+// pages are laid out, never what is stored.
+func appendOnly(b *bolt.Bucket) *bolt.Bucket {
+	b.FillPercent = 1.0
+	return b
 }

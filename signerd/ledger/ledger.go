@@ -402,7 +402,6 @@ func (l *Ledger) runGroup(group []op) {
 		l.updates.Add(1)
 		l.pend.reset()
 		err = l.db.Update(func(tx *bolt.Tx) error {
-			fillAppendOnly(tx)
 			for i, o := range group {
 				if failed[i] {
 					continue

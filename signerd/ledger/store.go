@@ -298,7 +298,7 @@ func loadRecord(tx *bolt.Tx, id RecordID, v []byte) (*PaymentRecord, error) {
 func putSignature(tx *bolt.Tx, id RecordID, now time.Time, sig []byte) error {
 	v := make([]byte, 8, 8+len(sig))
 	binary.BigEndian.PutUint64(v, uint64(now.UnixNano()))
-	return tx.Bucket(bucketSigs).Put(id.key(), append(v, sig...))
+	return appendOnly(tx.Bucket(bucketSigs)).Put(id.key(), append(v, sig...))
 }
 
 // putRecord stores r without its signature (Status reserved or released; signatures live in
@@ -311,7 +311,7 @@ func putRecord(tx *bolt.Tx, r *PaymentRecord) error {
 	if err != nil {
 		return fmt.Errorf("ledger: encode record: %w", err)
 	}
-	return tx.Bucket(bucketRecords).Put(r.ID.key(), b)
+	return appendOnly(tx.Bucket(bucketRecords)).Put(r.ID.key(), b)
 }
 
 // replayKey is wallet(20) ‖ tab_id(32 BE) ‖ req_id(32 BE).
