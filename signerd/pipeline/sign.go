@@ -232,7 +232,15 @@ func (p *Pipeline) commit(ctx context.Context, req *Request, id ledger.RecordID,
 		release()
 		p.o.Logger.Error("signing failed after reservation", "record_id", uint64(id), "wallet", hexAddr(wallet), "err", err)
 		p.release(id, ledger.CodeSigningFailed, "signing failed: "+safeCause(err))
-		e := backendFault(err)
+		var e *Error
+		if errors.Is(err, hsm.ErrKeyRetired) || errors.Is(err, hsm.ErrUnknownKey) {
+			// The key went away between the lookup and the signature (retired by an operator,
+			// or refused by the token): the same denial as when the lookup finds it retired —
+			// a retry cannot succeed.
+			e = denied(http.StatusForbidden, CodeUnknownWallet, "", "no active key for this wallet")
+		} else {
+			e = backendFault(err)
+		}
 		e.RecordID = uint64(id)
 		return nil, e
 	}
