@@ -27,12 +27,21 @@ var bigOne = big.NewInt(1)
 // Rule order in the source never matters: rules are kept sorted by id and when several match,
 // the outcome is the same; the reported rule is the first by id.
 func (p *Policy) Evaluate(in *Intent, usage UsageReader, now time.Time) Decision {
-	return p.evaluate(in, usage, now, false)
+	return p.evaluate(in, usage, now, now, false)
+}
+
+// EvaluateFreshAt is Evaluate with the timestamp-freshness step (4) measured against freshAt
+// instead of now; every window (budgets, rates) still uses now. The caller chooses freshAt: a
+// daemon re-evaluating a request an operator has approved (or still holds) passes the time
+// the approval was filed, so an approval decided later than max_timestamp_skew is not
+// useless. The policy itself knows nothing of approvals.
+func (p *Policy) EvaluateFreshAt(in *Intent, usage UsageReader, now, freshAt time.Time) Decision {
+	return p.evaluate(in, usage, now, freshAt, false)
 }
 
 // Explain is Evaluate with a human detail on every Match (slower; for dry runs and the CLI).
 func (p *Policy) Explain(in *Intent, usage UsageReader, now time.Time) Decision {
-	return p.evaluate(in, usage, now, true)
+	return p.evaluate(in, usage, now, now, true)
 }
 
 type evalCtx struct {
@@ -47,7 +56,7 @@ func deny(d *Decision, code, rule, reason string) Decision {
 	return *d
 }
 
-func (p *Policy) evaluate(in *Intent, usage UsageReader, now time.Time, verbose bool) Decision {
+func (p *Policy) evaluate(in *Intent, usage UsageReader, now, freshAt time.Time, verbose bool) Decision {
 	var d Decision
 	if in == nil {
 		return deny(&d, CodeInvalidIntent, "intent", "no intent")
@@ -88,7 +97,7 @@ func (p *Policy) evaluate(in *Intent, usage UsageReader, now time.Time, verbose 
 	if in.Timestamp == 0 || in.Timestamp > math.MaxInt64/2 {
 		return deny(&d, CodeStaleTimestamp, "settings.max_timestamp_skew", "claim timestamp missing or out of range")
 	}
-	if diff := now.Unix() - int64(in.Timestamp); diff > skew || diff < -skew {
+	if diff := freshAt.Unix() - int64(in.Timestamp); diff > skew || diff < -skew {
 		when := fmt.Sprintf("%ds old", diff)
 		if diff < 0 {
 			when = fmt.Sprintf("%ds in the future", -diff)
