@@ -52,6 +52,9 @@ var (
 	ErrNoOperator     = errors.New("operator is required")
 	ErrNotInGroup     = errors.New("operator is not in the approval's group")
 	ErrTooManyWaiting = errors.New("too many approvals pending")
+	// ErrAgentTooManyWaiting is ErrTooManyWaiting for one agent's own cap
+	// (Options.MaxPendingPerAgent); errors.Is(err, ErrTooManyWaiting) holds for both.
+	ErrAgentTooManyWaiting = fmt.Errorf("%w for this agent", ErrTooManyWaiting)
 )
 
 // Clock tells the time; tests inject a fake one.
@@ -123,6 +126,9 @@ type Options struct {
 	Retain time.Duration
 	// MaxPending bounds the number of pending approvals. Default 10000.
 	MaxPending int
+	// MaxPendingPerAgent bounds the pending approvals of one agent, so that one agent cannot
+	// fill MaxPending and block everyone else. Default 100 (never more than MaxPending).
+	MaxPendingPerAgent int
 	// Groups maps a group name to its operators. When nil, any operator may decide any
 	// approval; when set, an approval with a Group may only be decided by that group's members
 	// (an unknown group has no members).
@@ -142,6 +148,9 @@ type Manager struct {
 	mu    sync.Mutex
 	byID  map[string]*entry
 	byKey map[[32]byte]*entry
+	// pending counts pending approvals, in all and per agent (kept with every state change).
+	pending      int
+	pendingAgent map[string]int
 }
 
 // New validates opts and returns a Manager.
@@ -152,7 +161,7 @@ func New(opts Options) (*Manager, error) {
 	if opts.Clock == nil {
 		opts.Clock = systemClock{}
 	}
-	if opts.DefaultTimeout < 0 || opts.Retain < 0 || opts.MaxPending < 0 {
+	if opts.DefaultTimeout < 0 || opts.Retain < 0 || opts.MaxPending < 0 || opts.MaxPendingPerAgent < 0 {
 		return nil, errors.New("approvals: negative option")
 	}
 	if opts.DefaultTimeout == 0 {
@@ -164,7 +173,11 @@ func New(opts Options) (*Manager, error) {
 	if opts.MaxPending == 0 {
 		opts.MaxPending = 10000
 	}
-	m := &Manager{opts: opts, byID: map[string]*entry{}, byKey: map[[32]byte]*entry{}}
+	if opts.MaxPendingPerAgent == 0 {
+		opts.MaxPendingPerAgent = 100
+	}
+	opts.MaxPendingPerAgent = min(opts.MaxPendingPerAgent, opts.MaxPending)
+	m := &Manager{opts: opts, byID: map[string]*entry{}, byKey: map[[32]byte]*entry{}, pendingAgent: map[string]int{}}
 	if st, ok := opts.Auditor.(StateStore); ok {
 		m.store = st
 		if err := m.load(); err != nil {
@@ -197,6 +210,8 @@ func (m *Manager) load() error {
 		copy(e.key[:], kb)
 		if e.a.State.Decided() {
 			close(e.decided)
+		} else {
+			m.countPending(e.a.Agent, 1)
 		}
 		m.byID[e.a.ID] = e
 		m.byKey[e.key] = e
@@ -256,9 +271,13 @@ func (m *Manager) Submit(ctx context.Context, r Request) (Approval, error) {
 		m.mu.Unlock()
 		return a, nil
 	}
-	if n := m.countPending(); n >= m.opts.MaxPending {
+	if m.pending >= m.opts.MaxPending {
 		m.mu.Unlock()
 		return Approval{}, ErrTooManyWaiting
+	}
+	if m.pendingAgent[r.Agent] >= m.opts.MaxPendingPerAgent {
+		m.mu.Unlock()
+		return Approval{}, ErrAgentTooManyWaiting
 	}
 	timeout := r.Timeout
 	if timeout <= 0 {
@@ -271,11 +290,13 @@ func (m *Manager) Submit(ctx context.Context, r Request) (Approval, error) {
 	// Reserve the key so a concurrent Submit of the same request waits for this one's audit.
 	m.byKey[r.Key] = e
 	m.byID[e.a.ID] = e
+	m.countPending(r.Agent, 1)
 	m.mu.Unlock()
 	if err := m.record(ctx, e, e.a, m.event(e, ActionRequested, "", "")); err != nil {
 		m.mu.Lock()
 		delete(m.byKey, r.Key)
 		delete(m.byID, e.a.ID)
+		m.countPending(r.Agent, -1)
 		m.mu.Unlock()
 		close(e.decided)
 		return Approval{}, fmt.Errorf("approvals: recording the request: %w", err)
@@ -294,14 +315,29 @@ func maps(in map[string]string) map[string]string {
 	return out
 }
 
-func (m *Manager) countPending() int {
-	n := 0
+// countPending adds delta to the pending counts (m.mu held).
+func (m *Manager) countPending(agent string, delta int) {
+	m.pending += delta
+	if n := m.pendingAgent[agent] + delta; n > 0 {
+		m.pendingAgent[agent] = n
+	} else {
+		delete(m.pendingAgent, agent)
+	}
+}
+
+// Find returns the known approvals for which match reports true, in no particular order.
+// match runs under the Manager's lock and must be cheap; it may see a pending approval whose
+// ExpiresAt has passed (not swept yet), so callers check ExpiresAt themselves.
+func (m *Manager) Find(match func(a *Approval) bool) []Approval {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []Approval
 	for _, e := range m.byID {
-		if e.a.State == Pending {
-			n++
+		if match(&e.a) {
+			out = append(out, e.a)
 		}
 	}
-	return n
+	return out
 }
 
 // Lookup returns the approval filed for key, if one is known.
@@ -422,6 +458,7 @@ func (m *Manager) decide(ctx context.Context, id, operator string, to State, rea
 		return e.a, fmt.Errorf("approvals: recording the decision: %w", err)
 	}
 	e.a = next
+	m.countPending(e.a.Agent, -1)
 	close(e.decided)
 	return e.a, nil
 }
@@ -448,6 +485,7 @@ func (m *Manager) sweep() []expiry {
 		case e.a.State == Pending && !now.Before(e.a.ExpiresAt):
 			e.a.State, e.a.DecidedAt, e.a.DecidedBy = Expired, now, "signerd"
 			e.a.Reason = "approval expired after " + e.a.ExpiresAt.Sub(e.a.CreatedAt).String() + " without a decision"
+			m.countPending(e.a.Agent, -1)
 			close(e.decided)
 			evs = append(evs, expiry{e, e.a, m.event(e, ActionExpired, "", e.a.Reason)})
 		case e.a.State.Decided() && now.Sub(e.a.DecidedAt) > m.opts.Retain:

@@ -16,6 +16,7 @@ import (
 	"github.com/signerd/signerd/policyengine"
 	"github.com/signerd/signerd/signerd/approvals"
 	"github.com/signerd/signerd/signerd/fourmica"
+	"github.com/signerd/signerd/signerd/ledger"
 	"github.com/signerd/signerd/signerd/pipeline"
 )
 
@@ -95,9 +96,18 @@ func (d *Daemon) admit(w http.ResponseWriter, r *http.Request) (*pipeline.Admiss
 	return adm, func() { <-d.sem; d.metrics.inflight.Dec() }, true
 }
 
+// approvalsRetryAfter is the Retry-After of 503 overloaded when approvals are full.
+const approvalsRetryAfter = 30 * time.Second
+
 // fail writes a pipeline error; faults are logged with their cause (never sent).
 func (d *Daemon) fail(w http.ResponseWriter, r *http.Request, err error) {
 	e := pipeline.AsError(err)
+	if e.Kind == pipeline.Failed && errors.Is(e.Cause, approvals.ErrTooManyWaiting) {
+		// Too many approvals pending (in all, or for this agent): a load condition, not a
+		// store fault.
+		e = &pipeline.Error{Kind: pipeline.Failed, Status: http.StatusServiceUnavailable, Code: pipeline.CodeOverloaded,
+			Rule: e.Rule, Reason: "too many requests are waiting for approval; retry later", RetryAfter: approvalsRetryAfter}
+	}
 	d.auditRefusal(r, e)
 	if e.Kind == pipeline.Failed && e.Cause != nil {
 		d.log.Error("request failed", "path", r.URL.Path, "code", e.Code, "record_id", e.RecordID, "err", e.Cause)
@@ -237,7 +247,7 @@ func (d *Daemon) handleGuarantee(w http.ResponseWriter, r *http.Request) {
 	if body.Task != nil {
 		req.TaskID, req.TaskLabels = body.Task.ID, body.Task.Labels
 	}
-	res, err := d.pipe.Sign(r.Context(), adm, req)
+	res, err := d.pipe.Sign(withClaimsTimestamp(r.Context(), &req.Claims), adm, req)
 	if err != nil {
 		d.fail(w, r, err)
 		return
@@ -377,14 +387,25 @@ func (d *Daemon) handleX402(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	user := fourmica.Address(*wallet)
-	claims, err := fourmica.BuildClaims(pr, opt, fourmica.TabInfo{TabID: tabID, ReqID: reqID, User: user}, user, uint64(d.clock().Unix()))
+	now := d.clock()
+	claims, err := fourmica.BuildClaims(pr, opt, fourmica.TabInfo{TabID: tabID, ReqID: reqID, User: user}, user, uint64(now.Unix()))
 	if err != nil {
 		d.invalid(w, r, fieldError("requirements", err))
 		return
 	}
+	// A re-submission of a payment held for approval reuses the held request's timestamp, so
+	// it is the same request (same claims, same approval) and proceeds once approved.
+	if held, ok := d.x402HeldClaims(adm.Agent, *wallet, tabID, reqID, now, func(ts uint64) (fourmica.Claims, error) {
+		return fourmica.BuildClaims(pr, opt, fourmica.TabInfo{TabID: tabID, ReqID: reqID, User: user}, user, ts)
+	}); ok {
+		claims = held
+	}
 	// A retry for the same tab and req_id reuses the first attempt's timestamp, so identical
 	// payments give identical claims (and the stored signature) instead of a replay conflict.
-	if rec, err := d.pipe.Lookup(*wallet, tabID.Big(), reqID.Big()); err == nil && rec != nil {
+	// Only a signed or reserved record counts: a released one was never signed, and its old
+	// timestamp would make the retry stale forever.
+	if rec, err := d.pipe.Lookup(*wallet, tabID.Big(), reqID.Big()); err == nil && rec != nil &&
+		(rec.Status == ledger.StatusSigned || rec.Status == ledger.StatusReserved) {
 		if prev, err := fourmica.DecodeClaims(rec.Claims); err == nil && prev.Payment() != nil {
 			if again, err := fourmica.BuildClaims(pr, opt, fourmica.TabInfo{TabID: tabID, ReqID: reqID, User: user}, user, prev.Payment().Timestamp); err == nil {
 				if b, err := again.MarshalJSON(); err == nil && bytes.Equal(b, rec.Claims) {
@@ -394,14 +415,27 @@ func (d *Daemon) handleX402(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	req := &pipeline.Request{Wallet: wallet, Claims: claims, Scheme: fourmica.SchemeEIP712}
-	req.ResourceURL = resourceURL(body.Resource, pr, opt)
-	if u, err := url.Parse(req.ResourceURL); err == nil {
-		req.Host = u.Hostname()
+	// The host the policy checks is the one the agent called, never one the 402 body (written
+	// by the seller) claims. Without the agent's resource there is no host: host-only seller
+	// rules do not match.
+	if body.Resource != nil && *body.Resource != "" {
+		u, err := url.Parse(*body.Resource)
+		if err != nil || u.Hostname() == "" || (u.Scheme != "https" && u.Scheme != "http") {
+			d.invalid(w, r, pipeline.Invalidf("resource", "want the absolute http(s) URL the agent called"))
+			return
+		}
+		if claimed := sellerResourceURL(pr, opt); claimed != "" {
+			if cu, err := url.Parse(claimed); err != nil || !strings.EqualFold(cu.Hostname(), u.Hostname()) {
+				d.invalid(w, r, pipeline.Invalidf("resource", "the 402 names another host than the URL the agent called"))
+				return
+			}
+		}
+		req.ResourceURL, req.Host = *body.Resource, u.Hostname()
 	}
 	if body.Task != nil {
 		req.TaskID, req.TaskLabels = body.Task.ID, body.Task.Labels
 	}
-	res, err := d.pipe.Sign(r.Context(), adm, req)
+	res, err := d.pipe.Sign(withClaimsTimestamp(r.Context(), &req.Claims), adm, req)
 	if err != nil {
 		d.fail(w, r, err)
 		return
@@ -421,12 +455,10 @@ func (d *Daemon) handleX402(w http.ResponseWriter, r *http.Request) {
 	d.metrics.latency.WithLabelValues("x402_payments").Observe(time.Since(start).Seconds())
 }
 
-// resourceURL picks the resource the payment is for: the agent's, else the requirement's
-// (v1), else the v2 resource object's url.
-func resourceURL(given *string, pr *fourmica.PaymentRequired, opt *fourmica.PaymentRequirements) string {
-	if given != nil && *given != "" {
-		return *given
-	}
+// sellerResourceURL is the resource the 402 body names (the requirement's, v1, else the v2
+// resource object's url). It is the seller's claim: used only to refuse a mismatch with the
+// URL the agent says it called, never as the host the policy checks.
+func sellerResourceURL(pr *fourmica.PaymentRequired, opt *fourmica.PaymentRequirements) string {
 	if opt.Resource != "" {
 		return opt.Resource
 	}

@@ -41,6 +41,10 @@ type Options struct {
 	Backend hsm.Backend
 	// SelfUID is the uid a policy's `uid: self` means (default: the process's uid).
 	SelfUID *uint32
+	// MaxPendingApprovalsPerAgent caps the pending approvals of one agent (0: the approvals
+	// package's default, 100), so one agent cannot fill the daemon-wide cap and block the
+	// others. Over either cap a request gets 503 overloaded with Retry-After.
+	MaxPendingApprovalsPerAgent int
 }
 
 // Daemon is a running signerd.
@@ -175,7 +179,8 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 	}
 
 	// Approvals.
-	if d.approvals, err = approvals.New(approvals.Options{Auditor: d.ledger, Clock: clockFunc(d.clock), Groups: cfg.ApprovalGroups()}); err != nil {
+	if d.approvals, err = approvals.New(approvals.Options{Auditor: d.ledger, Clock: clockFunc(d.clock), Groups: cfg.ApprovalGroups(),
+		MaxPendingPerAgent: opts.MaxPendingApprovalsPerAgent}); err != nil {
 		return nil, err
 	}
 
@@ -196,9 +201,9 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 	})
 	d.pipe, err = pipeline.New(pipeline.Options{
 		Domain: dom, Network: cfg.Protocol.Network, Ledger: d.ledger, KillSwitch: d.ks, Keys: d.keys,
-		Approvals: approvals.ForPipeline(d.approvals), MaxWait: cfg.Approvals.MaxWait,
+		Approvals: stampedApprovals{approvals.ForPipeline(d.approvals)}, MaxWait: cfg.Approvals.MaxWait,
 		Logger: d.log, Clock: d.clock, Observe: d.observe, Reservation: mode,
-	}, lp.p)
+	}, approvalPolicy{lp.p, d.approvals})
 	if err != nil {
 		return nil, err
 	}
@@ -431,7 +436,7 @@ func (d *Daemon) ReloadPolicy(ctx context.Context, operator, why string) (Policy
 		return d.policyInfo(old, ""), fmt.Errorf("policy reload not applied: audit failed: %w", aerr)
 	}
 	d.policy.Store(lp)
-	d.pipe.SetPolicy(lp.p)
+	d.pipe.SetPolicy(approvalPolicy{lp.p, d.approvals})
 	d.applyAutoTrip(old.p, lp.p)
 	d.log.Info("policy reloaded", "operator", operator, "hash", fourmica.Hash(lp.hash).Hex(), "previous", oldHash)
 	info := d.policyInfo(lp, oldHash)
