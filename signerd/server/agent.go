@@ -49,6 +49,19 @@ func (w *statusWriter) Flush() {
 	}
 }
 
+// Unwrap lets http.ResponseController reach the connection's writer (FlushError, deadlines).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// flushSigned pushes a written answer carrying a signature out of net/http's buffers to the
+// socket before the handler releases its kill-switch pass, so that once an engage call returns
+// no signature is still waiting in a buffer to leave. An error is deliberately ignored: the
+// signature and its records were durable before the first byte was written; a failed write
+// breaks the connection, so nothing of it leaves later, and the agent's retry gets the stored
+// signature (or the kill switch's refusal). Flush is bounded by the server's WriteTimeout.
+func flushSigned(w http.ResponseWriter) {
+	_ = http.NewResponseController(w).Flush()
+}
+
 func (d *Daemon) instrument(socket, route string, h http.HandlerFunc) http.HandlerFunc {
 	c2 := d.metrics.requests.MustCurryWith(map[string]string{"socket": socket, "route": route})
 	return func(w http.ResponseWriter, r *http.Request) {
@@ -252,7 +265,7 @@ func (d *Daemon) handleGuarantee(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, r, err)
 		return
 	}
-	defer res.Done() // release the kill-switch pass only after the answer is written
+	defer res.Done() // release the kill-switch pass only after the answer is flushed
 	coreReq, err := fourmica.Request{Claims: res.Claims, Signature: fourmica.Signature(res.Signature), Scheme: res.Scheme}.MarshalJSON()
 	if err != nil {
 		d.fail(w, r, err)
@@ -265,6 +278,7 @@ func (d *Daemon) handleGuarantee(w http.ResponseWriter, r *http.Request) {
 		RecordID:  res.RecordID.String(),
 		Replayed:  res.Replayed,
 	})
+	flushSigned(w) // before the deferred res.Done
 	d.metrics.latency.WithLabelValues("guarantees").Observe(time.Since(start).Seconds())
 }
 
@@ -440,7 +454,7 @@ func (d *Daemon) handleX402(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, r, err)
 		return
 	}
-	defer res.Done()
+	defer res.Done() // release the kill-switch pass only after the answer is flushed
 	signed := &fourmica.Request{Claims: res.Claims, Signature: fourmica.Signature(res.Signature), Scheme: res.Scheme}
 	name, value, err := fourmica.BuildEnvelope(pr, opt, signed)
 	if err != nil {
@@ -452,6 +466,7 @@ func (d *Daemon) handleX402(w http.ResponseWriter, r *http.Request) {
 		Header: name, Value: value, Accepted: opt.Raw, RecordID: res.RecordID.String(),
 		Signature: fourmica.Signature(res.Signature).Hex(), Digest: fourmica.Hash(res.Digest).Hex(), Request: coreReq, Replayed: res.Replayed,
 	})
+	flushSigned(w) // before the deferred res.Done
 	d.metrics.latency.WithLabelValues("x402_payments").Observe(time.Since(start).Seconds())
 }
 
