@@ -55,24 +55,37 @@ func Listen(s config.Socket) (*net.UnixListener, error) {
 
 // limitListener bounds the number of open connections: past the limit Accept waits until one
 // closes (clients queue in the socket backlog), so a caller opening connections in a loop cannot
-// exhaust the daemon's file descriptors.
+// exhaust the daemon's file descriptors. Close ends a waiting Accept at once (net.ErrClosed),
+// so http.Server.Shutdown is not held up by a full listener.
 type limitListener struct {
 	net.Listener
-	sem chan struct{}
+	sem       chan struct{}
+	closed    chan struct{}
+	closeOnce sync.Once
 }
 
 func limitConns(l net.Listener, n int) net.Listener {
-	return &limitListener{Listener: l, sem: make(chan struct{}, n)}
+	return &limitListener{Listener: l, sem: make(chan struct{}, n), closed: make(chan struct{})}
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
-	l.sem <- struct{}{}
+	select {
+	case l.sem <- struct{}{}:
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
 	c, err := l.Listener.Accept()
 	if err != nil {
 		<-l.sem
 		return nil, err
 	}
 	return &limitConn{Conn: c, release: func() { <-l.sem }}, nil
+}
+
+// Close closes the listener and wakes an Accept waiting for a free slot.
+func (l *limitListener) Close() error {
+	l.closeOnce.Do(func() { close(l.closed) })
+	return l.Listener.Close()
 }
 
 type limitConn struct {

@@ -146,6 +146,10 @@ type exeKey struct {
 // is opened through /proc/PID/exe, so it is the mapped binary even if the path was replaced
 // since. Best effort: without permission (another uid, daemon not root) both stay empty and
 // policy rules on exe or exe_sha256 do not match (fail closed).
+//
+// Not a boundary against the peer's own uid: a same-uid process can connect from a child that
+// execs the pinned binary while the parent keeps the socket, and /proc then shows the pinned
+// binary. Pins on exe are defence in depth (docs/policy.md); uid/gid are the boundary.
 func exeOf(pid int32) (path, sum string) {
 	if pid <= 0 {
 		return "", ""
