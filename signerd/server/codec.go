@@ -152,7 +152,7 @@ func decodeJSON(body []byte, dst any) *pipeline.Error {
 	if _, err := dec.Token(); err != io.EOF {
 		return pipeline.Invalidf("body", "trailing data after the JSON value")
 	}
-	return nil
+	return checkKeys(body, dst)
 }
 
 // jsonError turns an encoding/json error into an invalid_request naming the field.
