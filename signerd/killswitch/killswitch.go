@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ethereum/go-ethereum/common"
+
 	"github.com/signerd/signerd/signerd/audit"
 )
 
@@ -94,8 +96,34 @@ type Options struct {
 // Zero fields disable that trigger.
 type AutoTrip struct {
 	MaxDenials int           // denials within Window that trip the switch
-	MaxSpend   uint64        // spend (base units, summed over all wallets) within Window that trips it
-	Window     time.Duration // sliding window length
+	Window     time.Duration // the denial burst's sliding window
+	// Spend lists the spend-velocity trip wires, each with its own asset, limit and window.
+	Spend []SpendTrip
+}
+
+// SpendTrip trips the switch when the base units signed within Window exceed Limit. Asset
+// names the token counted; nil counts every asset's base units summed. Sums saturate at the
+// largest uint64 (which trips every wire).
+type SpendTrip struct {
+	Asset  *common.Address
+	Limit  uint64
+	Window time.Duration
+}
+
+// validate checks the windows of the enabled triggers.
+func (a *AutoTrip) validate() error {
+	if a == nil {
+		return nil
+	}
+	if a.MaxDenials > 0 && a.Window <= 0 {
+		return errors.New("killswitch: AutoTrip.Window must be positive")
+	}
+	for _, w := range a.Spend {
+		if w.Window <= 0 {
+			return errors.New("killswitch: AutoTrip.Spend window must be positive")
+		}
+	}
+	return nil
 }
 
 // PendingResume is a resume asked for by one operator, waiting for a second.
@@ -165,13 +193,12 @@ func New(opts Options) (*Switch, error) {
 	if opts.TripInterval == 0 {
 		opts.TripInterval = 200 * time.Millisecond
 	}
-	if a := opts.AutoTrip; a != nil && (a.MaxDenials > 0 || a.MaxSpend > 0) && a.Window <= 0 {
-		return nil, errors.New("killswitch: AutoTrip.Window must be positive")
+	if err := opts.AutoTrip.validate(); err != nil {
+		return nil, err
 	}
 	s := &Switch{opts: opts, drained: make(chan struct{}, 1)}
 	if opts.AutoTrip != nil {
-		c := *opts.AutoTrip
-		s.autoTrip.Store(&c)
+		s.autoTrip.Store(opts.AutoTrip.clone())
 	}
 	raw, err := opts.Store.GetState(StateKey)
 	if err != nil {

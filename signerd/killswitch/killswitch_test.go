@@ -370,7 +370,7 @@ func TestAutoTripDenials(t *testing.T) {
 
 func TestAutoTripSpend(t *testing.T) {
 	clk := newClock()
-	s := mustNew(t, Options{Store: newMemStore(), Clock: clk, AutoTrip: &AutoTrip{MaxSpend: 1000, Window: time.Hour}})
+	s := mustNew(t, Options{Store: newMemStore(), Clock: clk, AutoTrip: &AutoTrip{Spend: []SpendTrip{{Limit: 1000, Window: time.Hour}}}})
 	s.ObserveSpend(600)
 	clk.Advance(61 * time.Minute)
 	s.ObserveSpend(600) // the first left the window

@@ -266,6 +266,7 @@ func (d *Daemon) handleGuarantee(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer res.Done() // release the kill-switch pass only after the answer is flushed
+	d.observeSpend(res)
 	coreReq, err := fourmica.Request{Claims: res.Claims, Signature: fourmica.Signature(res.Signature), Scheme: res.Scheme}.MarshalJSON()
 	if err != nil {
 		d.fail(w, r, err)
@@ -455,6 +456,7 @@ func (d *Daemon) handleX402(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer res.Done() // release the kill-switch pass only after the answer is flushed
+	d.observeSpend(res)
 	signed := &fourmica.Request{Claims: res.Claims, Signature: fourmica.Signature(res.Signature), Scheme: res.Scheme}
 	name, value, err := fourmica.BuildEnvelope(pr, opt, signed)
 	if err != nil {

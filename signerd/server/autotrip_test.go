@@ -75,3 +75,34 @@ func TestPolicyReloadAppliesAutoTrip(t *testing.T) {
 		t.Fatal("auto_trip still in force after a reload that removed it")
 	}
 }
+
+// TestSpendTripCountsAssetOverItsOwnWindow: signatures feed the spend wire with their asset
+// (the handlers observe the signed claims), over the wire's own window, not the denial burst's.
+func TestSpendTripCountsAssetOverItsOwnWindow(t *testing.T) {
+	d := startDaemon(t, nil)
+	pol := mustRead(t, "testdata/policy.yaml") + "\nkill_switch:\n  auto_trip:\n    denials: {count: 50, window: 1s}\n    spend:\n      - {limit: \"0.0015 USDC\", window: hour}\n"
+	if err := os.WriteFile(d.cfg.Policy, []byte(pol), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := d.admin.do(t, "POST", "/v1/admin/policy/reload", nil); r.Status != 200 {
+		t.Fatalf("reload: %d %s", r.Status, r.Raw)
+	}
+	engaged := func() bool { return d.admin.do(t, "GET", "/v1/admin/kill-switch", nil).Body["engaged"] == true }
+	if r := d.agent.do(t, "POST", "/v1/guarantees", map[string]any{"claims": d.claims(0x41, 1, 1000, nil)}); r.Status != 200 {
+		t.Fatalf("first: %d %s", r.Status, r.Raw)
+	}
+	time.Sleep(1100 * time.Millisecond) // past the denial window
+	if engaged() {
+		t.Fatal("tripped below the limit")
+	}
+	if r := d.agent.do(t, "POST", "/v1/guarantees", map[string]any{"claims": d.claims(0x41, 2, 1000, nil)}); r.Status != 200 {
+		t.Fatalf("second: %d %s", r.Status, r.Raw)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !engaged() {
+		if time.Now().After(deadline) {
+			t.Fatal("2000 base units of USDC within the hour did not trip the 1500/hour wire")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

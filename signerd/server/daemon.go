@@ -16,9 +16,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ethereum/go-ethereum/common"
 
 	"github.com/signerd/signerd/hsm"
 	_ "github.com/signerd/signerd/hsm/backends" // link every key backend this build includes
@@ -469,20 +472,12 @@ func (d *Daemon) Wallets() []string {
 	return out
 }
 
-// observe feeds metrics and the kill switch's automatic trips.
+// observe feeds metrics and the kill switch's denial-burst trip (spend is observed by the
+// handlers, which know the asset: observeSpend).
 func (d *Daemon) observe(o pipeline.Outcome) {
 	d.metrics.decisions.WithLabelValues(o.Decision, o.Code).Inc()
-	switch o.Decision {
-	case "deny":
+	if o.Decision == "deny" {
 		d.ks.ObserveDenial()
-	case "allow":
-		if o.Amount != nil && !o.Replayed {
-			if v, ok := o.Amount.Uint64(); ok {
-				d.ks.ObserveSpend(v)
-			} else {
-				d.ks.ObserveSpend(^uint64(0))
-			}
-		}
 	}
 }
 
@@ -491,7 +486,7 @@ func (d *Daemon) observe(o pipeline.Outcome) {
 // not forget recent denials or spend).
 func (d *Daemon) applyAutoTrip(old, next *policyengine.Policy) {
 	was, now := autoTrip(old), autoTrip(next)
-	if was == nil && now == nil || was != nil && now != nil && *was == *now {
+	if reflect.DeepEqual(was, now) {
 		return
 	}
 	if err := d.ks.SetAutoTrip(now); err != nil {
@@ -506,11 +501,20 @@ func autoTripString(a *killswitch.AutoTrip) string {
 	if a == nil {
 		return "off"
 	}
-	return fmt.Sprintf("denials=%d spend=%d window=%s", a.MaxDenials, a.MaxSpend, a.Window)
+	out := fmt.Sprintf("denials=%d/%s", a.MaxDenials, a.Window)
+	for _, w := range a.Spend {
+		asset := "any"
+		if w.Asset != nil {
+			asset = w.Asset.Hex()
+		}
+		out += fmt.Sprintf(" spend(%s)=%d/%s", asset, w.Limit, w.Window)
+	}
+	return out
 }
 
-// autoTrip maps the policy's automatic kill-switch triggers onto the switch. Spend velocity
-// is per asset in the policy and summed over assets by the switch: the smallest limit is used.
+// autoTrip maps the policy's automatic kill-switch triggers onto the switch: the denial burst
+// with its window, and every spend-velocity wire with its own asset (nil = any), limit and
+// window. A limit beyond uint64 base units can never be reached and is left out.
 func autoTrip(p *policyengine.Policy) *killswitch.AutoTrip {
 	k := p.KillSwitch()
 	var a killswitch.AutoTrip
@@ -518,14 +522,17 @@ func autoTrip(p *policyengine.Policy) *killswitch.AutoTrip {
 		a.MaxDenials, a.Window = k.DenialBurst.Count, k.DenialBurst.Window
 	}
 	for _, sv := range k.SpendVelocity {
-		if sv.Limit != nil && sv.Limit.IsUint64() && (a.MaxSpend == 0 || sv.Limit.Uint64() < a.MaxSpend) {
-			a.MaxSpend = sv.Limit.Uint64()
-			if a.Window == 0 || sv.Window < a.Window {
-				a.Window = sv.Window
-			}
+		if sv.Limit == nil || !sv.Limit.IsUint64() || sv.Window <= 0 {
+			continue
 		}
+		w := killswitch.SpendTrip{Limit: sv.Limit.Uint64(), Window: sv.Window}
+		if sv.Asset != nil {
+			asset := sv.Asset.Address
+			w.Asset = &asset
+		}
+		a.Spend = append(a.Spend, w)
 	}
-	if a.MaxDenials == 0 && a.MaxSpend == 0 {
+	if a.MaxDenials == 0 && len(a.Spend) == 0 {
 		return nil
 	}
 	return &a
@@ -540,4 +547,17 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
+}
+
+// observeSpend feeds a fresh signature's amount, with its asset, to the spend-velocity trips.
+func (d *Daemon) observeSpend(res *pipeline.Result) {
+	p := res.Claims.Payment()
+	if res.Replayed || p == nil {
+		return
+	}
+	v, ok := p.Amount.Uint64()
+	if !ok {
+		v = ^uint64(0)
+	}
+	d.ks.ObserveAssetSpend(common.Address(p.Asset), v)
 }
