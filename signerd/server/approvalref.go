@@ -70,9 +70,11 @@ func (p approvalPolicy) Evaluate(in *policyengine.Intent, usage policyengine.Usa
 	return dec
 }
 
-// live reports whether a can still let its request through: approved, or pending and not due.
+// live reports whether a can still let a stale request through: pending or approved, and
+// within the approval's own timeout. Past ExpiresAt an approved request is held to the normal
+// timestamp skew again (an approval does not make its claims usable forever).
 func live(a *approvals.Approval, now time.Time) bool {
-	return a.State == approvals.Approved || (a.State == approvals.Pending && now.Before(a.ExpiresAt))
+	return (a.State == approvals.Approved || a.State == approvals.Pending) && now.Before(a.ExpiresAt)
 }
 
 // approvalFiledAt returns when the earliest live approval for exactly in's payment was filed.

@@ -175,3 +175,23 @@ func TestApprovalsFullIsOverloaded(t *testing.T) {
 		t.Fatalf("re-submission of a held request at the cap: %d %s", r.Status, r.Raw)
 	}
 }
+
+// TestApprovedStaleRequestBoundedByApprovalTimeout: the freshness exception of an approved
+// request lasts only until the approval's own expiry; after it the stale claims are refused.
+func TestApprovedStaleRequestBoundedByApprovalTimeout(t *testing.T) {
+	clk := &reviewClock{t: time.Now().Truncate(time.Second)}
+	d := startDaemonPolicyClock(t, approvalPolicy, clk.now)
+	body := map[string]any{"claims": d.claims(0x52, 1, 300_000, func(m map[string]any) { m["timestamp"] = clk.now().Unix() })}
+	r := d.agent.do(t, "POST", "/v1/guarantees", body)
+	if r.Status != 202 {
+		t.Fatalf("want 202: %d %s", r.Status, r.Raw)
+	}
+	if a := d.admin.do(t, "POST", "/v1/admin/approvals/"+r.errField("approval_id")+"/approve", nil); a.Status != 200 {
+		t.Fatalf("approve: %d %s", a.Status, a.Raw)
+	}
+	clk.add(16 * time.Minute) // past the 15 minute approval timeout
+	again := d.agent.do(t, "POST", "/v1/guarantees", body)
+	if again.Status != 403 || again.errCode() != "stale_timestamp" {
+		t.Fatalf("approved request re-submitted after its approval's timeout: %d %s, want 403 stale_timestamp", again.Status, again.Raw)
+	}
+}
