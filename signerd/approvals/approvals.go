@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/signerd/signerd/signerd/audit"
+	"github.com/signerd/signerd/signerd/pipeline"
 )
 
 // State is where an approval stands.
@@ -51,7 +52,7 @@ var (
 	ErrDecided        = errors.New("approval already decided")
 	ErrNoOperator     = errors.New("operator is required")
 	ErrNotInGroup     = errors.New("operator is not in the approval's group")
-	ErrTooManyWaiting = errors.New("too many approvals pending")
+	ErrTooManyWaiting = fmt.Errorf("approvals: %w", pipeline.ErrApprovalsFull)
 	// ErrAgentTooManyWaiting is ErrTooManyWaiting for one agent's own cap
 	// (Options.MaxPendingPerAgent); errors.Is(err, ErrTooManyWaiting) holds for both.
 	ErrAgentTooManyWaiting = fmt.Errorf("%w for this agent", ErrTooManyWaiting)

@@ -106,6 +106,14 @@ func invalid(field, format string, a ...any) *Error {
 // Invalidf builds an Invalid error naming field (used by the server's decoders).
 func Invalidf(field, format string, a ...any) *Error { return invalid(field, format, a...) }
 
+// ErrApprovalsFull is returned (wrapped) by an Approvals implementation whose capacity for
+// pending approvals is used up; the pipeline answers 503 overloaded with Retry-After, a load
+// condition rather than a store fault.
+var ErrApprovalsFull = errors.New("too many approvals pending")
+
+// ApprovalsFullRetryAfter is the Retry-After sent when ErrApprovalsFull refuses a request.
+const ApprovalsFullRetryAfter = 30 * time.Second
+
 func fault(status int, code, reason string, cause error) *Error {
 	return &Error{Kind: Failed, Status: status, Code: code, Reason: reason, Cause: cause}
 }

@@ -345,6 +345,11 @@ func (p *Pipeline) awaitApproval(ctx context.Context, a *Admission, req *Request
 			"resource": req.ResourceURL, "task_id": req.TaskID, "reason": dec.Reason,
 		},
 	})
+	if errors.Is(err, ErrApprovalsFull) {
+		e := fault(http.StatusServiceUnavailable, CodeOverloaded, "too many requests are waiting for approval; retry later", err)
+		e.Rule, e.RetryAfter = dec.Rule, ApprovalsFullRetryAfter
+		return st, e
+	}
 	if err != nil {
 		return st, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the approval could not be filed", err)
 	}

@@ -109,18 +109,9 @@ func (d *Daemon) admit(w http.ResponseWriter, r *http.Request) (*pipeline.Admiss
 	return adm, func() { <-d.sem; d.metrics.inflight.Dec() }, true
 }
 
-// approvalsRetryAfter is the Retry-After of 503 overloaded when approvals are full.
-const approvalsRetryAfter = 30 * time.Second
-
 // fail writes a pipeline error; faults are logged with their cause (never sent).
 func (d *Daemon) fail(w http.ResponseWriter, r *http.Request, err error) {
 	e := pipeline.AsError(err)
-	if e.Kind == pipeline.Failed && errors.Is(e.Cause, approvals.ErrTooManyWaiting) {
-		// Too many approvals pending (in all, or for this agent): a load condition, not a
-		// store fault.
-		e = &pipeline.Error{Kind: pipeline.Failed, Status: http.StatusServiceUnavailable, Code: pipeline.CodeOverloaded,
-			Rule: e.Rule, Reason: "too many requests are waiting for approval; retry later", RetryAfter: approvalsRetryAfter}
-	}
 	d.auditRefusal(r, e)
 	if e.Kind == pipeline.Failed && e.Cause != nil {
 		d.log.Error("request failed", "path", r.URL.Path, "code", e.Code, "record_id", e.RecordID, "err", e.Cause)
