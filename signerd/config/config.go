@@ -94,6 +94,10 @@ type Protocol struct {
 type Approvals struct {
 	// MaxWait is how long an agent's request is held (long poll) before 202 approval_pending.
 	MaxWait time.Duration `yaml:"max_wait"`
+	// MaxPendingPerAgent caps the pending approvals of one agent (0: the approvals package's
+	// default, 100), so one agent cannot fill the daemon-wide cap and block the others. Over
+	// either cap a request gets 503 overloaded with Retry-After.
+	MaxPendingPerAgent int `yaml:"max_pending_per_agent"`
 }
 
 // KillSwitch configures the emergency stop.

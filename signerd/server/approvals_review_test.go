@@ -155,7 +155,7 @@ func TestReviewApprovalOutlivesTimestampSkew(t *testing.T) {
 // with Retry-After (not store_unavailable); a re-submission of a request already held still
 // gets its 202.
 func TestApprovalsFullIsOverloaded(t *testing.T) {
-	d := startDaemonPolicyOpts(t, approvalPolicy, func(o *server.Options) { o.MaxPendingApprovalsPerAgent = 2 })
+	d := startDaemonPolicyOpts(t, approvalPolicy, func(o *server.Options) { o.Config.Approvals.MaxPendingPerAgent = 2 })
 	var first map[string]any
 	for i := range 2 {
 		body := map[string]any{"claims": d.claims(0x61, uint64(i+1), 300_000, nil)}

@@ -44,10 +44,6 @@ type Options struct {
 	Backend hsm.Backend
 	// SelfUID is the uid a policy's `uid: self` means (default: the process's uid).
 	SelfUID *uint32
-	// MaxPendingApprovalsPerAgent caps the pending approvals of one agent (0: the approvals
-	// package's default, 100), so one agent cannot fill the daemon-wide cap and block the
-	// others. Over either cap a request gets 503 overloaded with Retry-After.
-	MaxPendingApprovalsPerAgent int
 }
 
 // Daemon is a running signerd.
@@ -183,7 +179,7 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 
 	// Approvals.
 	if d.approvals, err = approvals.New(approvals.Options{Auditor: d.ledger, Clock: clockFunc(d.clock), Groups: cfg.ApprovalGroups(),
-		MaxPendingPerAgent: opts.MaxPendingApprovalsPerAgent}); err != nil {
+		MaxPendingPerAgent: cfg.Approvals.MaxPendingPerAgent}); err != nil {
 		return nil, err
 	}
 
