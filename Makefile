@@ -16,6 +16,7 @@ run: setup
 # The test command README.md shows and .ci/run calls.
 test: setup
 	$(GO) vet ./...
+	./scripts/demo-daemon.sh >/dev/null   # the main job (make run) must work too
 	$(GO) test -count=1 -timeout 40m ./...
 	./scripts/fuzz-short.sh
 
