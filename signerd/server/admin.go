@@ -77,6 +77,14 @@ func adminError(w http.ResponseWriter, r *http.Request, status int, code string,
 	writeError(w, r, &pipeline.Error{Kind: pipeline.Failed, Status: status, Code: code, Reason: err.Error()})
 }
 
+// writeList answers 200 {name: list}; a nil list is sent as [], never null.
+func writeList[T any](w http.ResponseWriter, r *http.Request, name string, list []T) {
+	if list == nil {
+		list = []T{}
+	}
+	writeValue(w, r, http.StatusOK, map[string]any{name: list})
+}
+
 func (d *Daemon) handleKillSwitch(w http.ResponseWriter, r *http.Request, o config.Operator) {
 	var body struct {
 		Engaged *bool  `json:"engaged"`
@@ -186,10 +194,7 @@ func (d *Daemon) handleApprovalsList(w http.ResponseWriter, r *http.Request, _ c
 		}
 		list = out
 	}
-	if list == nil {
-		list = []approvals.Approval{}
-	}
-	writeValue(w, r, http.StatusOK, map[string]any{"approvals": list})
+	writeList(w, r, "approvals", list)
 }
 
 func approvalError(w http.ResponseWriter, r *http.Request, err error) {
@@ -205,8 +210,8 @@ func approvalError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 }
 
-func (d *Daemon) handleApprovalGet(w http.ResponseWriter, r *http.Request, _ config.Operator) {
-	a, err := d.approvals.Get(r.PathValue("id"))
+// writeApproval answers 200 with the approval an approvals call returned, or with its error.
+func writeApproval(w http.ResponseWriter, r *http.Request, a approvals.Approval, err error) {
 	if err != nil {
 		approvalError(w, r, err)
 		return
@@ -214,40 +219,42 @@ func (d *Daemon) handleApprovalGet(w http.ResponseWriter, r *http.Request, _ con
 	writeValue(w, r, http.StatusOK, a)
 }
 
-func (d *Daemon) handleApprove(w http.ResponseWriter, r *http.Request, o config.Operator) {
-	if r.ContentLength != 0 {
-		var body struct {
-			Reason string `json:"reason"`
-		}
-		if e := decodeBody(r, d.cfg.Limits.MaxBodyBytes, &body); e != nil {
-			writeError(w, r, e)
-			return
-		}
-	}
-	a, err := d.approvals.Approve(r.Context(), r.PathValue("id"), o.Name)
-	if err != nil {
-		approvalError(w, r, err)
-		return
-	}
-	writeValue(w, r, http.StatusOK, a)
-}
-
-func (d *Daemon) handleDeny(w http.ResponseWriter, r *http.Request, o config.Operator) {
+// decisionReason decodes the optional body {"reason"} of an approve or deny ("" without a
+// body); false means it wrote the decoding error.
+func (d *Daemon) decisionReason(w http.ResponseWriter, r *http.Request) (string, bool) {
 	var body struct {
 		Reason string `json:"reason"`
 	}
 	if r.ContentLength != 0 {
 		if e := decodeBody(r, d.cfg.Limits.MaxBodyBytes, &body); e != nil {
 			writeError(w, r, e)
-			return
+			return "", false
 		}
 	}
-	a, err := d.approvals.Deny(r.Context(), r.PathValue("id"), o.Name, body.Reason)
-	if err != nil {
-		approvalError(w, r, err)
+	return body.Reason, true
+}
+
+func (d *Daemon) handleApprovalGet(w http.ResponseWriter, r *http.Request, _ config.Operator) {
+	a, err := d.approvals.Get(r.PathValue("id"))
+	writeApproval(w, r, a, err)
+}
+
+func (d *Daemon) handleApprove(w http.ResponseWriter, r *http.Request, o config.Operator) {
+	// An approve's reason is accepted (and checked) but not recorded: approvals.Approve takes none.
+	if _, ok := d.decisionReason(w, r); !ok {
 		return
 	}
-	writeValue(w, r, http.StatusOK, a)
+	a, err := d.approvals.Approve(r.Context(), r.PathValue("id"), o.Name)
+	writeApproval(w, r, a, err)
+}
+
+func (d *Daemon) handleDeny(w http.ResponseWriter, r *http.Request, o config.Operator) {
+	reason, ok := d.decisionReason(w, r)
+	if !ok {
+		return
+	}
+	a, err := d.approvals.Deny(r.Context(), r.PathValue("id"), o.Name, reason)
+	writeApproval(w, r, a, err)
 }
 
 func (d *Daemon) handleAuditVerify(w http.ResponseWriter, r *http.Request, _ config.Operator) {
@@ -286,10 +293,7 @@ func (d *Daemon) handleSpend(w http.ResponseWriter, r *http.Request, _ config.Op
 			adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeStoreUnavailable, err)
 			return
 		}
-		if all == nil {
-			all = []ledger.Spend{}
-		}
-		writeValue(w, r, http.StatusOK, map[string]any{"spend": all})
+		writeList(w, r, "spend", all)
 		return
 	}
 	win, err := parseWindow(q.Get("window"))
@@ -383,10 +387,7 @@ func (d *Daemon) handleRecords(w http.ResponseWriter, r *http.Request, _ config.
 		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeStoreUnavailable, err)
 		return
 	}
-	if recs == nil {
-		recs = []*ledger.PaymentRecord{}
-	}
-	writeValue(w, r, http.StatusOK, map[string]any{"records": recs})
+	writeList(w, r, "records", recs)
 }
 
 func (d *Daemon) handleKeys(w http.ResponseWriter, r *http.Request, _ config.Operator) {
@@ -395,10 +396,7 @@ func (d *Daemon) handleKeys(w http.ResponseWriter, r *http.Request, _ config.Ope
 		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeBackendUnavailable, err)
 		return
 	}
-	if keys == nil {
-		keys = []hsm.KeyInfo{}
-	}
-	writeValue(w, r, http.StatusOK, map[string]any{"keys": keys})
+	writeList(w, r, "keys", keys)
 }
 
 // keysChanged refreshes the signers and recompiles the policy for the new wallet set, and
@@ -416,6 +414,17 @@ func (d *Daemon) keysChanged(ctx context.Context, o config.Operator, action stri
 		d.log.Error("policy recompile after a key change failed", "err", err)
 	}
 	return nil
+}
+
+// writeKeyChanged finishes a key operation the backend has done: keysChanged (audit, signers,
+// policy), then the answer {"key": k}, or 503 backend_unavailable if the signers could not be
+// refreshed.
+func (d *Daemon) writeKeyChanged(w http.ResponseWriter, r *http.Request, o config.Operator, action string, k hsm.KeyInfo) {
+	if err := d.keysChanged(r.Context(), o, action, k); err != nil {
+		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeBackendUnavailable, err)
+		return
+	}
+	writeValue(w, r, http.StatusOK, map[string]any{"key": k})
 }
 
 // keyAttester is a backend that can attest its keys (hsm/tpm's Backend.Attest).
@@ -493,11 +502,7 @@ func (d *Daemon) handleKeyGenerate(w http.ResponseWriter, r *http.Request, o con
 		keyError(w, r, err)
 		return
 	}
-	if err := d.keysChanged(r.Context(), o, "generate", k); err != nil {
-		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeBackendUnavailable, err)
-		return
-	}
-	writeValue(w, r, http.StatusOK, map[string]any{"key": k})
+	d.writeKeyChanged(w, r, o, "generate", k)
 }
 
 func (d *Daemon) handleKeyImport(w http.ResponseWriter, r *http.Request, o config.Operator) {
@@ -557,11 +562,7 @@ func (d *Daemon) handleKeyImport(w http.ResponseWriter, r *http.Request, o confi
 		keyError(w, r, err)
 		return
 	}
-	if err := d.keysChanged(r.Context(), o, "import", k); err != nil {
-		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeBackendUnavailable, err)
-		return
-	}
-	writeValue(w, r, http.StatusOK, map[string]any{"key": k})
+	d.writeKeyChanged(w, r, o, "import", k)
 }
 
 func (d *Daemon) handleKeyRetire(w http.ResponseWriter, r *http.Request, o config.Operator) {
@@ -591,11 +592,7 @@ func (d *Daemon) handleKeyRetire(w http.ResponseWriter, r *http.Request, o confi
 	if info.URI == "" {
 		info = hsm.KeyInfo{URI: body.URI, Retired: true}
 	}
-	if err := d.keysChanged(r.Context(), o, "retire", info); err != nil {
-		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeBackendUnavailable, err)
-		return
-	}
-	writeValue(w, r, http.StatusOK, map[string]any{"key": info})
+	d.writeKeyChanged(w, r, o, "retire", info)
 }
 
 func (d *Daemon) handleReady(w http.ResponseWriter, r *http.Request, _ config.Operator) {

@@ -481,15 +481,25 @@ func sellerResourceURL(pr *fourmica.PaymentRequired, opt *fourmica.PaymentRequir
 	return ""
 }
 
-func (d *Daemon) handleWallets(w http.ResponseWriter, r *http.Request) {
+// callerAgent returns the current policy and the agent the caller maps to under it, or writes
+// 403 unknown_caller.
+func (d *Daemon) callerAgent(w http.ResponseWriter, r *http.Request) (pipeline.Policy, string, bool) {
 	c, ok := d.caller(w, r)
 	if !ok {
-		return
+		return nil, "", false
 	}
 	pol := d.pipe.Policy()
 	agent, ok := pol.Principal(*c)
 	if !ok {
 		writeError(w, r, &pipeline.Error{Kind: pipeline.Denied, Status: http.StatusForbidden, Code: pipeline.CodeUnknownCaller, Reason: "this caller is not mapped to any agent"})
+		return nil, "", false
+	}
+	return pol, agent, true
+}
+
+func (d *Daemon) handleWallets(w http.ResponseWriter, r *http.Request) {
+	pol, agent, ok := d.callerAgent(w, r)
+	if !ok {
 		return
 	}
 	type wallet struct {
@@ -511,13 +521,8 @@ func (d *Daemon) handleWallets(w http.ResponseWriter, r *http.Request) {
 }
 
 func (d *Daemon) handleAgentApproval(w http.ResponseWriter, r *http.Request) {
-	c, ok := d.caller(w, r)
+	_, agent, ok := d.callerAgent(w, r)
 	if !ok {
-		return
-	}
-	agent, ok := d.pipe.Policy().Principal(*c)
-	if !ok {
-		writeError(w, r, &pipeline.Error{Kind: pipeline.Denied, Status: http.StatusForbidden, Code: pipeline.CodeUnknownCaller, Reason: "this caller is not mapped to any agent"})
 		return
 	}
 	a, err := d.approvals.Get(r.PathValue("id"))
