@@ -46,12 +46,13 @@ func (w *walletList) Set(s string) error {
 
 type policyFlags struct {
 	fs      *flag.FlagSet
+	stderr  io.Writer
 	selfUID string
 	wallets walletList
 }
 
 func newPolicyFlags(name string, stderr io.Writer) *policyFlags {
-	pf := &policyFlags{fs: flag.NewFlagSet("policy "+name, flag.ContinueOnError)}
+	pf := &policyFlags{fs: flag.NewFlagSet("policy "+name, flag.ContinueOnError), stderr: stderr}
 	pf.fs.SetOutput(stderr)
 	pf.fs.Usage = func() { fmt.Fprint(stderr, policyUsage) }
 	pf.fs.StringVar(&pf.selfUID, "self-uid", "", "uid that `uid: self` means (N or self)")
@@ -76,6 +77,34 @@ func (pf *policyFlags) options() (policyengine.CompileOptions, error) {
 	}
 	o.Wallets = pf.wallets
 	return o, nil
+}
+
+// parse parses args and requires exactly nargs arguments after the flags; false means a usage
+// error was printed (exit status 2).
+func (pf *policyFlags) parse(args []string, nargs int) bool {
+	if err := pf.fs.Parse(args); err != nil {
+		return false
+	}
+	if pf.fs.NArg() != nargs {
+		fmt.Fprint(pf.stderr, policyUsage)
+		return false
+	}
+	return true
+}
+
+// compile loads the policy named by the first argument with the compile options o. With a nil
+// policy it returns the exit status, after printing why: 2 if err (from getting o) is set, 1 if
+// the policy does not compile.
+func (pf *policyFlags) compile(o policyengine.CompileOptions, err error) (*policyengine.Policy, int) {
+	if err != nil {
+		fmt.Fprintln(pf.stderr, err)
+		return nil, 2
+	}
+	p := loadPolicy(pf.fs.Arg(0), o, pf.stderr)
+	if p == nil {
+		return nil, 1
+	}
+	return p, 0
 }
 
 func runPolicy(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
@@ -117,21 +146,12 @@ func loadPolicy(path string, o policyengine.CompileOptions, stderr io.Writer) *p
 
 func policyCheck(args []string, stdout, stderr io.Writer) int {
 	pf := newPolicyFlags("check", stderr)
-	if err := pf.fs.Parse(args); err != nil {
+	if !pf.parse(args, 1) {
 		return 2
 	}
-	if pf.fs.NArg() != 1 {
-		fmt.Fprint(stderr, policyUsage)
-		return 2
-	}
-	o, err := pf.options()
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 2
-	}
-	p := loadPolicy(pf.fs.Arg(0), o, stderr)
+	p, code := pf.compile(pf.options())
 	if p == nil {
-		return 1
+		return code
 	}
 	printSummary(stdout, p)
 	return 0
@@ -175,11 +195,7 @@ func printSummary(w io.Writer, p *policyengine.Policy) {
 func policyTest(args []string, stdout, stderr io.Writer) int {
 	pf := newPolicyFlags("test", stderr)
 	verbose := pf.fs.Bool("v", false, "print every step, not only failures")
-	if err := pf.fs.Parse(args); err != nil {
-		return 2
-	}
-	if pf.fs.NArg() != 2 {
-		fmt.Fprint(stderr, policyUsage)
+	if !pf.parse(args, 2) {
 		return 2
 	}
 	src, err := os.ReadFile(pf.fs.Arg(1))
@@ -193,13 +209,9 @@ func policyTest(args []string, stdout, stderr io.Writer) int {
 	} else {
 		o, err = policyengine.CasesCompileOptions(src)
 	}
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 2
-	}
-	p := loadPolicy(pf.fs.Arg(0), o, stderr)
+	p, code := pf.compile(o, err)
 	if p == nil {
-		return 1
+		return code
 	}
 	rep, err := policyengine.RunCases(p, src)
 	if err != nil {
@@ -249,21 +261,12 @@ func policyExplain(args []string, stdout, stderr io.Writer) int {
 	pf := newPolicyFlags("explain", stderr)
 	nowS := pf.fs.String("now", "", "appliance clock (RFC 3339); default: the intent's timestamp")
 	asJSON := pf.fs.Bool("json", false, "print JSON")
-	if err := pf.fs.Parse(args); err != nil {
+	if !pf.parse(args, 2) {
 		return 2
 	}
-	if pf.fs.NArg() != 2 {
-		fmt.Fprint(stderr, policyUsage)
-		return 2
-	}
-	o, err := pf.options()
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 2
-	}
-	p := loadPolicy(pf.fs.Arg(0), o, stderr)
+	p, code := pf.compile(pf.options())
 	if p == nil {
-		return 1
+		return code
 	}
 	raw, err := os.ReadFile(pf.fs.Arg(1))
 	if err != nil {
