@@ -1,17 +1,10 @@
 package server_test
 
 import (
-	"context"
-	"log/slog"
-	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/signerd/signerd/hsm"
-	"github.com/signerd/signerd/signerd/config"
 	"github.com/signerd/signerd/signerd/server"
 )
 
@@ -34,65 +27,11 @@ func startDaemonPolicyClock(t *testing.T, policy string, clock func() time.Time)
 	return startDaemonPolicyOpts(t, policy, func(o *server.Options) { o.Clock = clock })
 }
 
-// startDaemonPolicyOpts is startDaemon with a given policy text and server options.
+// startDaemonPolicyOpts is startDaemon with a given policy text and server options (and a
+// 100 ms approvals wait cap).
 func startDaemonPolicyOpts(t *testing.T, policy string, mutate func(*server.Options)) *testDaemon {
 	t.Helper()
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(policy), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg := &config.Config{
-		StateDir: filepath.Join(dir, "state"),
-		Sockets: config.Sockets{
-			Agent: config.Socket{Path: filepath.Join(dir, "agent.sock"), Mode: 0o660},
-			Admin: config.Socket{Path: filepath.Join(dir, "admin.sock"), Mode: 0o600},
-		},
-		HSM:       env.Options("daemon"),
-		Policy:    filepath.Join(dir, "policy.yaml"),
-		Protocol:  config.Protocol{Network: "eip155:84532", EIP712Name: "4mica", EIP712Version: "1", ChainID: 84532},
-		Approvals: config.Approvals{MaxWait: 100 * time.Millisecond},
-		Operators: []config.Operator{{Name: "alice", UID: uint32(os.Getuid()), Groups: []string{"finance"}}},
-	}
-	cfg.Defaults()
-	ctx := context.Background()
-	b, err := hsm.Open(ctx, cfg.HSM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	once, _ := walletOnce.LoadOrStore(cfg.HSM.PKCS11.TokenLabel, new(sync.Once))
-	once.(*sync.Once).Do(func() {
-		keys, err := b.List(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, k := range keys {
-			if !k.Retired {
-				return
-			}
-		}
-		if _, err := b.Generate(ctx, hsm.GenerateOptions{Label: "test-wallet"}); err != nil {
-			t.Fatal(err)
-		}
-	})
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	opts := server.Options{Config: cfg, Backend: b, Logger: log}
-	mutate(&opts)
-	d, err := server.Open(ctx, opts)
-	if err != nil {
-		b.Close()
-		t.Fatal(err)
-	}
-	d.Start()
-	t.Cleanup(func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := d.Shutdown(sctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-	})
-	td := &testDaemon{Daemon: d, cfg: cfg, dir: dir, agent: newClient(cfg.Sockets.Agent.Path), admin: newClient(cfg.Sockets.Admin.Path)}
-	td.wallet = strings.ToLower(d.Wallets()[0])
-	return td
+	return launchDaemon(t, []byte(policy), 100*time.Millisecond, nil, mutate)
 }
 
 // approvalPolicy mirrors the README example's numbers: a 60 s timestamp skew and a 15 minute

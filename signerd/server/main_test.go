@@ -77,12 +77,21 @@ var cborAnswers, _ = cbor.DecOptions{DefaultMapType: reflect.TypeOf(map[string]a
 // startDaemon starts a daemon in a temp dir; mutate may adjust the config first.
 func startDaemon(t testing.TB, mutate func(*config.Config)) *testDaemon {
 	t.Helper()
-	dir := t.TempDir()
 	pol, err := os.ReadFile("testdata/policy.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), pol, 0o600); err != nil {
+	return launchDaemon(t, pol, 300*time.Millisecond, mutate, nil)
+}
+
+// launchDaemon starts a daemon in a temp dir with the given policy text and approvals wait
+// cap, on the shared test token (a wallet is generated there once). mutateCfg (may be nil)
+// adjusts the config before the backend is opened; mutateOpts (may be nil) adjusts the server
+// options just before server.Open.
+func launchDaemon(t testing.TB, policy []byte, maxWait time.Duration, mutateCfg func(*config.Config), mutateOpts func(*server.Options)) *testDaemon {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), policy, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cfg := &config.Config{
@@ -94,12 +103,12 @@ func startDaemon(t testing.TB, mutate func(*config.Config)) *testDaemon {
 		HSM:       env.Options("daemon"),
 		Policy:    filepath.Join(dir, "policy.yaml"),
 		Protocol:  config.Protocol{Network: "eip155:84532", EIP712Name: "4mica", EIP712Version: "1", ChainID: 84532},
-		Approvals: config.Approvals{MaxWait: 300 * time.Millisecond},
+		Approvals: config.Approvals{MaxWait: maxWait},
 		Operators: []config.Operator{{Name: "alice", UID: uint32(os.Getuid()), Groups: []string{"finance"}}},
 	}
 	cfg.Defaults()
-	if mutate != nil {
-		mutate(cfg)
+	if mutateCfg != nil {
+		mutateCfg(cfg)
 	}
 	ctx := context.Background()
 	b, err := hsm.Open(ctx, cfg.HSM)
@@ -122,7 +131,11 @@ func startDaemon(t testing.TB, mutate func(*config.Config)) *testDaemon {
 		}
 	})
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	d, err := server.Open(ctx, server.Options{Config: cfg, Backend: b, Logger: log})
+	opts := server.Options{Config: cfg, Backend: b, Logger: log}
+	if mutateOpts != nil {
+		mutateOpts(&opts)
+	}
+	d, err := server.Open(ctx, opts)
 	if err != nil {
 		b.Close()
 		t.Fatal(err)
