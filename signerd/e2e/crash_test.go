@@ -13,22 +13,7 @@ import (
 	"time"
 )
 
-const crashPolicy = `version: 1
-assets:
-  USDC: {address: "0x036CbD53842c5426634e7929541eC2318f3dCF7e", decimals: 6}
-agents:
-  tester:
-    callers: [{uid: self}]
-    wallets: ["{{WALLET}}"]
-rules:
-  - id: allow-usdc
-    effect: allow
-    agents: [tester]
-    sellers: ["0x1111111111111111111111111111111111111111"]
-    networks: [eip155:84532]
-    assets: [USDC]
-    max_amount: "1000000"
-budgets:
+const crashPolicy = allowUSDCPolicy + `budgets:
   - id: capped
     labels: {suite: capped}
     per: [agent]

@@ -45,6 +45,26 @@ const (
 	sellerBad     = "0xbad0000000000000000000000000000000000bad"
 )
 
+// allowUSDCPolicy is the head shared by the single-rule test policies (bench, crash, budget
+// race): agent tester (this process's uid, the test wallet) may pay sellerOK in USDC on
+// eip155:84532, at most 1 USDC a request. Each policy appends its own budgets section.
+const allowUSDCPolicy = `version: 1
+assets:
+  USDC: {address: "0x036CbD53842c5426634e7929541eC2318f3dCF7e", decimals: 6}
+agents:
+  tester:
+    callers: [{uid: self}]
+    wallets: ["{{WALLET}}"]
+rules:
+  - id: allow-usdc
+    effect: allow
+    agents: [tester]
+    sellers: ["0x1111111111111111111111111111111111111111"]
+    networks: [eip155:84532]
+    assets: [USDC]
+    max_amount: "1000000"
+`
+
 func TestMain(m *testing.M) {
 	os.Exit(runMain(m))
 }
