@@ -97,7 +97,7 @@ func (p *Pipeline) Sign(ctx context.Context, a *Admission, req *Request) (res *R
 		}
 		// An agent retrying a request that was already signed may now be over its budget, rate
 		// or timestamp skew because of that very request: it gets the stored signature.
-		if res := p.storedRetry(dec.Code, wallet, pay, req, canon); res != nil {
+		if res := p.storedRetry(ctx, dec.Code, wallet, pay, req, canon, base); res != nil {
 			return res, nil
 		}
 		ev := base
@@ -244,7 +244,11 @@ func (p *Pipeline) commit(ctx context.Context, req *Request, id ledger.RecordID,
 		e.RecordID = uint64(id)
 		return nil, e
 	}
-	cr, err := p.o.Ledger.Commit(ctx, id, sig[:])
+	// The commit must not depend on the caller staying connected: a disconnect after signing
+	// would otherwise leave the reservation (and its budget charges) pinned until restart.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+	cr, err := p.o.Ledger.Commit(cctx, id, sig[:])
+	cancel()
 	if err != nil || len(cr.Signature) != 65 {
 		release()
 		if err == nil {
@@ -259,6 +263,9 @@ func (p *Pipeline) commit(ctx context.Context, req *Request, id ledger.RecordID,
 	copy(res.Signature[:], cr.Signature)
 	return res, nil
 }
+
+// commitTimeout bounds how long a signed request waits for its durable commit.
+const commitTimeout = 30 * time.Second
 
 // release undoes a reservation; a failure is logged (the record stays reserved and is
 // resumable, which never lets a signature out).
@@ -403,7 +410,13 @@ func (p *Pipeline) auditAsync(ctx context.Context, ev audit.Event) {
 
 // storedRetry returns the stored signature of an identical, already signed request when the
 // policy denied its retry for a reason the first request itself causes (budget, rate, clock).
-func (p *Pipeline) storedRetry(code string, wallet common.Address, pay *fourmica.ClaimsV1, req *Request, canon []byte) *Result {
+//
+// The record is read outside the committer, and bbolt readers can see a group whose fdatasync
+// has not returned yet. So the answer is audited with AppendAudit before it is returned: the
+// committer runs that write after the group holding the signature has finished, which makes it
+// a durability barrier as well as the decision's audit record. If it fails, the stored
+// signature is not returned (the caller gets the policy's denial).
+func (p *Pipeline) storedRetry(ctx context.Context, code string, wallet common.Address, pay *fourmica.ClaimsV1, req *Request, canon []byte, base audit.Event) *Result {
 	switch code {
 	case policyengine.CodeBudgetExhausted, policyengine.CodeRateLimited, policyengine.CodeStaleTimestamp:
 	default:
@@ -420,6 +433,15 @@ func (p *Pipeline) storedRetry(code string, wallet common.Address, pay *fourmica
 	}
 	release, ok := p.o.KillSwitch.Pass()
 	if !ok {
+		return nil
+	}
+	ev := base
+	ev.Decision, ev.Code, ev.RecordID = "allow", ledger.CodeReplayDuplicate, uint64(rec.ID)
+	ev.Reason = "identical retry of a signed request (policy: " + code + "): stored signature returned"
+	ev.Digest, ev.Signature = digest[:], rec.Signature
+	if _, err := p.o.Ledger.AppendAudit(ctx, ev); err != nil {
+		release()
+		p.o.Logger.Error("stored signature withheld: its audit record could not be written", "record_id", rec.ID, "err", err)
 		return nil
 	}
 	res := &Result{Claims: req.Claims, Scheme: req.Scheme, Digest: digest, RecordID: rec.ID, Replayed: true, release: release}

@@ -1,0 +1,108 @@
+package pipeline_test
+
+import (
+	"bytes"
+	"context"
+	"math/big"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/ethereum/go-ethereum/common"
+
+	"github.com/signerd/signerd/policyengine"
+	"github.com/signerd/signerd/signerd/audit"
+	"github.com/signerd/signerd/signerd/ledger"
+	"github.com/signerd/signerd/signerd/pipeline"
+)
+
+// TestStoredRetryHandsOutSignatureBeforeDurable: storedRetry reads the ledger with a
+// bbolt read transaction (Lookup → ByTab), which sees a Commit's group after bbolt's meta
+// pwrite but before its fdatasync has returned. An identical retry the policy denies
+// (budget/rate/stale) is then given the signature while the first request's Commit is still
+// in progress — i.e. before its record is durable. (Reserve's Duplicate path does not have
+// this problem: it runs in the committer, after the previous group's fsync.)
+func TestStoredRetryHandsOutSignatureBeforeDurable(t *testing.T) {
+	early := 0
+	const rounds = 40
+	f := newFixture(t, pipeline.ReserveDurable)
+	f.p.SetPolicy(denyBudget{allowPolicy{wallet: f.signer.Address(), limit: 1 << 40}})
+	admDeny, _ := f.p.Admit(policyengine.Caller{UID: 1000})
+	f.p.SetPolicy(allowPolicy{wallet: f.signer.Address(), limit: 1 << 40})
+	ctx := context.Background()
+	for i := 1; i <= rounds; i++ {
+		req := uint64(i)
+		var g0 atomic.Uint64
+		f.l.afterReserve = func() { g0.Store(f.l.Stats().Groups) } // Commit's group has not run yet
+		var stop atomic.Bool
+		got := make(chan bool, 1)
+		go func() {
+			for !stop.Load() {
+				rec, _ := f.p.Lookup(f.signer.Address(), big.NewInt(9), new(big.Int).SetUint64(req))
+				if rec == nil || rec.Status != ledger.StatusSigned {
+					continue
+				}
+				r, err := f.p.Sign(ctx, admDeny, f.request(req, 1))
+				if err != nil {
+					got <- false
+					return
+				}
+				before := f.l.Stats().Groups == g0.Load() // no group has finished since the Commit was queued
+				r.Done()
+				got <- before
+				return
+			}
+			got <- false
+		}()
+		res, err := f.p.Sign(ctx, f.adm, f.request(req, 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Done()
+		stop.Store(true)
+		if <-got {
+			early++
+		}
+	}
+	if early > 0 {
+		t.Fatalf("%d of %d retries were given the stored signature before the group holding it had finished its fsync", early, rounds)
+	}
+}
+
+// TestStoredRetryIsNotAudited: the stored-signature answer to a policy-denied retry is
+// a decision that lets a signature out, but nothing is written to the audit log for it (the
+// ledger's Duplicate path writes an allow/replay_duplicate record).
+func TestStoredRetryIsNotAudited(t *testing.T) {
+	f := newFixture(t, pipeline.ReserveDurable)
+	ctx := context.Background()
+	res, err := f.p.Sign(ctx, f.adm, f.request(1, 60))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Done()
+	seq0, _, _ := f.l.AuditHead()
+	f.p.SetPolicy(denyBudget{allowPolicy{wallet: f.signer.Address(), limit: 100}})
+	adm, _ := f.p.Admit(policyengine.Caller{UID: 1000})
+	r, err := f.p.Sign(ctx, adm, f.request(1, 60))
+	if err != nil || r.Signature != res.Signature {
+		t.Fatalf("retry: %v", err)
+	}
+	r.Done()
+	// Flush anything queued asynchronously.
+	if _, err := f.l.AppendAudit(ctx, auditMarker()); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := f.l.ExportAudit(&buf, seq0+1); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), ledger.CodeReplayDuplicate) {
+		t.Fatalf("no audit record for the signature handed out to the retry; audit after it:\n%s", buf.String())
+	}
+}
+
+var _ = common.Address{}
+
+func auditMarker() audit.Event {
+	return audit.Event{Kind: audit.KindPolicyReload, Reason: "review2 marker"}
+}
