@@ -94,12 +94,13 @@ func (p *pendingSet) getKey(rk string) *deferredRes {
 func (p *pendingSet) add(d *deferredRes) { p.added[d.rec.ID] = d }
 func (p *pendingSet) remove(id RecordID) { p.removed[id] = true }
 
-// usage is what pending deferred reservations hold on (key, window) in buckets [first, cur].
-func (p *pendingSet) usage(key string, window time.Duration, first, cur int64) *big.Int {
+// usage is what pending deferred reservations hold on (key, window) in buckets ≥ first (later
+// buckets too, as usageTx: charges made while the clock was ahead).
+func (p *pendingSet) usage(key string, window time.Duration, first int64) *big.Int {
 	sum := new(big.Int)
 	visit := func(d *deferredRes) {
 		for _, c := range d.rec.Charges {
-			if c.Key == key && c.Window == window && c.Bucket >= first && c.Bucket <= cur {
+			if c.Key == key && c.Window == window && c.Bucket >= first {
 				sum.Add(sum, c.Amount)
 			}
 		}

@@ -168,7 +168,9 @@ type Ledger struct {
 	done   chan struct{} // closed when the committer exits
 	once   sync.Once
 
-	lastPrune time.Time   // committer-only
+	lastPrune time.Time   // committer-only: clock value at the last sweep (with its monotonic reading, if any)
+	pruneAt   time.Time   // committer-only: wall time the last sweep pruned relative to
+	maxSeen   time.Time   // committer-only: latest wall time the committer's clock has shown
 	lastID    uint64      // committer-only: last record id handed out (never goes back, even if a tx fails)
 	pend      *pendingSet // committer-only: pending deferred reservations (see deferred.go)
 	hot       hotRecords  // committer-only: records reserved by this process (see hot.go)
@@ -237,6 +239,8 @@ func Open(opts Options) (*Ledger, error) {
 	l := &Ledger{db: db, opts: opts, clock: opts.Clock, q: make(chan op, opts.QueueSize), done: make(chan struct{}),
 		pend: newPendingSet(), hot: hotRecords{m: map[RecordID]*PaymentRecord{}}}
 	l.lastPrune = opts.Clock()
+	l.pruneAt = l.lastPrune.Round(0)
+	l.maxSeen = l.pruneAt
 	_ = db.View(func(tx *bolt.Tx) error { l.lastID = tx.Bucket(bucketRecords).Sequence(); return nil })
 	go l.commitLoop()
 	return l, nil
@@ -394,6 +398,32 @@ func (l *Ledger) commitLoop() {
 	}
 }
 
+// pruneTime reports whether the group at now sweeps expired usage buckets, and relative to
+// which time. Pruning is conservative about clock steps, because a bucket it deletes is budget
+// given back: it never runs while the clock shows a time before the latest it has shown (a step
+// back), and it prunes relative to the last sweep's time plus the time elapsed since, measured
+// on the clock's monotonic reading when it has one (time.Now), capped at now — so a forward step
+// of the wall clock does not delete buckets that are still inside their window in real time.
+func (l *Ledger) pruneTime(now time.Time) (time.Time, bool) {
+	wall := now.Round(0) // wall reading only
+	back := wall.Before(l.maxSeen)
+	if !back {
+		l.maxSeen = wall
+	}
+	if l.opts.PruneEvery <= 0 || back {
+		return time.Time{}, false
+	}
+	elapsed := now.Sub(l.lastPrune) // monotonic when both readings have one
+	if elapsed < l.opts.PruneEvery {
+		return time.Time{}, false
+	}
+	at := l.pruneAt.Add(elapsed)
+	if at.After(wall) {
+		at = wall
+	}
+	return at, true
+}
+
 func (l *Ledger) runGroup(group []op) {
 	failed := make([]bool, len(group))
 	var err error
@@ -420,14 +450,14 @@ func (l *Ledger) runGroup(group []op) {
 					break
 				}
 			}
-			if l.opts.PruneEvery > 0 && now.Sub(l.lastPrune) >= l.opts.PruneEvery {
+			if at, ok := l.pruneTime(now); ok {
 				wrote = true
-				n, e := pruneUsage(tx, now)
+				n, e := pruneUsage(tx, at)
 				if e != nil {
 					return e
 				}
 				l.pruned.Add(uint64(n))
-				l.lastPrune = now
+				l.lastPrune, l.pruneAt = now, at
 			}
 			// Every op applied: release early results (the group commits next, or fails as a
 			// whole, in which case Commit of an early-released reservation fails).

@@ -275,7 +275,7 @@ func (o *reserveOp) apply(tx *bolt.Tx, now time.Time) error {
 			o.err = err
 			return nil
 		}
-		used.Add(used, o.l.pend.usage(c.Key, c.Window, policyengine.WindowFirstBucket(c.Window, now), policyengine.BucketIndex(c.Window, now)))
+		used.Add(used, o.l.pend.usage(c.Key, c.Window, policyengine.WindowFirstBucket(c.Window, now)))
 		if new(big.Int).Add(used, p).Cmp(c.Limit) > 0 {
 			cc := c
 			o.res.Outcome, o.res.Charge = BudgetExhausted, &cc

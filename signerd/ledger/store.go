@@ -375,20 +375,18 @@ func splitUsageKey(k []byte) (key string, window time.Duration, bucket int64, ok
 }
 
 // usageTx sums the buckets of (key, window) in the sliding window at now, using policyengine's
-// bucket scheme (the same one the engine and MemLedger use).
+// bucket scheme (the same one the engine and MemLedger use). Buckets after now's bucket count
+// too: they hold charges made while the clock was ahead (before it was stepped back), and a
+// budget must never be spendable twice because of a clock step.
 func usageTx(tx *bolt.Tx, key string, window time.Duration, now time.Time) (*big.Int, error) {
 	sum := new(big.Int)
-	first, cur := policyengine.WindowFirstBucket(window, now), policyengine.BucketIndex(window, now)
+	first := policyengine.WindowFirstBucket(window, now)
 	prefix := usagePrefix(key, window)
 	c := tx.Bucket(bucketUsage).Cursor()
 	var v1 big.Int
 	for k, v := c.Seek(usageKey(prefix, first)); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, v = c.Next() {
-		_, _, b, ok := splitUsageKey(k)
-		if !ok {
+		if _, _, _, ok := splitUsageKey(k); !ok {
 			return nil, corruptf("usage key %x malformed", k)
-		}
-		if b > cur {
-			break
 		}
 		sum.Add(sum, v1.SetBytes(v))
 	}
@@ -408,7 +406,8 @@ func addUsage(tx *bolt.Tx, key string, window time.Duration, bucket int64, delta
 }
 
 // pruneUsage deletes every bucket older than its window's first bucket at now. Lifetime
-// counters (window 0) are kept.
+// counters (window 0) are kept. The committer calls it with a conservative time (see runGroup):
+// never a clock that went backwards, never ahead of the elapsed monotonic time.
 func pruneUsage(tx *bolt.Tx, now time.Time) (int, error) {
 	c := tx.Bucket(bucketUsage).Cursor()
 	n := 0
