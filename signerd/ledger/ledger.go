@@ -13,7 +13,11 @@
 // nothing but its audit record, and gets its own result; operations later in a group see the
 // writes of earlier ones. If an operation hits an internal write error the group's transaction
 // is rolled back and re-run without it. If the transaction itself fails (I/O), every operation
-// in the group gets that error and nothing of the group is durable.
+// in the group gets that error, and the failure is fatal: the group's effect is unknown (a
+// failed fdatasync may come after bbolt wrote the new meta page, which its rollback does not
+// undo, so the group may be visible and may or may not survive a crash). The ledger then keeps
+// that *StoreError for good: every later write returns it without touching the file (writes
+// fail closed) and Health reports it until the process restarts and reopens the file.
 //
 // When a write method returns without error, its effect and its audit record are on disk.
 // If its context ends before the committer takes the operation, the method returns the context
@@ -180,7 +184,7 @@ type Ledger struct {
 	testHookAfterApply func() error
 
 	groups, ops, updates, asyncErrs, pruned, readOnlyGroups atomic.Uint64
-	lastErr                                                 atomic.Pointer[StoreError] // last group's store error, nil after a good group
+	fatal                                                   atomic.Pointer[StoreError] // first failed group transaction; sticky (see Health)
 }
 
 // Stats are counters for metrics and tests.
@@ -269,8 +273,9 @@ func (l *Ledger) Stats() Stats {
 }
 
 // Health reports whether the ledger can take writes: ErrClosed after Close, the *StoreError of
-// the last group if its transaction failed (cleared by the next group that commits), else nil.
-// For readiness probes; it does no I/O.
+// the first group whose transaction failed (permanent: once a group transaction failed, every
+// write fails until the process restarts and reopens the file), else nil. For readiness probes;
+// it does no I/O.
 func (l *Ledger) Health() error {
 	l.mu.RLock()
 	closed := l.closed
@@ -278,7 +283,7 @@ func (l *Ledger) Health() error {
 	if closed {
 		return ErrClosed
 	}
-	if e := l.lastErr.Load(); e != nil {
+	if e := l.fatal.Load(); e != nil {
 		return e
 	}
 	return nil
@@ -335,6 +340,10 @@ func (l *Ledger) submit(ctx context.Context, o op) error {
 	if l.closed {
 		l.mu.RUnlock()
 		return ErrClosed
+	}
+	if e := l.fatal.Load(); e != nil {
+		l.mu.RUnlock()
+		return e
 	}
 	select {
 	case l.q <- o:
@@ -425,6 +434,17 @@ func (l *Ledger) pruneTime(now time.Time) (time.Time, bool) {
 }
 
 func (l *Ledger) runGroup(group []op) {
+	if e := l.fatal.Load(); e != nil { // queued before an earlier group failed: fail closed
+		for _, o := range group {
+			b := o.base()
+			b.err = e
+			if b.async {
+				l.asyncErrs.Add(1)
+			}
+			close(b.done)
+		}
+		return
+	}
 	failed := make([]bool, len(group))
 	var err error
 	for {
@@ -488,7 +508,7 @@ func (l *Ledger) runGroup(group []op) {
 	if err == nil {
 		l.pend.merge()
 	} else {
-		// Nothing of the group is durable: staged pending changes are dropped, and deferred
+		// The group failed (fatal, see below): staged pending changes are dropped, and deferred
 		// reservations whose Commit failed are dropped too (their signatures are withheld).
 		l.pend.reset()
 		for _, o := range group {
@@ -500,15 +520,16 @@ func (l *Ledger) runGroup(group []op) {
 	}
 	l.groups.Add(1)
 	l.ops.Add(uint64(len(group)))
+	var se *StoreError
 	if err != nil {
-		l.lastErr.Store(&StoreError{Op: "commit", Err: err})
-	} else {
-		l.lastErr.Store(nil)
+		// The group's effect is unknown (see the package comment): stop writing for good.
+		se = &StoreError{Op: "commit", Err: err}
+		l.fatal.CompareAndSwap(nil, se)
 	}
 	for i, o := range group {
 		b := o.base()
 		if err != nil && !failed[i] {
-			b.err = &StoreError{Op: "commit", Err: err}
+			b.err = se
 		}
 		if b.async && b.err != nil {
 			l.asyncErrs.Add(1)

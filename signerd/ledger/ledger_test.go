@@ -664,71 +664,71 @@ func TestReserveEarly(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The reservation's transaction fails after the early release: Commit must fail, the id
-	// must not be reused, and nothing of the reservation is left.
-	var fail atomic.Bool
-	fail.Store(true)
-	l.testHookAfterApply = func() error {
-		if fail.CompareAndSwap(true, false) {
-			return errors.New("injected commit failure")
-		}
-		return nil
-	}
+	// The reservation's transaction fails after the early release: the failure is fatal, so
+	// Commit fails (the signature is withheld), every later write fails and Health reports it.
+	l.testHookAfterApply = func() error { return errors.New("injected commit failure") }
 	if err := l.Health(); err != nil {
 		t.Fatal(err)
 	}
 	r2, err := l.ReserveEarly(ctx, resv(1, 2, "b", c))
-	if err != nil || r2.Outcome != Reserved {
+	var se *StoreError
+	switch {
+	case err == nil && r2.Outcome == Reserved:
+	case errors.As(err, &se): // the early answer raced with the group's end
+	default:
 		t.Fatalf("early result: %+v %v", r2, err)
 	}
 	// The early result came before the group finished: wait for it to fail.
-	var se *StoreError
 	for deadline := time.Now().Add(5 * time.Second); !errors.As(l.Health(), &se); {
 		if time.Now().After(deadline) {
 			t.Fatalf("health after a failed group: %v", l.Health())
 		}
 		time.Sleep(time.Millisecond)
 	}
-	if _, err := l.Commit(ctx, r2.RecordID, sig65(2)); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("commit of a reservation whose transaction failed: %v", err)
-	}
-	if err := l.Health(); err != nil {
-		t.Fatalf("health after a good group: %v", err)
-	}
-	if err := l.Release(ctx, r2.RecordID, "", "x"); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("release: %v", err)
-	}
-	r3, err := l.Reserve(ctx, resv(1, 2, "b", c))
-	if err != nil || r3.Outcome != Reserved || r3.RecordID <= r2.RecordID {
-		t.Fatalf("after failure: %+v %v (failed id %d)", r3, err, r2.RecordID)
-	}
-	if u, _ := l.Usage("daily/agent-a", 24*time.Hour, time.Now()); u.Int64() != 20 {
-		t.Fatalf("usage %s, want 20", u)
-	}
-
-	// Outcomes that are not signed next wait for durability: with the transaction failing they
-	// return the store error, not the (undurable) result.
-	for _, rv := range []Reservation{resv(1, 1, "a", c), resv(1, 1, "other", c), resv(1, 9, "z", charge("daily", 24*time.Hour, 100, 99))} {
-		fail.Store(true)
-		res, err := l.ReserveEarly(ctx, rv)
-		var se *StoreError
-		if !errors.As(err, &se) {
-			t.Fatalf("%s: want StoreError, got %+v %v", res.Outcome, res, err)
+	l.testHookAfterApply = nil // the file is fine now; the ledger must still refuse writes
+	if r2.Outcome == Reserved {
+		if _, err := l.Commit(ctx, r2.RecordID, sig65(2)); !errors.As(err, &se) {
+			t.Fatalf("commit of a reservation whose transaction failed: %v", err)
+		}
+		if err := l.Release(ctx, r2.RecordID, "", "x"); !errors.As(err, &se) {
+			t.Fatalf("release: %v", err)
 		}
 	}
-	l.testHookAfterApply = nil
+	for _, rv := range []Reservation{resv(1, 1, "a", c), resv(1, 3, "c", c)} {
+		if res, err := l.ReserveEarly(ctx, rv); !errors.As(err, &se) {
+			t.Fatalf("reserve after a failed group: %+v %v", res, err)
+		}
+	}
+	if err := l.Health(); !errors.As(err, &se) {
+		t.Fatalf("health after later writes: %v", err)
+	}
+	if u, _ := l.Usage("daily/agent-a", 24*time.Hour, time.Now()); u.Int64() != 10 {
+		t.Fatalf("usage %s, want 10", u)
+	}
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	// Ids stay monotonic across a reopen.
+	// After a restart the ledger takes writes again; the failed group left nothing (the hook
+	// failed it before bbolt wrote anything) and ids stay monotonic.
 	l, err = Open(Options{Path: path})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	r4, err := l.Reserve(ctx, resv(1, 3, "c"))
-	if err != nil || r4.RecordID <= r3.RecordID {
+	if err := l.Health(); err != nil {
+		t.Fatal(err)
+	}
+	if r2.Outcome == Reserved {
+		if _, err := l.Commit(ctx, r2.RecordID, sig65(2)); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("commit after reopen: %v", err)
+		}
+	}
+	r4, err := l.Reserve(ctx, resv(1, 3, "c", c))
+	if err != nil || r4.Outcome != Reserved || r4.RecordID <= r.RecordID {
 		t.Fatalf("after reopen: %+v %v", r4, err)
+	}
+	if u, _ := l.Usage("daily/agent-a", 24*time.Hour, time.Now()); u.Int64() != 20 {
+		t.Fatalf("usage %s, want 20", u)
 	}
 	if rep, err := l.VerifyAudit(); err != nil || !rep.OK {
 		t.Fatal(rep, err)
@@ -1031,56 +1031,96 @@ func TestReserveDeferred(t *testing.T) {
 }
 
 func TestReserveDeferredFailures(t *testing.T) {
-	l := openTest(t, &fakeClock{t: t0})
+	path := filepath.Join(t.TempDir(), "deferred.db")
+	open := func() *Ledger {
+		l, err := Open(Options{Path: path, Clock: (&fakeClock{t: t0}).Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
 	ctx := context.Background()
 	day := 24 * time.Hour
+	var se *StoreError
+
+	// The reservation's group fails: the ledger stops taking writes; the reservation is gone.
+	// The early answer races with the group's end: a caller that looks late may get the group's
+	// store error instead of the (already void) reservation; both are correct.
+	l := open()
 	var fail atomic.Bool
 	l.testHookAfterApply = func() error {
-		if fail.CompareAndSwap(true, false) {
+		if fail.Load() {
 			return errors.New("injected commit failure")
 		}
 		return nil
 	}
-	// The reservation's group fails: the reservation is gone, its Commit fails.
-	// The early answer races with the group's end: a caller that looks late may get the group's
-	// store error instead of the (already void) reservation; both are correct.
+	// One good group first, then fail the next one.
+	if r, err := l.ReserveDeferred(ctx, resv(1, 9, "z", charge("daily", day, 100, 1))); err != nil || r.Outcome != Reserved {
+		t.Fatal(r, err)
+	}
 	fail.Store(true)
 	r, err := l.ReserveDeferred(ctx, resv(1, 1, "a", charge("daily", day, 100, 70)))
-	var se0 *StoreError
 	switch {
 	case err == nil && r.Outcome == Reserved:
-		for fail.Load() {
+		for l.Health() == nil {
 			time.Sleep(time.Millisecond)
 		}
-		if _, err := l.Commit(ctx, r.RecordID, sig65(1)); !errors.Is(err, ErrNotFound) {
+		if _, err := l.Commit(ctx, r.RecordID, sig65(1)); !errors.As(err, &se) {
 			t.Fatalf("commit after the reservation's group failed: %v", err)
 		}
-	case errors.As(err, &se0):
+	case errors.As(err, &se):
 	default:
 		t.Fatal(r, err)
 	}
-	// The Commit's group fails: the signature is withheld and the pending reservation dropped.
+	fail.Store(false)
+	if r, err := l.ReserveDeferred(ctx, resv(1, 2, "b", charge("daily", day, 100, 10))); !errors.As(err, &se) {
+		t.Fatalf("reserve after a failed group: %+v %v", r, err)
+	}
+	if err := l.Health(); !errors.As(err, &se) {
+		t.Fatalf("health: %v", err)
+	}
+	_ = l.Close()
+
+	// The Commit's group fails: the signature is withheld, and every later write fails.
+	l = open()
+	l.testHookAfterApply = func() error {
+		if fail.Load() {
+			return errors.New("injected commit failure")
+		}
+		return nil
+	}
 	groups := l.Stats().Groups
 	r, err = l.ReserveDeferred(ctx, resv(1, 2, "b", charge("daily", day, 100, 70)))
 	if err != nil || r.Outcome != Reserved {
 		t.Fatal(r, err)
 	}
-	// ReserveDeferred answers before its group ends: let that group finish before failing the
-	// next one, or the injected failure could hit the reservation's group instead.
+	// ReserveDeferred may answer before its group ends: let that group finish before failing
+	// the next one, or the injected failure could hit the reservation's group instead.
 	for l.Stats().Groups == groups {
 		time.Sleep(time.Millisecond)
 	}
 	fail.Store(true)
-	var se *StoreError
 	if _, err := l.Commit(ctx, r.RecordID, sig65(1)); !errors.As(err, &se) {
 		t.Fatalf("failed commit: %v", err)
 	}
-	if _, err := l.Commit(ctx, r.RecordID, sig65(1)); !errors.Is(err, ErrNotFound) {
+	fail.Store(false)
+	if _, err := l.Commit(ctx, r.RecordID, sig65(1)); !errors.As(err, &se) {
 		t.Fatalf("commit after a failed commit: %v", err)
 	}
-	// Nothing is held any more: the full budget is available.
-	if r, _ := l.Reserve(ctx, resv(1, 3, "c", charge("daily", day, 100, 100))); r.Outcome != Reserved {
-		t.Fatalf("budget still held: %+v", r)
+	if err := l.PutState(ctx, "k", []byte("v"), audit.Event{Kind: audit.KindApproval}); !errors.As(err, &se) {
+		t.Fatalf("put state after a failed group: %v", err)
+	}
+	if err := l.Health(); !errors.As(err, &se) {
+		t.Fatalf("health: %v", err)
+	}
+	_ = l.Close()
+
+	// After a restart nothing is held (deferred reservations are charged on disk only by
+	// Commit): the full budget is available.
+	l = open()
+	defer l.Close()
+	if r, err := l.Reserve(ctx, resv(1, 3, "c", charge("daily", day, 100, 100))); err != nil || r.Outcome != Reserved {
+		t.Fatalf("budget still held: %+v %v", r, err)
 	}
 	if rep, err := l.VerifyAudit(); err != nil || !rep.OK {
 		t.Fatal(rep, err)

@@ -178,9 +178,12 @@ func (l *Ledger) Reserve(ctx context.Context, r Reservation) (Result, error) {
 //
 // The caller may sign at once but must still send a signature only after Commit returned nil.
 // Commit is always applied in a later transaction than the reservation, so it succeeds only if
-// the reservation is durable: if the reservation's transaction failed, Commit returns ErrNotFound
-// (record ids are never reused, even after a failed transaction) and the signature is withheld.
-// Release behaves the same way. This hides one fsync per request behind the signing time.
+// the reservation's transaction committed: if that transaction failed, the ledger has stopped
+// taking writes (see the package comment), so Commit and Release return its *StoreError and the
+// signature is withheld. After a restart the reservation is either absent (Commit returns
+// ErrNotFound) or, if the failed group reached the disk anyway, a reserved record that
+// ReleaseOrphans releases; its id is never given to another record. This hides one fsync per
+// request behind the signing time.
 func (l *Ledger) ReserveEarly(ctx context.Context, r Reservation) (Result, error) {
 	if err := r.validate(); err != nil {
 		return Result{}, err
@@ -698,9 +701,10 @@ func (l *Ledger) AppendAudit(ctx context.Context, ev audit.Event) (audit.Record,
 
 // AuditAsync queues ev and returns at once without waiting for durability: the cheap way to
 // audit a policy denial (no signature leaves, so the response need not wait for the fsync). The
-// record is written with the next group. It returns ErrClosed after Close, and ErrOverloaded
-// when the queue is full (the record is then NOT queued; the caller may AppendAudit instead).
-// Write failures are counted in Stats.AsyncErrors.
+// record is written with the next group. It returns ErrClosed after Close, the ledger's sticky
+// *StoreError after a failed group (see Health), and ErrOverloaded when the queue is full (the
+// record is then NOT queued; the caller may AppendAudit instead). Write failures are counted in
+// Stats.AsyncErrors.
 func (l *Ledger) AuditAsync(ev audit.Event) error {
 	if !ev.Kind.Valid() {
 		return fmt.Errorf("%w: audit kind %q", ErrInvalid, ev.Kind)
@@ -710,6 +714,9 @@ func (l *Ledger) AuditAsync(ev audit.Event) error {
 	defer l.mu.RUnlock()
 	if l.closed {
 		return ErrClosed
+	}
+	if e := l.fatal.Load(); e != nil {
+		return e
 	}
 	select {
 	case l.q <- o:
