@@ -70,6 +70,7 @@ package ledger
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -176,6 +177,8 @@ type Ledger struct {
 	pruneAt   time.Time   // committer-only: wall time the last sweep pruned relative to
 	maxSeen   time.Time   // committer-only: latest wall time the committer's clock has shown
 	lastID    uint64      // committer-only: last record id handed out (never goes back, even if a tx fails)
+	idHW      uint64      // committer-only: durable id high-water mark: no id above it was handed out
+	idHWTx    uint64      // committer-only: high-water mark written by the current attempt (0: none)
 	pend      *pendingSet // committer-only: pending deferred reservations (see deferred.go)
 	hot       hotRecords  // committer-only: records reserved by this process (see hot.go)
 
@@ -245,7 +248,21 @@ func Open(opts Options) (*Ledger, error) {
 	l.lastPrune = opts.Clock()
 	l.pruneAt = l.lastPrune.Round(0)
 	l.maxSeen = l.pruneAt
-	_ = db.View(func(tx *bolt.Tx) error { l.lastID = tx.Bucket(bucketRecords).Sequence(); return nil })
+	// Ids handed out before: the records' sequence, the highest stored record (belt and braces)
+	// and the high-water mark, which also covers ids that never reached the file (a deferred
+	// reservation lost in a crash, a reservation whose group failed after an early answer).
+	_ = db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketRecords)
+		l.lastID = b.Sequence()
+		if k, _ := b.Cursor().Last(); len(k) == 8 {
+			l.lastID = max(l.lastID, binary.BigEndian.Uint64(k))
+		}
+		if v := tx.Bucket(bucketMeta).Get(idHWKey); len(v) == 8 {
+			l.idHW = binary.BigEndian.Uint64(v)
+			l.lastID = max(l.lastID, l.idHW)
+		}
+		return nil
+	})
 	go l.commitLoop()
 	return l, nil
 }
@@ -407,6 +424,23 @@ func (l *Ledger) commitLoop() {
 	}
 }
 
+// nextID hands out the next record id inside tx. Ids never go back, even if tx fails, and no
+// id is ever handed out twice, even across restarts: an id above the durable high-water mark
+// raises the mark by idBlock in tx (the group then releases no early result, so the new ids
+// are answered only once the mark is durable). Open starts above the mark.
+func (l *Ledger) nextID(tx *bolt.Tx) (uint64, error) {
+	l.lastID++
+	id := l.lastID
+	if id > max(l.idHW, l.idHWTx) {
+		hw := id + idBlock - 1
+		if err := tx.Bucket(bucketMeta).Put(idHWKey, binary.BigEndian.AppendUint64(nil, hw)); err != nil {
+			return 0, err
+		}
+		l.idHWTx = hw
+	}
+	return id, tx.Bucket(bucketRecords).SetSequence(id)
+}
+
 // pruneTime reports whether the group at now sweeps expired usage buckets, and relative to
 // which time. Pruning is conservative about clock steps, because a bucket it deletes is budget
 // given back: it never runs while the clock shows a time before the latest it has shown (a step
@@ -451,6 +485,7 @@ func (l *Ledger) runGroup(group []op) {
 		now := l.clock()
 		l.updates.Add(1)
 		l.pend.reset()
+		l.idHWTx = 0
 		err = l.db.Update(func(tx *bolt.Tx) error {
 			for i, o := range group {
 				if failed[i] {
@@ -463,7 +498,7 @@ func (l *Ledger) runGroup(group []op) {
 					return errRerun
 				}
 			}
-			wrote := false
+			wrote := l.idHWTx != 0
 			for i, o := range group {
 				if !failed[i] && !o.wroteNothing() {
 					wrote = true
@@ -480,9 +515,11 @@ func (l *Ledger) runGroup(group []op) {
 				l.lastPrune, l.pruneAt = now, at
 			}
 			// Every op applied: release early results (the group commits next, or fails as a
-			// whole, in which case Commit of an early-released reservation fails).
+			// whole, in which case Commit of an early-released reservation fails). Not when this
+			// group raises the id high-water mark: its new ids are handed out only once that
+			// mark is durable.
 			for i, o := range group {
-				if b := o.base(); !failed[i] && b.early != nil && !b.earlySent && b.err == nil && o.earlyOK() {
+				if b := o.base(); l.idHWTx == 0 && !failed[i] && b.early != nil && !b.earlySent && b.err == nil && o.earlyOK() {
 					close(b.early)
 					b.earlySent = true
 				}
@@ -507,6 +544,7 @@ func (l *Ledger) runGroup(group []op) {
 	}
 	if err == nil {
 		l.pend.merge()
+		l.idHW = max(l.idHW, l.idHWTx)
 	} else {
 		// The group failed (fatal, see below): staged pending changes are dropped, and deferred
 		// reservations whose Commit failed are dropped too (their signatures are withheld).

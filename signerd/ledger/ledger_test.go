@@ -724,7 +724,7 @@ func TestReserveEarly(t *testing.T) {
 		}
 	}
 	r4, err := l.Reserve(ctx, resv(1, 3, "c", c))
-	if err != nil || r4.Outcome != Reserved || r4.RecordID <= r.RecordID {
+	if err != nil || r4.Outcome != Reserved || r4.RecordID <= r.RecordID || r4.RecordID <= r2.RecordID {
 		t.Fatalf("after reopen: %+v %v", r4, err)
 	}
 	if u, _ := l.Usage("daily/agent-a", 24*time.Hour, time.Now()); u.Int64() != 20 {

@@ -292,10 +292,10 @@ func (o *reserveOp) apply(tx *bolt.Tx, now time.Time) error {
 
 	// 3. Write: record, replay entry, debits, audit.
 	// Ids come from the committer's counter, which never goes back even if this transaction
-	// fails, so an id released early (ReserveEarly) can never name another record.
-	o.l.lastID++
-	seq := o.l.lastID
-	if err := tx.Bucket(bucketRecords).SetSequence(seq); err != nil {
+	// fails and is backed by a durable high-water mark across restarts (see nextID), so an id
+	// released early (ReserveEarly, ReserveDeferred) can never name another record.
+	seq, err := o.l.nextID(tx)
+	if err != nil {
 		return err
 	}
 	rec := &PaymentRecord{ID: RecordID(seq), Status: StatusReserved, Created: now, Updated: now,

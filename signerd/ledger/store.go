@@ -19,7 +19,7 @@ import (
 
 // Bucket names in the bbolt file (besides the audit package's buckets).
 var (
-	bucketMeta    = []byte("meta")    // "schema" → version
+	bucketMeta    = []byte("meta")    // "schema" → version; "id_hw" → record id high-water mark (8 BE)
 	bucketRecords = []byte("records") // RecordID (8 bytes BE) → CBOR diskRecord
 	bucketReplay  = []byte("replay")  // wallet(20)‖tab(32)‖req(32) → claimsHash(32)‖RecordID(8)‖status(1)
 	bucketUsage   = []byte("usage")   // budgetKey‖0x00‖window ns(8)‖bucket(8, sign-flipped) → amount (minimal BE bytes)
@@ -29,7 +29,11 @@ var (
 
 	schemaKey     = []byte("schema")
 	schemaVersion = []byte("1")
+	idHWKey       = []byte("id_hw")
 )
+
+// idBlock is how many record ids one high-water mark write covers (see Ledger.nextID).
+const idBlock = 1024
 
 // RecordID identifies a payment record. IDs come from a bbolt sequence: unique, increasing and
 // never reused in one ledger file. Its text form is the decimal number.
