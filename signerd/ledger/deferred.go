@@ -134,7 +134,9 @@ func (p *pendingSet) usage(key string, window time.Duration, first int64) *big.I
 // of theirs can have been sent (Commit had not returned), no budget was charged on disk, and an
 // agent retry reserves afresh, so the ledger stays consistent; only the audit log does not show
 // the decisions of requests that never got an answer. If Commit fails, the pending reservation is
-// dropped (its signature must not be sent; a retry reserves again).
+// dropped and its signature must not be sent; a failed group transaction also stops the ledger
+// taking writes until restart (see Health). Its record id is never given to another record, even
+// after a restart (see nextID).
 func (l *Ledger) ReserveDeferred(ctx context.Context, r Reservation) (Result, error) {
 	if err := r.validate(); err != nil {
 		return Result{}, err

@@ -63,8 +63,9 @@
 // never stored: a bucket that reaches zero is deleted). Budget usage uses policyengine's
 // bucketed sliding windows (BucketWidth, BucketIndex, WindowFirstBucket): a charge is added to
 // the bucket of its window at the committer's clock, and usage is the sum of the window's
-// buckets. Buckets older than their window are pruned by the committer (Options.PruneEvery),
-// so usage state is bounded; payment records and the audit log are history and are kept.
+// buckets and of any later bucket (charged while the clock was ahead, before a step back).
+// Buckets older than their window are pruned by the committer (Options.PruneEvery, never on a
+// clock that stepped back, and no faster than monotonic time passes), so usage state is bounded; payment records and the audit log are history and are kept.
 // See docs/ledger.md for the data model and the durability guarantees.
 package ledger
 
