@@ -19,7 +19,7 @@ import (
 
 // Audit codes Reserve writes for replay outcomes (denials use the policyengine codes).
 const (
-	CodeReplayConflict  = "replay_conflict"  // same (wallet, tab_id, req_id), different claims
+	CodeReplayConflict  = "replay_conflict"  // same (wallet, tab_id, req_id), different claims or scheme (digest)
 	CodeReplayDuplicate = "replay_duplicate" // same key and claims, already signed: stored signature returned
 	CodeReplayResume    = "replay_resume"    // same key and claims, reserved but never signed
 	CodeSigningFailed   = "signing_failed"   // default Release code
@@ -217,10 +217,10 @@ func (o *reserveOp) apply(tx *bolt.Tx, now time.Time) error {
 	// 1. Replay: a pending deferred reservation of the key first, then the file.
 	if d := o.l.pend.getKey(string(rk)); d != nil {
 		o.res.RecordID, ev.RecordID = d.rec.ID, uint64(d.rec.ID)
-		if d.rec.ClaimsHash != o.h {
+		if d.rec.ClaimsHash != o.h || d.rec.Digest != r.Digest {
 			o.res.Outcome = Conflict
 			ev.Decision, ev.Code = "deny", CodeReplayConflict
-			ev.Reason = fmt.Sprintf("(wallet, tab_id, req_id) in use by pending record %d with different claims", d.rec.ID)
+			ev.Reason = fmt.Sprintf("(wallet, tab_id, req_id) in use by pending record %d with different claims or scheme", d.rec.ID)
 			return o.audit(tx, now, ev)
 		}
 		// An identical request is in flight: same record; nothing to write (its decision is
@@ -242,10 +242,10 @@ func (o *reserveOp) apply(tx *bolt.Tx, now time.Time) error {
 			}
 			o.res.RecordID, ev.RecordID = e.id, uint64(e.id)
 			switch {
-			case e.claims != o.h:
+			case e.claims != o.h || rec.Digest != r.Digest: // other claims, or the same claims under another scheme
 				o.res.Outcome = Conflict
 				ev.Decision, ev.Code = "deny", CodeReplayConflict
-				ev.Reason = fmt.Sprintf("(wallet, tab_id, req_id) already used by record %d with different claims", e.id)
+				ev.Reason = fmt.Sprintf("(wallet, tab_id, req_id) already used by record %d with different claims or scheme", e.id)
 			case rec.Status == StatusSigned:
 				o.res.Outcome, o.res.Signature, o.res.Digest = Duplicate, rec.Signature, rec.Digest
 				ev.Decision, ev.Code, ev.Signature = "allow", CodeReplayDuplicate, rec.Signature
