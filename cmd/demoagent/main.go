@@ -7,7 +7,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -15,13 +14,12 @@ import (
 	"fmt"
 	"io"
 	"math/big"
-	"net"
-	"net/http"
 	"os"
 	"time"
 
 	"github.com/ethereum/go-ethereum/crypto"
 
+	"github.com/signerd/signerd/signerd/client"
 	"github.com/signerd/signerd/signerd/fourmica"
 )
 
@@ -55,53 +53,12 @@ func main() {
 	}
 }
 
-type client struct{ http *http.Client }
-
-func newClient(socket string) *client {
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", socket)
-	}}
-	return &client{&http.Client{Transport: tr, Timeout: time.Minute}}
-}
-
-func (c *client) call(method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, "http://signerd"+path, body)
-	if err != nil {
-		return err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s %s: HTTP %d: %s", method, path, resp.StatusCode, bytes.TrimSpace(raw))
-	}
-	return json.Unmarshal(raw, out)
-}
-
 func run(socket string, chainID uint64, name, version string, w io.Writer) error {
 	dom, err := fourmica.NewDomain(name, version, chainID)
 	if err != nil {
 		return err
 	}
-	c := newClient(socket)
+	c := client.New(socket)
 
 	var wallets struct {
 		Agent   string `json:"agent"`
@@ -110,7 +67,7 @@ func run(socket string, chainID uint64, name, version string, w io.Writer) error
 			Address string `json:"address"`
 		} `json:"wallets"`
 	}
-	if err := c.call("GET", "/v1/wallets", nil, &wallets); err != nil {
+	if err := c.Do("GET", "/v1/wallets", nil, &wallets); err != nil {
 		return err
 	}
 	if len(wallets.Wallets) == 0 {
@@ -137,7 +94,7 @@ func run(socket string, chainID uint64, name, version string, w io.Writer) error
 		Accepted json.RawMessage `json:"accepted"`
 		RecordID string          `json:"record_id"`
 	}
-	err = c.call("POST", "/v1/x402/payments", map[string]any{
+	err = c.Do("POST", "/v1/x402/payments", map[string]any{
 		"requirements": json.RawMessage(sample402),
 		"tab":          map[string]any{"tab_id": tab, "next_req_id": "0x0"},
 		"task":         map[string]any{"id": "demo-weather", "labels": map[string]string{"purpose": "demo"}},
@@ -168,7 +125,7 @@ func run(socket string, chainID uint64, name, version string, w io.Writer) error
 		Request   json.RawMessage `json:"request"`
 		RecordID  string          `json:"record_id"`
 	}
-	if err := c.call("POST", "/v1/guarantees", map[string]any{"claims": claims, "scheme": "eip712"}, &g); err != nil {
+	if err := c.Do("POST", "/v1/guarantees", map[string]any{"claims": claims, "scheme": "eip712"}, &g); err != nil {
 		return err
 	}
 	req, err := fourmica.DecodeRequest(g.Request)

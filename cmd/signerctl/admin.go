@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"math/big"
-	"net/http"
 	"net/url"
 	"os"
 	"sort"
@@ -24,6 +23,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/signerd/signerd/signerd/audit"
+	"github.com/signerd/signerd/signerd/client"
 )
 
 // Exit codes of the admin commands.
@@ -76,11 +76,11 @@ func (a *adminFlags) parse(args []string) ([]string, error) {
 	}
 }
 
-func (a *adminFlags) client() *daemonClient { return newDaemonClient(adminSocket(*a.socket)) }
+func (a *adminFlags) client() *client.Client { return client.New(adminSocket(*a.socket)) }
 
 // fail prints err and returns the exit code for it.
 func (a *adminFlags) fail(err error, stdout, stderr io.Writer) int {
-	var ae *apiError
+	var ae *client.Error
 	if errors.As(err, &ae) {
 		if *a.json {
 			b, _ := json.Marshal(map[string]any{"error": ae, "status": ae.Status})
@@ -90,7 +90,7 @@ func (a *adminFlags) fail(err error, stdout, stderr io.Writer) int {
 		return exitRefused
 	}
 	fmt.Fprintf(stderr, "signerctl: %v\n", err)
-	if strings.Contains(err.Error(), "cannot reach signerd") {
+	if errors.Is(err, client.ErrUnreachable) {
 		return exitUnreachable
 	}
 	return exitRefused
@@ -156,7 +156,7 @@ func cmdStop(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		Status ksStatus `json:"status"`
 	}
 	var raw json.RawMessage
-	if err := a.client().do("POST", "/v1/admin/kill-switch", map[string]any{"engaged": true, "reason": *reason}, &raw); err != nil {
+	if err := a.client().Do("POST", "/v1/admin/kill-switch", map[string]any{"engaged": true, "reason": *reason}, &raw); err != nil {
 		return a.fail(err, stdout, stderr)
 	}
 	if *a.json {
@@ -175,7 +175,7 @@ func cmdResume(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	var raw json.RawMessage
-	if err := a.client().do("POST", "/v1/admin/kill-switch", map[string]any{"engaged": false}, &raw); err != nil {
+	if err := a.client().Do("POST", "/v1/admin/kill-switch", map[string]any{"engaged": false}, &raw); err != nil {
 		return a.fail(err, stdout, stderr)
 	}
 	if *a.json {
@@ -211,7 +211,7 @@ func cmdStatus(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	var raw json.RawMessage
-	if err := a.client().do("GET", "/v1/admin/status", nil, &raw); err != nil {
+	if err := a.client().Do("GET", "/v1/admin/status", nil, &raw); err != nil {
 		return a.fail(err, stdout, stderr)
 	}
 	if *a.json {
@@ -280,7 +280,7 @@ func cmdReloadPolicy(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	var raw json.RawMessage
-	if err := a.client().do("POST", "/v1/admin/policy/reload", map[string]any{}, &raw); err != nil {
+	if err := a.client().Do("POST", "/v1/admin/policy/reload", map[string]any{}, &raw); err != nil {
 		code := a.fail(err, stdout, stderr)
 		if code == exitRefused {
 			fmt.Fprintln(stderr, "the previous policy stays in force")
@@ -379,7 +379,7 @@ func cmdApprovals(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 			path += "?state=" + url.QueryEscape(*state)
 		}
 		var raw json.RawMessage
-		if err := c.do("GET", path, nil, &raw); err != nil {
+		if err := c.Do("GET", path, nil, &raw); err != nil {
 			return a.fail(err, stdout, stderr)
 		}
 		if *a.json {
@@ -416,15 +416,15 @@ func cmdApprovals(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	var raw json.RawMessage
 	switch sub {
 	case "show":
-		err = c.do("GET", "/v1/admin/approvals/"+url.PathEscape(id), nil, &raw)
+		err = c.Do("GET", "/v1/admin/approvals/"+url.PathEscape(id), nil, &raw)
 	case "approve":
-		err = c.do("POST", "/v1/admin/approvals/"+url.PathEscape(id)+"/approve", map[string]any{}, &raw)
+		err = c.Do("POST", "/v1/admin/approvals/"+url.PathEscape(id)+"/approve", map[string]any{}, &raw)
 	case "deny":
 		if strings.TrimSpace(*reason) == "" {
 			fmt.Fprintln(stderr, "signerctl approvals deny: --reason is required")
 			return exitUsage
 		}
-		err = c.do("POST", "/v1/admin/approvals/"+url.PathEscape(id)+"/deny", map[string]any{"reason": *reason}, &raw)
+		err = c.Do("POST", "/v1/admin/approvals/"+url.PathEscape(id)+"/deny", map[string]any{"reason": *reason}, &raw)
 	}
 	if err != nil {
 		return a.fail(err, stdout, stderr)
@@ -528,7 +528,7 @@ func auditVerify(a *adminFlags, dbPath string, stdout, stderr io.Writer) int {
 			return exitRefused
 		}
 	} else {
-		if err := a.client().do("GET", "/v1/admin/audit/verify", nil, &rep); err != nil {
+		if err := a.client().Do("GET", "/v1/admin/audit/verify", nil, &rep); err != nil {
 			code := a.fail(err, stdout, stderr)
 			if code == exitUnreachable {
 				fmt.Fprintln(stderr, "if the daemon is stopped, verify its ledger file directly: signerctl audit verify --db STATE_DIR/signerd.db")
@@ -576,30 +576,8 @@ func auditExport(a *adminFlags, dbPath, outPath string, from uint64, stdout, std
 			defer db.Close()
 			return audit.Export(db, cw, from)
 		}
-		c := a.client()
-		req, err := http.NewRequest("GET", "http://signerd/v1/admin/audit/export?from="+strconv.FormatUint(from, 10), nil)
-		if err != nil {
-			return err
-		}
-		c.http.Timeout = 0 // a large export may take a while; the socket is local
-		resp, err := c.http.Do(req)
-		if err != nil {
-			return fmt.Errorf("cannot reach signerd at %s: %w", c.socket, err)
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-			var env struct {
-				Error apiError `json:"error"`
-			}
-			if json.Unmarshal(raw, &env) != nil || env.Error.Code == "" {
-				return &apiError{Status: resp.StatusCode, Code: "http_" + strconv.Itoa(resp.StatusCode), Reason: strings.TrimSpace(string(raw))}
-			}
-			env.Error.Status = resp.StatusCode
-			return &env.Error
-		}
-		_, err = io.Copy(cw, resp.Body)
-		return err
+		// A large export may take a while; the socket is local, so no overall time limit.
+		return a.client().Stream("GET", "/v1/admin/audit/export?from="+strconv.FormatUint(from, 10), cw)
 	}()
 	if f != nil {
 		if cerr := f.Close(); err == nil {
@@ -691,7 +669,7 @@ func cmdLedger(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		path += "?" + q.Encode()
 	}
 	var raw json.RawMessage
-	if err := a.client().do("GET", path, nil, &raw); err != nil {
+	if err := a.client().Do("GET", path, nil, &raw); err != nil {
 		return a.fail(err, stdout, stderr)
 	}
 	if *a.json {

@@ -24,6 +24,7 @@ import (
 	"github.com/signerd/signerd/hsm"
 	_ "github.com/signerd/signerd/hsm/backends" // every backend this build includes
 	"github.com/signerd/signerd/hsm/pkcs11"
+	"github.com/signerd/signerd/signerd/client"
 )
 
 func init() {
@@ -414,7 +415,7 @@ func readImport(k *keyFlags) (*importRequest, error) {
 
 // keysViaDaemon runs list/generate/import/retire against a running daemon's admin API.
 func keysViaDaemon(sub string, k *keyFlags, imp *importRequest, stdout, stderr io.Writer) int {
-	c := newDaemonClient(adminSocket(*k.socket))
+	c := client.New(adminSocket(*k.socket))
 	var one struct {
 		Key hsm.KeyInfo `json:"key"`
 	}
@@ -424,31 +425,31 @@ func keysViaDaemon(sub string, k *keyFlags, imp *importRequest, stdout, stderr i
 		var all struct {
 			Keys []hsm.KeyInfo `json:"keys"`
 		}
-		if err = c.do("GET", "/v1/admin/keys", nil, &all); err == nil {
+		if err = c.Do("GET", "/v1/admin/keys", nil, &all); err == nil {
 			return printKeys(all.Keys, *k.json, stdout)
 		}
 	case "generate":
-		err = c.do("POST", "/v1/admin/keys/generate", map[string]string{"label": *k.label}, &one)
+		err = c.Do("POST", "/v1/admin/keys/generate", map[string]string{"label": *k.label}, &one)
 	case "import":
 		if imp.key != nil {
 			imp.KeyHex = hex.EncodeToString(imp.key)
 		}
-		err = c.do("POST", "/v1/admin/keys/import", imp, &one)
+		err = c.Do("POST", "/v1/admin/keys/import", imp, &one)
 		imp.KeyHex, imp.Passphrase = "", ""
 	case "retire":
-		err = c.do("POST", "/v1/admin/keys/retire", map[string]string{"uri": *k.uri}, &one)
+		err = c.Do("POST", "/v1/admin/keys/retire", map[string]string{"uri": *k.uri}, &one)
 	case "attest":
 		var ans struct {
 			Document []byte `json:"document"` // base64 in JSON
 		}
 		nonce, _ := parseNonce(*k.nonce) // checked by runKeys
-		if err = c.do("POST", "/v1/admin/keys/attest", map[string]string{"uri": *k.uri, "nonce": hex.EncodeToString(nonce)}, &ans); err == nil {
+		if err = c.Do("POST", "/v1/admin/keys/attest", map[string]string{"uri": *k.uri, "nonce": hex.EncodeToString(nonce)}, &ans); err == nil {
 			return printAttestation(k, ans.Document, stdout, stderr)
 		}
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "signerctl keys %s: %v\n", sub, err)
-		var ae *apiError
+		var ae *client.Error
 		if errors.As(err, &ae) {
 			return exitRefused
 		}
