@@ -52,6 +52,12 @@ func BenchmarkE2EVsRaw(b *testing.B) {
 	for i := range digests {
 		rand.Read(digests[i][:])
 	}
+	// What the mandated work costs here (fdatasync beside the ledger, recovery), for the ceilings.
+	fl, err := measureFloor(filepath.Dir(e.db))
+	if err != nil {
+		b.Fatal(err)
+	}
+	fmt.Printf("FLOORROW %s\n", fl)
 	b.ResetTimer()
 	for _, conc := range []int{1, 2, 4} {
 		raws := make([]*rawSession, conc)
@@ -75,7 +81,7 @@ func BenchmarkE2EVsRaw(b *testing.B) {
 		}
 		const round = 100
 		var e2eLat, rawLat []time.Duration
-		var e2eTime, rawTime time.Duration
+		var e2eTime, rawTime, rawCPU time.Duration
 		var mu sync.Mutex
 		run := func(n int, op func(g, i int) error, lat *[]time.Duration) time.Duration {
 			var next atomic.Int64
@@ -117,10 +123,12 @@ func BenchmarkE2EVsRaw(b *testing.B) {
 				}
 				return nil
 			}, &e2eLat)
+			cpu0 := processCPU()
 			rawTime += run(n, func(g, i int) error {
 				_, err := raws[g].Sign(digests[(base+i)%len(digests)][:])
 				return err
 			}, &rawLat)
+			rawCPU += processCPU() - cpu0
 			if b.Failed() {
 				return
 			}
@@ -131,8 +139,10 @@ func BenchmarkE2EVsRaw(b *testing.B) {
 		}
 		e2eOps, rawOps := float64(ops)/e2eTime.Seconds(), float64(ops)/rawTime.Seconds()
 		e2eP50, rawP50 := p50(e2eLat), p50(rawLat)
-		fmt.Printf("BENCHROW state=%s conc=%d ops=%d e2e_ops_s=%.0f raw_ops_s=%.0f e2e_p50_us=%d raw_p50_us=%d ratio=%.3f added_p50_us=%d\n",
-			filepath.Dir(e.db), conc, ops, e2eOps, rawOps, e2eP50.Microseconds(), rawP50.Microseconds(), e2eOps/rawOps, (e2eP50 - rawP50).Microseconds())
+		rawCPUOp := rawCPU / time.Duration(ops)
+		fmt.Printf("BENCHROW state=%s conc=%d ops=%d e2e_ops_s=%.0f raw_ops_s=%.0f e2e_p50_us=%d raw_p50_us=%d ratio=%.3f added_p50_us=%d raw_cpu_us=%d lat_ceiling=%.3f cpu_ceiling=%.3f\n",
+			filepath.Dir(e.db), conc, ops, e2eOps, rawOps, e2eP50.Microseconds(), rawP50.Microseconds(), e2eOps/rawOps, (e2eP50 - rawP50).Microseconds(),
+			rawCPUOp.Microseconds(), fl.latencyCeiling(rawP50), fl.cpuCeiling(rawCPUOp))
 		b.ReportMetric(e2eOps/rawOps, fmt.Sprintf("ratio-c%d", conc))
 	}
 	b.StopTimer()
