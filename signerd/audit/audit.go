@@ -25,8 +25,10 @@
 // Export writes the chain as JSON lines (one object per record, with its hash).
 //
 // The chain detects accidental corruption and tampering by anyone who cannot rewrite every
-// later record and the head; anchor the head hash (Head, or the last exported line) outside the
-// appliance to detect a full rewrite.
+// later record and the head. To detect a full rewrite or a truncation of the tail by someone with
+// write access to the file, anchor the head outside the appliance (HeadInfo, printed by
+// `signerctl audit head`) and later check the anchors (CheckAnchors, VerifyAnchored: the record
+// with the anchor's seq must still exist and still have the anchor's hash).
 package audit
 
 import (
@@ -278,7 +280,9 @@ type Report struct {
 	Records  uint64        `json:"records"`             // records checked and found good
 	HeadSeq  uint64        `json:"head_seq"`            // last good seq
 	HeadHash string        `json:"head_hash"`           // 0x-hex hash of the last good record
-	FirstBad *CorruptError `json:"first_bad,omitempty"` // nil when OK
+	FirstBad *CorruptError `json:"first_bad,omitempty"` // nil when the chain is unbroken
+	// Anchors holds the result of each anchor checked (VerifyAnchored); OK is false if any failed.
+	Anchors []AnchorResult `json:"anchors,omitempty"`
 }
 
 // MarshalJSON renders a CorruptError for reports.
