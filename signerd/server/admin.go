@@ -56,6 +56,8 @@ func (d *Daemon) adminRoutes() http.Handler {
 	mux.HandleFunc("POST /v1/admin/approvals/{id}/approve", op("approval_approve", d.handleApprove))
 	mux.HandleFunc("POST /v1/admin/approvals/{id}/deny", op("approval_deny", d.handleDeny))
 	mux.HandleFunc("GET /v1/admin/audit/verify", op("audit_verify", d.handleAuditVerify))
+	mux.HandleFunc("POST /v1/admin/audit/verify", op("audit_verify", d.handleAuditVerify))
+	mux.HandleFunc("GET /v1/admin/audit/head", op("audit_head", d.handleAuditHead))
 	mux.HandleFunc("GET /v1/admin/audit/export", op("audit_export", d.handleAuditExport))
 	mux.HandleFunc("GET /v1/admin/ledger/spend", op("ledger_spend", d.handleSpend))
 	mux.HandleFunc("GET /v1/admin/ledger/records", op("ledger_records", d.handleRecords))
@@ -257,13 +259,84 @@ func (d *Daemon) handleDeny(w http.ResponseWriter, r *http.Request, o config.Ope
 	writeApproval(w, r, a, err)
 }
 
+// maxAnchors bounds the anchors one verify request may check.
+const maxAnchors = 100000
+
+// auditAnchors reads the anchors of a verify request: repeated query parameters
+// anchor=SEQ:0xHASH (GET), or a JSON body {"anchors": ["SEQ:0xHASH" | "seq=N hash=0x…", …]}
+// (POST, for many anchors). false means it wrote the error (400 naming the bad anchor).
+func (d *Daemon) auditAnchors(w http.ResponseWriter, r *http.Request) ([]audit.Anchor, bool) {
+	texts := r.URL.Query()["anchor"]
+	if r.Method == http.MethodPost {
+		var body struct {
+			Anchors []string `json:"anchors"`
+		}
+		if e := decodeBody(r, d.cfg.Limits.MaxBodyBytes, &body); e != nil {
+			writeError(w, r, e)
+			return nil, false
+		}
+		texts = append(texts, body.Anchors...)
+	}
+	if len(texts) > maxAnchors {
+		writeError(w, r, pipeline.Invalidf("anchors", "at most %d per request", maxAnchors))
+		return nil, false
+	}
+	anchors := make([]audit.Anchor, 0, len(texts))
+	for _, s := range texts {
+		a, err := audit.ParseAnchor(s)
+		if err != nil {
+			writeError(w, r, pipeline.Invalidf("anchor", "%s", strings.TrimPrefix(err.Error(), "audit: ")))
+			return nil, false
+		}
+		anchors = append(anchors, a)
+	}
+	return anchors, true
+}
+
+// handleAuditVerify verifies the whole chain and checks the request's anchors (see
+// auditAnchors): 200 with the report, whose ok is false on a broken chain or a failed anchor.
 func (d *Daemon) handleAuditVerify(w http.ResponseWriter, r *http.Request, _ config.Operator) {
+	anchors, ok := d.auditAnchors(w, r)
+	if !ok {
+		return
+	}
 	rep, err := d.ledger.VerifyAudit()
 	if err != nil && !errors.Is(err, audit.ErrCorrupt) {
 		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeStoreUnavailable, err)
 		return
 	}
+	if len(anchors) > 0 {
+		head := rep.HeadSeq
+		if seq, _, err := d.ledger.AuditHead(); err == nil {
+			head = seq
+		}
+		res, err := audit.CheckAnchors(anchors, head, d.ledger.AuditRecord)
+		if err != nil {
+			adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeStoreUnavailable, err)
+			return
+		}
+		_ = rep.AddAnchors(res) // a failed anchor is reported in rep (ok false), not as an error
+	}
 	writeValue(w, r, http.StatusOK, rep)
+}
+
+// handleAuditHead answers the audit head to anchor outside the appliance: {"seq", "hash",
+// "time", "line"} (audit.HeadInfo). A head that does not match the last record is 500
+// audit_corrupt.
+func (d *Daemon) handleAuditHead(w http.ResponseWriter, r *http.Request, _ config.Operator) {
+	seq, h, err := d.ledger.AuditHead()
+	var info audit.HeadInfo
+	if err == nil {
+		info, err = audit.HeadFrom(seq, h, d.ledger.AuditRecord)
+	}
+	switch {
+	case errors.Is(err, audit.ErrCorrupt):
+		adminError(w, r, http.StatusInternalServerError, "audit_corrupt", err)
+	case err != nil:
+		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeStoreUnavailable, err)
+	default:
+		writeValue(w, r, http.StatusOK, info)
+	}
 }
 
 func (d *Daemon) handleAuditExport(w http.ResponseWriter, r *http.Request, _ config.Operator) {
