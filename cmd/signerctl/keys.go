@@ -6,6 +6,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/hex"
@@ -16,6 +17,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -46,7 +48,8 @@ func keysUsage(w io.Writer) {
                                                   printed as base64 or written to FILE; docs/tpm.md)
 
 Backend (offline): --backend FILE (YAML hsm.Options), or --module M --token L (--pin-file F | --pin-env V)
-Daemon: --socket PATH makes list, generate, import, retire and attest use a running signerd's admin API.
+Daemon: --socket PATH makes list, generate, import, retire and attest use a running signerd's admin API;
+without --socket, --backend, --module or --token, $SIGNERD_ADMIN_SOCKET is used the same way.
 `)
 }
 
@@ -168,6 +171,11 @@ func runKeys(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return exitUsage
 		}
 		defer imp.zero()
+	}
+	if *k.socket == "" && *k.backend == "" && *k.module == "" && *k.token == "" {
+		// No device named: like every admin command, use the daemon named by
+		// $SIGNERD_ADMIN_SOCKET (what `signerd dev` tells operators to export).
+		*k.socket = os.Getenv("SIGNERD_ADMIN_SOCKET")
 	}
 	if *k.socket != "" {
 		if sub == "sign" {
@@ -338,7 +346,7 @@ func backendOptions(k *keyFlags) (hsm.Options, error) {
 		return o, nil
 	}
 	if *k.token == "" {
-		return o, errors.New("say which backend: --backend FILE, or --token L [--module M] (--pin-file F | --pin-env V)")
+		return o, errors.New("say which backend: --backend FILE, or --token L [--module M] (--pin-file F | --pin-env V), or --socket PATH (a running daemon; also $SIGNERD_ADMIN_SOCKET)")
 	}
 	o.Type = "pkcs11"
 	o.PKCS11 = hsm.PKCS11Options{Module: *k.module, TokenLabel: *k.token, PINFile: *k.pinFile, PINEnv: *k.pinEnv, Sessions: 1}
@@ -479,7 +487,12 @@ func facts(ki hsm.KeyInfo) string {
 		f = append(f, "state="+st) // TPM keys: sealed, unsealed, policy_mismatch, ...
 	}
 	if len(ki.SealedPCRs) > 0 {
-		f = append(f, fmt.Sprintf("sealed-pcrs=%v", ki.SealedPCRs))
+		pcrs := make([]string, len(ki.SealedPCRs))
+		for i, p := range ki.SealedPCRs {
+			pcrs[i] = fmt.Sprint(p)
+		}
+		// No spaces: the list table's columns stay whitespace-separated (awk '{print $4}').
+		f = append(f, "sealed-pcrs=["+strings.Join(pcrs, ",")+"]")
 	}
 	if ki.Retired {
 		f = append(f, "RETIRED")
@@ -491,6 +504,11 @@ func printKeys(keys []hsm.KeyInfo, asJSON bool, w io.Writer) int {
 	if keys == nil {
 		keys = []hsm.KeyInfo{}
 	}
+	// Sorted by label (then URI) whatever order the backend or the daemon lists them in.
+	keys = slices.Clone(keys)
+	slices.SortStableFunc(keys, func(a, b hsm.KeyInfo) int {
+		return cmp.Or(cmp.Compare(a.Label, b.Label), cmp.Compare(a.URI, b.URI))
+	})
 	if asJSON {
 		return writeJSON(w, map[string]any{"keys": keys})
 	}

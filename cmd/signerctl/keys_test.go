@@ -31,6 +31,7 @@ func runCtl(t *testing.T, args ...string) (string, string, int) {
 // generate, import (keystore v3 and raw), list, sign, retire. (One SoftHSM2 configuration
 // per process, so this is a single sequential test.)
 func TestKeysOffline(t *testing.T) {
+	t.Setenv("SIGNERD_ADMIN_SOCKET", "") // "keys list" with no backend must be a usage error
 	dir := t.TempDir()
 	out, errs, rc := runCtl(t, "keys", "init-softhsm", "--dir", dir, "--label", "ctl")
 	if rc != 0 {
@@ -204,5 +205,60 @@ func TestKeysViaDaemon(t *testing.T) {
 	}
 	if _, errs, rc := runCtl(t, "keys", "list", "--socket", filepath.Join(dir, "nobody.sock")); rc != exitUnreachable {
 		t.Fatalf("unreachable daemon: rc=%d %s", rc, errs)
+	}
+
+	// No --socket and no backend: $SIGNERD_ADMIN_SOCKET names the daemon, as for the admin
+	// commands; a named backend still wins over it.
+	t.Setenv("SIGNERD_ADMIN_SOCKET", sock)
+	got = nil
+	if out, errs, rc := runCtl(t, "keys", "list"); rc != 0 || len(got) != 1 || got[0] != "GET /v1/admin/keys " || !strings.Contains(out, key.URI) {
+		t.Fatalf("keys list via $SIGNERD_ADMIN_SOCKET: rc=%d out=%q err=%q requests=%q", rc, out, errs, got)
+	}
+	got = nil
+	if _, errs, rc := runCtl(t, "keys", "list", "--backend", filepath.Join(dir, "missing.yaml")); rc != exitUsage || len(got) != 0 {
+		t.Fatalf("--backend with $SIGNERD_ADMIN_SOCKET set: rc=%d err=%q requests=%q", rc, errs, got)
+	}
+	if _, errs, rc := runCtl(t, "keys", "sign", "--uri", key.URI, "--digest", "0x"+strings.Repeat("11", 32)); rc != exitUsage || !strings.Contains(errs, "offline only") {
+		t.Fatalf("sign with only $SIGNERD_ADMIN_SOCKET: rc=%d err=%q", rc, errs)
+	}
+}
+
+// TestPrintKeysSorted: the list is sorted by label (then URI) whatever order the backend or
+// the daemon answers in (the TPM backend lists by key id), and the facts column has no
+// spaces, so the table's columns can be cut with awk.
+func TestPrintKeysSorted(t *testing.T) {
+	keys := []hsm.KeyInfo{
+		{URI: "tpm:key=0000000000000003", Label: "raw", Origin: hsm.OriginImported, SealedPCRs: []int{7, 16}},
+		{URI: "tpm:key=0000000000000001", Label: "migrated", Origin: hsm.OriginImported},
+		{URI: "tpm:key=0000000000000002", Label: "agent-1", Origin: hsm.OriginGenerated},
+		{URI: "tpm:key=0000000000000000", Label: "agent-1", Origin: hsm.OriginGenerated},
+	}
+	var b bytes.Buffer
+	if rc := printKeys(keys, false, &b); rc != 0 {
+		t.Fatal(rc)
+	}
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	var got []string
+	for _, l := range lines[1:] {
+		f := strings.Fields(l)
+		if len(f) != 4 {
+			t.Fatalf("row %q has %d columns, want 4", l, len(f))
+		}
+		got = append(got, f[1]+" "+f[3])
+	}
+	want := []string{"agent-1 tpm:key=0000000000000000", "agent-1 tpm:key=0000000000000002", "migrated tpm:key=0000000000000001", "raw tpm:key=0000000000000003"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("order %q, want %q", got, want)
+	}
+	if !strings.Contains(b.String(), "sealed-pcrs=[7,16]") {
+		t.Fatalf("facts: %s", b.String())
+	}
+	b.Reset()
+	var js struct{ Keys []hsm.KeyInfo }
+	if printKeys(keys, true, &b) != 0 || json.Unmarshal(b.Bytes(), &js) != nil || len(js.Keys) != 4 || js.Keys[0].URI != "tpm:key=0000000000000000" || js.Keys[3].Label != "raw" {
+		t.Fatalf("JSON order: %s", b.String())
+	}
+	if keys[0].Label != "raw" {
+		t.Fatal("printKeys reordered the caller's slice")
 	}
 }
