@@ -64,7 +64,7 @@ func run(args []string, stderr io.Writer) int {
 		fs.SetOutput(stderr)
 		path := fs.String("config", "/etc/signerd/signerd.yaml", "configuration file")
 		if err := fs.Parse(args[1:]); err != nil {
-			return 2
+			return helpOrUsage(err)
 		}
 		if cfg, err = config.Load(*path); err != nil {
 			fmt.Fprintln(stderr, "signerd:", err)
@@ -75,7 +75,7 @@ func run(args []string, stderr io.Writer) int {
 		fs.SetOutput(stderr)
 		dir := fs.String("dir", ".signerd-dev", "state directory of the development instance")
 		if err := fs.Parse(args[1:]); err != nil {
-			return 2
+			return helpOrUsage(err)
 		}
 		if cfg, backend, err = provisionDev(*dir, stderr); err != nil {
 			fmt.Fprintln(stderr, "signerd dev:", err)
@@ -148,6 +148,14 @@ func run(args []string, stderr io.Writer) int {
 			}
 		}
 	}
+}
+
+// helpOrUsage is the exit code for a flag parse error: 0 for -h/--help, 2 otherwise.
+func helpOrUsage(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	return 2
 }
 
 // checkSecrets refuses PIN files others can read.

@@ -257,6 +257,27 @@ func waitFor(t *testing.T, p *proc, s string) {
 	}
 }
 
+// TestUsageExitCodes: help asked for exits 0 with the usage, a usage mistake exits 2.
+func TestUsageExitCodes(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"--help"}, 0, "signerd run --config FILE"},
+		{[]string{"run", "--help"}, 0, "-config"},
+		{[]string{"dev", "-h"}, 0, "-dir"},
+		{[]string{"run", "--bogus"}, 2, "flag provided but not defined"},
+		{[]string{"dev", "--bogus"}, 2, "flag provided but not defined"},
+		{[]string{"nope"}, 2, "usage:"},
+	} {
+		p := startSignerd(t, c.args...)
+		if got := p.wait(t); got != c.code || !strings.Contains(p.log.String(), c.want) {
+			t.Errorf("signerd %q: exit %d (want %d), output:\n%s", c.args, got, c.code, p.log)
+		}
+	}
+}
+
 // TestRefusesExposedConfig: a config file others can read is refused before anything starts.
 func TestRefusesExposedConfig(t *testing.T) {
 	dir := t.TempDir()
