@@ -40,7 +40,7 @@ func init() {
 	register("status", "show a running daemon's status", cmdStatus)
 	register("reload-policy", "reload the policy of a running daemon (atomic; a bad policy is refused)", cmdReloadPolicy)
 	register("approvals", "list, show, approve or deny held requests", cmdApprovals)
-	register("audit", "verify or export the audit log (audit verify|export)", cmdAudit)
+	register("audit", "verify, export or anchor the audit log (audit verify|export|head)", cmdAudit)
 	register("ledger", "query budget spend and payment records (ledger spend|records)", cmdLedger)
 }
 
@@ -467,11 +467,24 @@ func cmdApprovals(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 
 // ---- audit ----
 
-func cmdAudit(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+
+// anchorBatch is how many anchors one verify request carries (a JSON body well under the
+// daemon's default 64 KiB body limit).
+const anchorBatch = 512
+
+func cmdAudit(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	usage := func() int {
-		fmt.Fprintln(stderr, "usage: signerctl audit verify [--db LEDGER_FILE] [--socket PATH] [--json]\n"+
+		fmt.Fprintln(stderr, "usage: signerctl audit verify [--anchor SEQ:0xHASH]... [--anchors FILE] [--db LEDGER_FILE] [--socket PATH] [--json]\n"+
 			"       signerctl audit export [--out FILE] [--from SEQ] [--db LEDGER_FILE] [--socket PATH]\n"+
-			"  --db opens the ledger file read-only instead of asking the daemon (only while the daemon is stopped)")
+			"       signerctl audit head [--db LEDGER_FILE] [--socket PATH] [--json]\n"+
+			"  --db opens the ledger file read-only instead of asking the daemon (only while the daemon is stopped)\n"+
+			"  head prints the line to keep outside the appliance (seq=N hash=0x... time=...);\n"+
+			"  --anchors FILE ('-' for stdin) holds such lines (or SEQ:0xHASH), blank lines and # comments ignored")
 		return exitUsage
 	}
 	if len(args) == 0 {
@@ -482,21 +495,67 @@ func cmdAudit(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	db := a.fs.String("db", "", "ledger file to open read-only (daemon stopped)")
 	var out *string
 	var from *uint64
+	var anchorArgs stringList
+	var anchorsFile *string
 	switch sub {
 	case "verify":
+		a.fs.Var(&anchorArgs, "anchor", "check that record SEQ still has hash HASH (SEQ:0xHASH or a head line; repeatable)")
+		anchorsFile = a.fs.String("anchors", "", "check every anchor in FILE ('-' for stdin)")
 	case "export":
 		out = a.fs.String("out", "", "write JSON lines to FILE (default stdout)")
 		from = a.fs.Uint64("from", 0, "first sequence number to export")
+	case "head":
 	default:
 		return usage()
 	}
 	if pos, err := a.parse(args[1:]); err != nil || len(pos) != 0 {
 		return usage()
 	}
-	if sub == "verify" {
-		return auditVerify(a, *db, stdout, stderr)
+	switch sub {
+	case "verify":
+		anchors, err := readAnchors(anchorArgs, *anchorsFile, stdin)
+		if err != nil {
+			fmt.Fprintf(stderr, "signerctl audit verify: %v\n", err)
+			return exitUsage
+		}
+		return auditVerify(a, *db, anchors, stdout, stderr)
+	case "head":
+		return auditHead(a, *db, stdout, stderr)
 	}
 	return auditExport(a, *db, *out, *from, stdout, stderr)
+}
+
+// readAnchors parses the --anchor values and the --anchors file, in that order.
+func readAnchors(args []string, file string, stdin io.Reader) ([]audit.Anchor, error) {
+	var anchors []audit.Anchor
+	for _, s := range args {
+		an, err := audit.ParseAnchor(s)
+		if err != nil {
+			return nil, fmt.Errorf("--anchor: %s", strings.TrimPrefix(err.Error(), "audit: "))
+		}
+		anchors = append(anchors, an)
+	}
+	if file == "" {
+		return anchors, nil
+	}
+	r := stdin
+	name := "stdin"
+	if file != "-" {
+		f, err := os.Open(file)
+		if err != nil {
+			return nil, fmt.Errorf("--anchors: %v", err)
+		}
+		defer f.Close()
+		r, name = f, file
+	}
+	more, err := audit.ParseAnchors(r)
+	if err != nil {
+		return nil, fmt.Errorf("--anchors %s: %s", name, strings.TrimPrefix(err.Error(), "audit: "))
+	}
+	if len(more) == 0 {
+		return nil, fmt.Errorf("--anchors %s: no anchors in the file", name)
+	}
+	return append(anchors, more...), nil
 }
 
 func openLedgerReadOnly(path string) (*bolt.DB, error) {
@@ -513,7 +572,51 @@ func openLedgerReadOnly(path string) (*bolt.DB, error) {
 	return db, nil
 }
 
-func auditVerify(a *adminFlags, dbPath string, stdout, stderr io.Writer) int {
+// verifyViaDaemon asks the daemon to verify the chain and check the anchors (POSTed in
+// batches; each batch's report must hold a result for every anchor it carried, so a daemon
+// that ignored them never passes for one that checked them).
+func verifyViaDaemon(a *adminFlags, anchors []audit.Anchor) (audit.Report, error) {
+	var rep audit.Report
+	if len(anchors) == 0 {
+		err := a.client().Do("GET", "/v1/admin/audit/verify", nil, &rep)
+		return rep, err
+	}
+	for i := 0; i < len(anchors); i += anchorBatch {
+		batch := anchors[i:min(i+anchorBatch, len(anchors))]
+		texts := make([]string, len(batch))
+		for j, an := range batch {
+			texts[j] = an.String()
+		}
+		var part audit.Report
+		if err := a.client().Do("POST", "/v1/admin/audit/verify", map[string]any{"anchors": texts}, &part); err != nil {
+			return rep, err
+		}
+		if len(part.Anchors) != len(batch) {
+			return rep, fmt.Errorf("the daemon checked %d of %d anchors (a signerd without anchor support?): not verified", len(part.Anchors), len(batch))
+		}
+		for j, r := range part.Anchors {
+			if r.Anchor != texts[j] {
+				return rep, fmt.Errorf("the daemon answered for anchor %s where %s was asked: not verified", r.Anchor, texts[j])
+			}
+		}
+		if i == 0 {
+			rep = part
+			continue
+		}
+		// Later batches re-verify the chain: keep the first report's chain fields unless a
+		// later one found it broken (the log only grows in between).
+		if part.FirstBad != nil && rep.FirstBad == nil {
+			anchorsSoFar := rep.Anchors
+			rep = part
+			rep.Anchors = anchorsSoFar
+		}
+		rep.OK = rep.OK && part.OK
+		rep.Anchors = append(rep.Anchors, part.Anchors...)
+	}
+	return rep, nil
+}
+
+func auditVerify(a *adminFlags, dbPath string, anchors []audit.Anchor, stdout, stderr io.Writer) int {
 	var rep audit.Report
 	if dbPath != "" {
 		db, err := openLedgerReadOnly(dbPath)
@@ -521,14 +624,15 @@ func auditVerify(a *adminFlags, dbPath string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "signerctl: %v\n", err)
 			return exitRefused
 		}
-		rep, err = audit.Verify(db)
+		rep, err = audit.VerifyAnchored(db, anchors)
 		db.Close()
 		if err != nil && !errors.Is(err, audit.ErrCorrupt) {
 			fmt.Fprintf(stderr, "signerctl: verifying %s: %v\n", dbPath, err)
 			return exitRefused
 		}
 	} else {
-		if err := a.client().Do("GET", "/v1/admin/audit/verify", nil, &rep); err != nil {
+		var err error
+		if rep, err = verifyViaDaemon(a, anchors); err != nil {
 			code := a.fail(err, stdout, stderr)
 			if code == exitUnreachable {
 				fmt.Fprintln(stderr, "if the daemon is stopped, verify its ledger file directly: signerctl audit verify --db STATE_DIR/signerd.db")
@@ -536,20 +640,89 @@ func auditVerify(a *adminFlags, dbPath string, stdout, stderr io.Writer) int {
 			return code
 		}
 	}
-	if *a.json {
-		printJSON(stdout, rep)
-	} else if rep.OK {
-		fmt.Fprintf(stdout, "audit log OK: %d records, chain unbroken, head seq %d hash %s\n", rep.Records, rep.HeadSeq, rep.HeadHash)
-	} else {
-		bad := "unknown"
-		if rep.FirstBad != nil {
-			bad = fmt.Sprintf("record %d: %s", rep.FirstBad.Seq, rep.FirstBad.Problem)
+	var failed []audit.AnchorResult
+	for _, r := range rep.Anchors {
+		if r.Status != audit.AnchorOK {
+			failed = append(failed, r)
 		}
-		fmt.Fprintf(stdout, "audit log BROKEN: first bad %s (records 1..%d are good, last good hash %s)\n", bad, rep.HeadSeq, rep.HeadHash)
 	}
-	if !rep.OK {
+	switch {
+	case *a.json:
+		printJSON(stdout, rep)
+	case rep.FirstBad == nil && len(failed) == 0 && rep.OK:
+		fmt.Fprintf(stdout, "audit log OK: %d records, chain unbroken, head seq %d hash %s\n", rep.Records, rep.HeadSeq, rep.HeadHash)
+		if len(anchors) > 0 {
+			fmt.Fprintf(stdout, "anchors OK: all %d match (%s)\n", len(anchors), anchorSeqs(rep.Anchors))
+		}
+	default:
+		if rep.FirstBad != nil {
+			fmt.Fprintf(stdout, "audit log BROKEN: first bad record %d: %s (records 1..%d are good, last good hash %s)\n",
+				rep.FirstBad.Seq, rep.FirstBad.Problem, rep.HeadSeq, rep.HeadHash)
+		} else if len(failed) > 0 {
+			fmt.Fprintf(stdout, "audit log does NOT match its anchors: the chain is unbroken (%d records, head seq %d hash %s) but %d of %d anchors FAILED\n",
+				rep.Records, rep.HeadSeq, rep.HeadHash, len(failed), len(rep.Anchors))
+		} else {
+			fmt.Fprintf(stdout, "audit log BROKEN: first bad unknown (records 1..%d are good, last good hash %s)\n", rep.HeadSeq, rep.HeadHash)
+		}
+		for _, r := range failed {
+			fmt.Fprintf(stdout, "anchor %s %s: %s\n", r.Anchor, strings.ToUpper(string(r.Status)), r.Problem)
+		}
+	}
+	if !rep.OK || len(failed) > 0 {
 		return exitRefused
 	}
+	return exitOK
+}
+
+// anchorSeqs summarises the anchors' sequence numbers ("seq 5", "seq 5, 9", "seq 5 .. 900 (12 anchors)").
+func anchorSeqs(rs []audit.AnchorResult) string {
+	if len(rs) <= 3 {
+		parts := make([]string, len(rs))
+		for i, r := range rs {
+			parts[i] = strconv.FormatUint(r.Seq, 10)
+		}
+		return "seq " + strings.Join(parts, ", ")
+	}
+	lo, hi := rs[0].Seq, rs[0].Seq
+	for _, r := range rs {
+		lo, hi = min(lo, r.Seq), max(hi, r.Seq)
+	}
+	return fmt.Sprintf("seq %d .. %d", lo, hi)
+}
+
+// auditHead prints the head to anchor: the line "seq=N hash=0x... time=..." or, with --json,
+// the same on one JSON line.
+func auditHead(a *adminFlags, dbPath string, stdout, stderr io.Writer) int {
+	var h audit.HeadInfo
+	if dbPath != "" {
+		db, err := openLedgerReadOnly(dbPath)
+		if err != nil {
+			fmt.Fprintf(stderr, "signerctl: %v\n", err)
+			return exitRefused
+		}
+		h, err = audit.ReadHead(db)
+		db.Close()
+		if err != nil {
+			fmt.Fprintf(stderr, "signerctl: audit head of %s: %v\n", dbPath, err)
+			return exitRefused
+		}
+	} else if err := a.client().Do("GET", "/v1/admin/audit/head", nil, &h); err != nil {
+		code := a.fail(err, stdout, stderr)
+		if code == exitUnreachable {
+			fmt.Fprintln(stderr, "if the daemon is stopped, read its ledger file directly: signerctl audit head --db STATE_DIR/signerd.db")
+		}
+		return code
+	}
+	if *a.json {
+		b, err := json.Marshal(h)
+		if err != nil {
+			fmt.Fprintf(stderr, "signerctl: %v\n", err)
+			return exitRefused
+		}
+		fmt.Fprintln(stdout, string(b))
+		return exitOK
+	}
+	fmt.Fprintln(stdout, h.Line())
 	return exitOK
 }
 

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -12,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -255,5 +258,267 @@ func TestAuditVerifyDB(t *testing.T) {
 	out, _, code = ctl("audit", "verify", "--db", path)
 	if code != exitRefused || !strings.Contains(out, "BROKEN") || !strings.Contains(out, "record 2") {
 		t.Fatalf("verify tampered: %d %s", code, out)
+	}
+}
+
+// newLedgerFile creates a stopped daemon's ledger file holding n audit records.
+func newLedgerFile(t *testing.T, n int) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "signerd.db")
+	l, err := ledger.Open(ledger.Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		if _, err := l.AppendAudit(context.Background(), audit.Event{Kind: audit.KindPolicyReload, Operator: "alice", Reason: fmt.Sprint("reload ", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// copyLedger copies a ledger file and lets change alter the copy's bbolt file (as someone
+// with write access to it would).
+func copyLedger(t *testing.T, path string, change func(tx *bolt.Tx) error) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := filepath.Join(t.TempDir(), "signerd.db")
+	if err := os.WriteFile(cp, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bolt.Open(cp, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(change); err != nil {
+		t.Fatal(err)
+	}
+	return cp
+}
+
+// rewriteAudit replaces the audit chain by a fresh consistent one of n records.
+func rewriteAudit(n int) func(tx *bolt.Tx) error {
+	return func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{audit.BucketRecords, audit.BucketHead} {
+			if err := tx.DeleteBucket(b); err != nil {
+				return err
+			}
+		}
+		if err := audit.Init(tx); err != nil {
+			return err
+		}
+		for i := 0; i < n; i++ {
+			if _, err := audit.Append(tx, time.Now(), audit.Event{Kind: audit.KindPolicyReload, Operator: "mallory"}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// truncateAudit deletes the records after seq and moves the head back to seq.
+func truncateAudit(seq uint64) func(tx *bolt.Tx) error {
+	return func(tx *bolt.Tx) error {
+		b := tx.Bucket(audit.BucketRecords)
+		c := b.Cursor()
+		var keys [][]byte
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			if binary.BigEndian.Uint64(k) > seq {
+				keys = append(keys, append([]byte(nil), k...))
+			}
+		}
+		for _, k := range keys {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		r, _, err := audit.Get(tx, seq)
+		if err != nil {
+			return err
+		}
+		h := binary.BigEndian.AppendUint64(nil, seq)
+		return tx.Bucket(audit.BucketHead).Put(audit.HeadKey, append(h, r.Hash[:]...))
+	}
+}
+
+func ctlIn(stdin string, args ...string) (string, string, int) {
+	var out, errb bytes.Buffer
+	code := run(args, strings.NewReader(stdin), &out, &errb)
+	return out.String(), errb.String(), code
+}
+
+// TestAuditAnchorsDB: audit head and verify --anchor/--anchors on real ledger files (the daemon
+// stopped), including a truncated and a fully rewritten chain that plain verify accepts.
+func TestAuditAnchorsDB(t *testing.T) {
+	path := newLedgerFile(t, 6)
+	out, errs, code := ctl("audit", "head", "--db", path)
+	line := strings.TrimSpace(out)
+	if code != 0 || !strings.HasPrefix(line, "seq=6 hash=0x") || !strings.Contains(line, " time=") || strings.Count(out, "\n") != 1 {
+		t.Fatalf("audit head --db: %d %q %s", code, out, errs)
+	}
+	head, err := audit.ParseAnchor(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _, code = ctl("audit", "head", "--db", path, "--json")
+	var hj map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &hj) != nil || hj["seq"] != float64(6) || hj["hash"] != fmt.Sprintf("0x%x", head.Hash) || hj["line"] != line || strings.Count(out, "\n") != 1 {
+		t.Fatalf("audit head --json: %d %s", code, out)
+	}
+	// Anchor of record 3, taken from the export.
+	exp, _, _ := ctl("audit", "export", "--db", path, "--from", "3")
+	var rec3 struct {
+		Seq  uint64 `json:"seq"`
+		Hash string `json:"hash"`
+	}
+	if err := json.Unmarshal([]byte(strings.SplitN(exp, "\n", 2)[0]), &rec3); err != nil || rec3.Seq != 3 {
+		t.Fatalf("export line: %v %s", err, exp)
+	}
+	a3 := fmt.Sprintf("3:%s", rec3.Hash)
+	wrong := []byte(head.String()) // the head anchor with its last hex digit changed
+	if wrong[len(wrong)-1] == '0' {
+		wrong[len(wrong)-1] = '1'
+	} else {
+		wrong[len(wrong)-1] = '0'
+	}
+	beyond := fmt.Sprintf("60:0x%x", head.Hash)
+	anchorsFile := filepath.Join(t.TempDir(), "anchors.txt")
+	if err := os.WriteFile(anchorsFile, []byte("# taken by cron, hourly\n\n"+a3+"\n  # indented comment\n"+line+"  # latest\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	badFile := filepath.Join(t.TempDir(), "bad.txt")
+	os.WriteFile(badFile, []byte("# ok\n"+a3+"\nseq=4 hash=0xabc\n"), 0o600)
+	emptyFile := filepath.Join(t.TempDir(), "empty.txt")
+	os.WriteFile(emptyFile, []byte("# nothing yet\n\n"), 0o600)
+
+	truncated := copyLedger(t, path, truncateAudit(4))
+	rewritten := copyLedger(t, path, rewriteAudit(6))
+	longer := copyLedger(t, path, rewriteAudit(9))
+
+	cases := []struct {
+		name  string
+		db    string
+		stdin string
+		args  []string
+		code  int
+		out   []string // in stdout
+		errs  []string // in stderr
+	}{
+		{"no anchors", path, "", nil, 0, []string{"OK: 6 records"}, nil},
+		{"head line anchor ok", path, "", []string{"--anchor", line}, 0, []string{"OK: 6 records", "anchors OK: all 1 match (seq 6)"}, nil},
+		{"short form anchors ok", path, "", []string{"--anchor", a3, "--anchor", head.String()}, 0, []string{"anchors OK: all 2 match (seq 3, 6)"}, nil},
+		{"file with comments ok", path, "", []string{"--anchors", anchorsFile}, 0, []string{"anchors OK: all 2 match"}, nil},
+		{"file on stdin ok", path, a3 + "\n# c\n", []string{"--anchors", "-"}, 0, []string{"anchors OK: all 1 match (seq 3)"}, nil},
+		{"anchor beyond the head", path, "", []string{"--anchor", a3, "--anchor", beyond}, 1,
+			[]string{"does NOT match its anchors", "1 of 2 anchors FAILED", "anchor " + beyond + " MISSING", "no record 60 (its head is seq 6)", "truncated or rolled back"}, nil},
+		{"anchor hash mismatch", path, "", []string{"--anchor", string(wrong)}, 1,
+			[]string{"anchor " + string(wrong) + " MISMATCH", "record 6 has hash " + fmt.Sprintf("0x%x", head.Hash), "rewritten"}, nil},
+		{"malformed anchor", path, "", []string{"--anchor", a3, "--anchor", "6:0xnothex"}, 2, nil, []string{`"6:0xnothex"`, "64 hex digits"}},
+		{"malformed head line", path, "", []string{"--anchor", "seq=6 hash=" + rec3.Hash + " host=x"}, 2, nil, []string{"unknown key", "host=x"}},
+		{"malformed line in the file", path, "", []string{"--anchors", badFile}, 2, nil, []string{"line 3", `"seq=4 hash=0xabc"`}},
+		{"file without anchors", path, "", []string{"--anchors", emptyFile}, 2, nil, []string{"no anchors"}},
+		{"file missing", path, "", []string{"--anchors", filepath.Join(t.TempDir(), "none")}, 2, nil, []string{"--anchors", "no such file"}},
+		{"truncated: plain verify passes", truncated, "", nil, 0, []string{"OK: 4 records"}, nil},
+		{"truncated: anchor catches it", truncated, "", []string{"--anchors", anchorsFile}, 1,
+			[]string{"1 of 2 anchors FAILED", "anchor " + head.String() + " MISSING", "no record 6 (its head is seq 4)"}, nil},
+		{"rewritten: plain verify passes", rewritten, "", nil, 0, []string{"OK: 6 records"}, nil},
+		{"rewritten: anchor catches it", rewritten, "", []string{"--anchors", anchorsFile}, 1,
+			[]string{"2 of 2 anchors FAILED", "anchor " + a3 + " MISMATCH", "anchor " + head.String() + " MISMATCH", "was rewritten"}, nil},
+		{"rewritten longer: anchor catches it", longer, "", []string{"--anchor", line}, 1, []string{"chain is unbroken (9 records", "1 of 1 anchors FAILED", "MISMATCH"}, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"audit", "verify", "--db", tc.db}, tc.args...)
+			out, errs, code := ctlIn(tc.stdin, args...)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tc.code, out, errs)
+			}
+			for _, w := range tc.out {
+				if !strings.Contains(out, w) {
+					t.Errorf("stdout lacks %q:\n%s", w, out)
+				}
+			}
+			for _, w := range tc.errs {
+				if !strings.Contains(errs, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, errs)
+				}
+			}
+			if tc.code == 2 && out != "" {
+				t.Errorf("usage error wrote to stdout: %s", out)
+			}
+		})
+	}
+	// --json carries each anchor's result.
+	out, _, code = ctl("audit", "verify", "--db", rewritten, "--anchor", line, "--json")
+	var rep audit.Report
+	if code != 1 || json.Unmarshal([]byte(out), &rep) != nil || rep.OK || rep.FirstBad != nil || len(rep.Anchors) != 1 || rep.Anchors[0].Status != audit.AnchorMismatch {
+		t.Fatalf("verify --json rewritten: %d %s", code, out)
+	}
+}
+
+// TestAuditAnchorsViaDaemon: head and anchored verify go to the admin API; a daemon that does
+// not report the anchors it was sent is never taken for one that checked them.
+func TestAuditAnchorsViaDaemon(t *testing.T) {
+	const h = "0x00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+	var verifyAnswer func(http.ResponseWriter, string)
+	f := newFake(t, map[string]func(http.ResponseWriter, string){
+		"GET /v1/admin/audit/head":    reply(200, `{"seq":42,"hash":"`+h+`","time":"2026-11-21T12:00:00.5Z","line":"ignored"}`),
+		"POST /v1/admin/audit/verify": func(w http.ResponseWriter, body string) { verifyAnswer(w, body) },
+	})
+	out, errs, code := ctl("audit", "head", "--socket", f.sock)
+	if code != 0 || out != "seq=42 hash="+h+" time=2026-11-21T12:00:00.5Z\n" || f.last() != "GET /v1/admin/audit/head " {
+		t.Fatalf("head: %d %q %s (%s)", code, out, errs, f.last())
+	}
+	out, _, code = ctl("audit", "head", "--json", "--socket", f.sock)
+	if code != 0 || !strings.Contains(out, `"seq":42`) || !strings.Contains(out, `"line":"seq=42 hash=`+h) {
+		t.Fatalf("head --json: %d %s", code, out)
+	}
+	// The daemon checks the anchors: they are POSTed in the short form.
+	verifyAnswer = func(w http.ResponseWriter, body string) {
+		var in struct{ Anchors []string }
+		json.Unmarshal([]byte(body), &in)
+		res := []map[string]any{}
+		for _, a := range in.Anchors {
+			res = append(res, map[string]any{"anchor": a, "seq": 42, "status": "ok"})
+		}
+		b, _ := json.Marshal(map[string]any{"ok": true, "records": 42, "head_seq": 42, "head_hash": h, "anchors": res})
+		reply(200, string(b))(w, body)
+	}
+	out, errs, code = ctl("audit", "verify", "--anchor", "seq=42 hash="+h+" time=2026-11-21T12:00:00Z", "--socket", f.sock)
+	if code != 0 || !strings.Contains(out, "anchors OK: all 1 match (seq 42)") || !strings.Contains(f.last(), `{"anchors":["42:`+h+`"]}`) {
+		t.Fatalf("verify via daemon: %d %s %s (%s)", code, out, errs, f.last())
+	}
+	// More anchors than one request carries: several batches, every result kept.
+	var many []string
+	for i := 0; i < anchorBatch+3; i++ {
+		many = append(many, "--anchor", "42:"+h)
+	}
+	out, errs, code = ctl(append([]string{"audit", "verify", "--socket", f.sock}, many...)...)
+	if code != 0 || !strings.Contains(out, fmt.Sprintf("all %d match", anchorBatch+3)) {
+		t.Fatalf("batched verify: %d %s %s", code, out, errs)
+	}
+	// A failed anchor as the daemon reports it.
+	verifyAnswer = reply(200, `{"ok":false,"records":42,"head_seq":42,"head_hash":"`+h+`","anchors":[{"anchor":"50:`+h+`","seq":50,"status":"missing","problem":"the log has no record 50 (its head is seq 42): it was truncated or rolled back after the anchor was taken"}]}`)
+	out, _, code = ctl("audit", "verify", "--anchor", "50:"+h, "--socket", f.sock)
+	if code != exitRefused || !strings.Contains(out, "anchor 50:"+h+" MISSING: the log has no record 50") {
+		t.Fatalf("missing via daemon: %d %s", code, out)
+	}
+	// A daemon that ignores the anchors (answers a plain report) fails the check.
+	verifyAnswer = reply(200, `{"ok":true,"records":42,"head_seq":42,"head_hash":"`+h+`"}`)
+	out, errs, code = ctl("audit", "verify", "--anchor", "50:"+h, "--socket", f.sock)
+	if code != exitRefused || !strings.Contains(errs, "checked 0 of 1 anchors") || strings.Contains(out, "OK") {
+		t.Fatalf("anchors ignored: %d %s %s", code, out, errs)
+	}
+	// A malformed anchor never reaches the daemon.
+	before := f.last()
+	if _, errs, code := ctl("audit", "verify", "--anchor", "42:"+h[:20], "--socket", f.sock); code != exitUsage || !strings.Contains(errs, `"42:`+h[:20]+`"`) || f.last() != before {
+		t.Fatalf("malformed: %d %s", code, errs)
 	}
 }
