@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Interim main job (until the daemon demo replaces it): builds signerctl into ./bin and, for the
-# sample claims in testdata/claims, prints the digest Core verifies, the Core-ready
-# PaymentGuaranteeRequest body (pre-signed with vector key 0x…02) and the verify result.
+# Offline protocol demo (no daemon; `make run` is scripts/demo-daemon.sh): builds signerctl into
+# ./bin and, for the sample claims in testdata/claims, prints the digest Core verifies, the
+# Core-ready PaymentGuaranteeRequest body (pre-signed with vector key 0x…02) and the verify result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p bin
