@@ -619,7 +619,81 @@ func (c *compiler) compileCaller(file string, n *yaml.Node, path string) (caller
 	return m, okAll
 }
 
-var selectorFields = []string{"agents", "sellers", "networks", "chain_ids", "assets", "versions", "labels"}
+var selectorFields = []string{"actions", "agents", "sellers", "networks", "chain_ids", "assets", "versions", "labels"}
+
+// compileActions reads `actions:` (a list of action names; `any` is refused so that a later
+// signerd with more actions never widens a policy). written is false when the field is absent.
+func (c *compiler) compileActions(file string, f map[string]*yaml.Node, path string) (set actionSet, written, ok bool) {
+	n, has := f["actions"]
+	if !has {
+		return 0, false, true
+	}
+	items, _, ok := c.list(file, n, path+".actions", false)
+	if !ok {
+		return 0, true, false
+	}
+	for i, e := range items {
+		p := fmt.Sprintf("%s.actions[%d]", path, i)
+		name, sok := c.str(file, e, p)
+		if !sok {
+			ok = false
+			continue
+		}
+		a, err := ParseAction(name)
+		if err != nil {
+			c.errAt(file, e, p, "%v", err)
+			ok = false
+			continue
+		}
+		if set&a.bit() != 0 {
+			c.errAt(file, e, p, "action %s listed twice", name)
+			ok = false
+			continue
+		}
+		set |= a.bit()
+	}
+	return set, true, ok
+}
+
+// implicitDenyActions is what a deny rule without `actions:` applies to: every action for which
+// each of its selectors means something. A deny on sellers also blocks pay_tab to those
+// recipients (not deposits or withdrawals, which have none); a deny on versions only guarantees.
+func implicitDenyActions(s *selector) actionSet {
+	acts := setAll
+	if s.sellers != nil {
+		acts &= setRecipient
+	}
+	if s.versions != 0 {
+		acts &= setGuarantee
+	}
+	return acts
+}
+
+// checkActions refuses selectors that mean nothing for some of the actions written: sellers for
+// actions without a recipient, host patterns for pay_tab, versions for anything but guarantees.
+func (c *compiler) checkActions(file string, node *yaml.Node, f map[string]*yaml.Node, path string, s *selector) bool {
+	ok := true
+	at := func(k string) *yaml.Node {
+		if n, has := f[k]; has {
+			return n
+		}
+		return node
+	}
+	if s.sellers != nil {
+		if x := s.actions & setCollateral; x != 0 {
+			c.errAt(file, at("sellers"), path+".sellers", "sellers name recipients, and %s have none (sellers apply to guarantee and pay_tab): put those actions in a rule of their own", x)
+			ok = false
+		} else if h := s.sellers.firstHost(); h != "" && s.actions&setPayTab != 0 {
+			c.errAt(file, at("sellers"), path+".sellers", "seller %q names a host, and pay_tab has none (hosts apply to guarantees only): list pay_tab recipients by address, in a rule of their own", h)
+			ok = false
+		}
+	}
+	if s.versions != 0 && s.actions != setGuarantee {
+		c.errAt(file, at("versions"), path+".versions", "versions apply to guarantees only, and this rule also covers %s", s.actions&^setGuarantee)
+		ok = false
+	}
+	return ok
+}
 
 // compileSelector reads the selector fields present in f. required lists fields that must be
 // present (for allow rules: explicit `any` rather than silent omission).
@@ -941,9 +1015,17 @@ func (c *compiler) compileRule(i int, it item) {
 		c.errAt(it.file, en, path+".effect", "effect must be allow or deny, found %q", en.Value)
 		return
 	}
+	acts, actsWritten, aok := c.compileActions(it.file, f, path)
+	if !actsWritten {
+		acts = setGuarantee // deny rules: replaced by implicitDenyActions below
+	}
 	var sok bool
 	if r.effect == effectAllow {
-		r.sel, sok = c.compileSelector(it.file, it.val, f, path, "agents", "sellers", "networks", "assets")
+		required := []string{"agents", "sellers", "networks", "assets"}
+		if acts&setRecipient == 0 {
+			required = []string{"agents", "networks", "assets"} // no recipient: sellers mean nothing
+		}
+		r.sel, sok = c.compileSelector(it.file, it.val, f, path, required...)
 		if n, has := f["code"]; has {
 			c.errAt(it.file, n, path+".code", "code is only for deny rules")
 			sok = false
@@ -966,11 +1048,22 @@ func (c *compiler) compileRule(i int, it item) {
 			r.code = code
 		} else {
 			r.code = derivedDenyCode(&r.sel, f)
+			if r.code == CodeDeniedByRule && actsWritten && acts != setAll {
+				r.code = CodeActionNotAllowed // e.g. {effect: deny, agents: [x], actions: [withdraw]}
+			}
 		}
-		if r.sel.isEmpty() {
-			c.errAt(it.file, it.val, path, "a deny rule must match on something (agents, sellers, networks, …)")
+		if r.sel.isEmpty() && (!actsWritten || acts == setAll) {
+			c.errAt(it.file, it.val, path, "a deny rule must match on something (actions, agents, sellers, networks, …)")
 			sok = false
 		}
+		if !actsWritten {
+			acts = implicitDenyActions(&r.sel)
+		}
+	}
+	r.sel.actions = acts
+	sok = sok && aok
+	if actsWritten && aok {
+		sok = c.checkActions(it.file, it.val, f, path, &r.sel) && sok
 	}
 	if n, has := f["max_amount"]; has {
 		var nodes []*yaml.Node
@@ -1006,6 +1099,10 @@ func (c *compiler) compileRule(i int, it item) {
 		v2, vok := c.compileV2(it.file, n, path+".v2")
 		sok = sok && vok
 		r.v2 = v2
+		if aok && acts != setGuarantee {
+			c.errAt(it.file, n, path+".v2", "v2 applies to guarantees only, and this rule also covers %s", acts&^setGuarantee)
+			sok = false
+		}
 	}
 	if !sok {
 		return
@@ -1116,8 +1213,15 @@ func (c *compiler) compileBudget(i int, it item) {
 	if d, has := f["description"]; has {
 		b.description = d.Value
 	}
+	acts, actsWritten, aok := c.compileActions(it.file, f, path)
 	sel, sok := c.compileSelector(it.file, it.val, f, path)
 	b.sel = sel
+	b.sel.actions = setGuarantee // default: guarantees only, as before actions existed
+	if actsWritten && aok {
+		b.sel.actions = acts
+		sok = c.checkActions(it.file, it.val, f, path, &b.sel) && sok
+	}
+	sok = sok && aok
 	if pn, has := f["per"]; has {
 		items, _, lok := c.list(it.file, pn, path+".per", false)
 		sok = sok && lok
@@ -1142,6 +1246,10 @@ func (c *compiler) compileBudget(i int, it item) {
 			}
 			if b.per&d != 0 {
 				c.errAt(it.file, e, p, "%s listed twice", e.Value)
+				sok = false
+			}
+			if d == dimSeller && b.sel.actions&setCollateral != 0 {
+				c.errAt(it.file, e, p, "per seller needs a recipient, and %s have none: put those actions in a budget of their own", b.sel.actions&setCollateral)
 				sok = false
 			}
 			b.per |= d
@@ -1204,8 +1312,15 @@ func (c *compiler) compileApproval(i int, it item) {
 	if d, has := f["description"]; has {
 		a.description = d.Value
 	}
+	acts, actsWritten, aok := c.compileActions(it.file, f, path)
 	sel, sok := c.compileSelector(it.file, it.val, f, path)
 	a.sel = sel
+	a.sel.actions = setGuarantee // default: guarantees only, as before actions existed
+	if actsWritten && aok {
+		a.sel.actions = acts
+		sok = c.checkActions(it.file, it.val, f, path, &a.sel) && sok
+	}
+	sok = sok && aok
 	for _, k := range []string{"at_or_above", "group", "timeout"} {
 		if _, has := f[k]; !has {
 			c.errAt(it.file, it.val, path, "missing %s", k)

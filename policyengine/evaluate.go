@@ -12,17 +12,25 @@ import (
 	"github.com/ethereum/go-ethereum/common"
 )
 
-var bigOne = big.NewInt(1)
+var (
+	bigOne  = big.NewInt(1)
+	bigZero = new(big.Int) // read-only: the amount of an action without one (cancel/finalize withdrawal)
+)
 
 // Evaluate decides one intent at now, reading budget usage through usage. It never mutates
 // anything: the caller applies Decision.Charges atomically (MemLedger.Apply or the durable
 // ledger) before signing. Evaluation order, each step denying with its own code:
 //
-//  1. caller → agent (unknown_caller); 2. intent well-formed (invalid_intent); 3. wallet
-//     (wallet_not_allowed); 4. timestamp skew (stale_timestamp); 5. deny rules — any match denies
-//     (deny-overrides); 6. allow rules — at least one must allow, else the closest miss's code or
-//     default_deny; 7. budgets and rate limits (budget_exhausted, rate_limited, usage_unavailable);
-//  8. approval thresholds (NeedsApproval).
+//  1. caller → agent (unknown_caller); 2. intent well-formed for its action (invalid_intent);
+//  3. wallet (wallet_not_allowed); 4. timestamp skew (stale_timestamp); 5. deny rules — any
+//     match denies (deny-overrides); 6. allow rules — at least one must allow, else the closest
+//     miss's code (action_not_allowed when the agent's rules cover other actions only) or
+//     default_deny; 7. budgets and rate limits (budget_exhausted, rate_limited,
+//     usage_unavailable); 8. approval thresholds (NeedsApproval).
+//
+// Every rule, budget and approval applies to the actions it selects (see docs/policy-actions.md);
+// without `actions:` that is guarantees only, except deny rules, which apply to every action
+// their selectors mean something for.
 //
 // Rule order in the source never matters: rules are kept sorted by id and when several match,
 // the outcome is the same; the reported rule is the first by id.
@@ -172,8 +180,12 @@ func (p *Policy) evaluate(in *Intent, usage UsageReader, now, freshAt time.Time,
 		var endArr [32]int32
 		buf, matched, ends := bufArr[:0], idxArr[:0], endArr[:0]
 		hexes := ctx.addrHex()
+		zero := ctx.amount().Sign() == 0 // cancel/finalize withdrawal: no amount to count
 		for i, b := range p.budgets {
 			if b.asset != nil && b.asset.Address != in.Asset {
+				continue
+			}
+			if zero && !b.count {
 				continue
 			}
 			if !b.sel.matchAll(&ctx) {
@@ -191,7 +203,7 @@ func (p *Policy) evaluate(in *Intent, usage UsageReader, now, freshAt time.Time,
 		start := int32(0)
 		for j, bi := range matched {
 			b := p.budgets[bi]
-			amt := in.Amount
+			amt := ctx.amount()
 			if b.count {
 				amt = bigOne
 			}
@@ -242,7 +254,7 @@ func (p *Policy) evaluate(in *Intent, usage UsageReader, now, freshAt time.Time,
 		if a.asset != nil && a.asset.Address != in.Asset {
 			continue
 		}
-		if in.Amount.Cmp(a.threshold) < 0 || !a.sel.matchAll(&ctx) {
+		if ctx.amount().Cmp(a.threshold) < 0 || !a.sel.matchAll(&ctx) {
 			continue
 		}
 		if appr == nil {
@@ -311,9 +323,20 @@ func (p *Policy) fmtAmt(v *big.Int, b *budget) string {
 	return v.String()
 }
 
+// amount is the intent's amount; an action without one (cancel/finalize withdrawal) has 0.
+func (c *evalCtx) amount() *big.Int {
+	if c.in.Amount == nil {
+		return bigZero
+	}
+	return c.in.Amount
+}
+
 // validate checks the intent is well formed and normalises the host. "" = fine.
 func (c *evalCtx) validate() string {
 	in := c.in
+	if in.Action != ActionGuarantee {
+		return c.validateAction()
+	}
 	if in.Amount == nil || in.Amount.Sign() <= 0 {
 		return "amount must be a positive number of base units"
 	}
@@ -354,7 +377,69 @@ func (c *evalCtx) validate() string {
 		}
 		h = uh
 	}
+	if in.TabID != nil && in.TabID.BitLen() > 256 {
+		return "tab_id exceeds uint256"
+	}
 	c.host = h
+	return ""
+}
+
+// validateAction checks an intent for an action other than a guarantee: the fields the action
+// uses are present and well formed, the others are zero. Messages name the field.
+func (c *evalCtx) validateAction() string {
+	in := c.in
+	act := in.Action
+	if !act.Valid() {
+		return fmt.Sprintf("action %d is not one of: %s", uint8(act), setAll)
+	}
+	if act.hasAmount() {
+		if in.Amount == nil || in.Amount.Sign() <= 0 {
+			return act.String() + ": amount must be a positive number of base units"
+		}
+		if in.Amount.BitLen() > 256 {
+			return act.String() + ": amount exceeds uint256"
+		}
+	} else if in.Amount != nil && in.Amount.Sign() != 0 {
+		return act.String() + ": amount must be 0 (the contract acts on the pending withdrawal request)"
+	}
+	if in.Version != 0 {
+		return fmt.Sprintf("%s: version must be 0 (only guarantees have a guarantee version), got %d", act, in.Version)
+	}
+	if in.Network == "" {
+		return act.String() + ": network missing"
+	}
+	if strings.HasPrefix(in.Network, "eip155:") {
+		id, err := strconv.ParseUint(in.Network[len("eip155:"):], 10, 64)
+		if err != nil || id != in.ChainID {
+			return fmt.Sprintf("network %s does not match chain id %d", in.Network, in.ChainID)
+		}
+	}
+	if in.ValidationRegistry != (common.Address{}) || in.Validator != (common.Address{}) || in.MinScore != 0 ||
+		in.Tag != "" || in.ValidationChainID != 0 {
+		return act.String() + ": validation_registry, validator, min_score, tag and validation_chain_id are for V2 guarantees only"
+	}
+	if in.Host != "" || in.ResourceURL != "" {
+		return act.String() + ": host and resource_url are for guarantees only"
+	}
+	if act == ActionPayTab {
+		if in.PayTo == (common.Address{}) {
+			return "pay_tab: pay_to (the tab's recipient) missing"
+		}
+		if in.TabID == nil || in.TabID.Sign() == 0 {
+			return "pay_tab: tab_id missing"
+		}
+		if in.TabID.BitLen() > 256 {
+			return "pay_tab: tab_id exceeds uint256"
+		}
+	} else {
+		if in.PayTo != (common.Address{}) {
+			return act.String() + ": pay_to must be empty (only guarantees and pay_tab have a recipient)"
+		}
+		if in.TabID != nil {
+			return act.String() + ": tab_id is only for pay_tab (and guarantees)"
+		}
+	}
+	c.host = ""
 	return ""
 }
 
@@ -437,7 +522,7 @@ func (s *selector) matchVersion(in *Intent) bool {
 }
 
 func (s *selector) matchAll(c *evalCtx) bool {
-	return s.matchScope(c) && s.matchVersion(c.in) && s.matchNetwork(c.in) && s.matchAsset(c.in) &&
+	return s.actions&c.in.Action.bit() != 0 && s.matchScope(c) && s.matchVersion(c.in) && s.matchNetwork(c.in) && s.matchAsset(c.in) &&
 		(s.sellers == nil || s.sellers.match(c.in.PayTo, c.host))
 }
 
@@ -488,21 +573,27 @@ func (s *sellerSet) match(addr common.Address, host string) bool {
 // on failure, the code and reason.
 func (r *rule) allows(c *evalCtx) (int, string, string) {
 	in := c.in
+	if r.sel.actions&in.Action.bit() == 0 {
+		return 0, CodeActionNotAllowed, fmt.Sprintf("rule %s allows %s, not %s", r.id, r.sel.actions, in.Action)
+	}
 	if !r.sel.matchVersion(in) {
-		return 0, CodeVersionNotAllowed, fmt.Sprintf("rule %s does not allow guarantee version %d", r.id, in.Version)
+		return 1, CodeVersionNotAllowed, fmt.Sprintf("rule %s does not allow guarantee version %d", r.id, in.Version)
 	}
 	if !r.sel.matchNetwork(in) {
-		return 1, CodeNetworkNotAllowed, fmt.Sprintf("rule %s does not allow network %s (chain %d)", r.id, in.Network, in.ChainID)
+		return 2, CodeNetworkNotAllowed, fmt.Sprintf("rule %s does not allow network %s (chain %d)", r.id, in.Network, in.ChainID)
 	}
 	if !r.sel.matchAsset(in) {
-		return 2, CodeAssetNotAllowed, fmt.Sprintf("rule %s does not allow asset %s", r.id, in.Asset.Hex())
+		return 3, CodeAssetNotAllowed, fmt.Sprintf("rule %s does not allow asset %s", r.id, in.Asset.Hex())
 	}
 	if r.sel.sellers != nil && !r.sel.sellers.match(in.PayTo, c.host) {
-		return 3, CodeSellerNotAllowed, fmt.Sprintf("rule %s does not allow seller %s (host %q)", r.id, in.PayTo.Hex(), c.host)
+		if in.Action == ActionPayTab {
+			return 4, CodeSellerNotAllowed, fmt.Sprintf("rule %s does not allow pay_tab to recipient %s", r.id, in.PayTo.Hex())
+		}
+		return 4, CodeSellerNotAllowed, fmt.Sprintf("rule %s does not allow seller %s (host %q)", r.id, in.PayTo.Hex(), c.host)
 	}
 	if in.Version == 2 && r.v2 != nil {
 		if reason := r.v2.check(in); reason != "" {
-			return 4, CodeValidationNotAllowed, fmt.Sprintf("rule %s: %s", r.id, reason)
+			return 5, CodeValidationNotAllowed, fmt.Sprintf("rule %s: %s", r.id, reason)
 		}
 	}
 	if len(r.maxAmount) > 0 {
@@ -518,13 +609,13 @@ func (r *rule) allows(c *evalCtx) (int, string, string) {
 			}
 		}
 		if cp == nil {
-			return 5, CodeAmountOverLimit, fmt.Sprintf("rule %s has no max_amount for asset %s", r.id, in.Asset.Hex())
+			return 6, CodeAmountOverLimit, fmt.Sprintf("rule %s has no max_amount for asset %s", r.id, in.Asset.Hex())
 		}
-		if in.Amount.Cmp(cp.max) > 0 {
-			return 5, CodeAmountOverLimit, fmt.Sprintf("rule %s: amount %s is over the per-request maximum %s", r.id, FormatAmount(in.Amount, cp.asset), FormatAmount(cp.max, cp.asset))
+		if amt := c.amount(); amt.Cmp(cp.max) > 0 {
+			return 6, CodeAmountOverLimit, fmt.Sprintf("rule %s: amount %s is over the per-request maximum %s", r.id, FormatAmount(amt, cp.asset), FormatAmount(cp.max, cp.asset))
 		}
 	}
-	return 6, "", ""
+	return 7, "", ""
 }
 
 func (v *v2Constraint) check(in *Intent) string {

@@ -14,6 +14,9 @@ import (
 // policy is written (order, files, symbols vs addresses) without changing its meaning keeps the hash.
 
 type irSelector struct {
+	// Actions is omitted when it is the default for the kind (guarantee only; for a deny rule,
+	// implicitDenyActions), so policies written before actions existed keep their hash.
+	Actions  []string    `cbor:"actions,omitempty"`
 	Agents   []string    `cbor:"agents,omitempty"`
 	Sellers  []string    `cbor:"sellers,omitempty"`
 	Networks []string    `cbor:"networks,omitempty"`
@@ -121,8 +124,12 @@ func sortedKeys[K comparable](m map[K]struct{}, f func(K) string) []string {
 	return out
 }
 
-func irSel(s *selector) irSelector {
+// irSel encodes a selector; def is the kind's default action set (not encoded).
+func irSel(s *selector, def actionSet) irSelector {
 	var o irSelector
+	if s.actions != def {
+		o.Actions = s.actions.names()
+	}
 	if s.agents != nil {
 		o.Agents = sortedKeys(s.agents, func(k string) string { return k })
 	} else {
@@ -186,9 +193,10 @@ func encodeIR(p *Policy) ([]byte, error) {
 	}
 	for _, rs := range [][]*rule{p.allowRules, p.denyRules} {
 		for _, r := range rs {
-			x := irRule{ID: r.id, Effect: "allow", Code: r.code, Sel: irSel(&r.sel)}
+			x := irRule{ID: r.id, Effect: "allow", Code: r.code, Sel: irSel(&r.sel, setGuarantee)}
 			if r.effect == effectDeny {
 				x.Effect = "deny"
+				x.Sel = irSel(&r.sel, implicitDenyActions(&r.sel))
 			}
 			for _, c := range r.maxAmount {
 				x.MaxAmount = append(x.MaxAmount, irCap{assetAddr(c.asset), c.max.Bytes()})
@@ -203,10 +211,10 @@ func encodeIR(p *Policy) ([]byte, error) {
 	}
 	sort.Slice(ir.Rules, func(i, j int) bool { return ir.Rules[i].ID < ir.Rules[j].ID })
 	for _, b := range p.budgets {
-		ir.Budgets = append(ir.Budgets, irBudget{b.id, irSel(&b.sel), assetAddr(b.asset), uint8(b.per), int64(b.window.Seconds()), b.limit.Bytes(), b.count})
+		ir.Budgets = append(ir.Budgets, irBudget{b.id, irSel(&b.sel, setGuarantee), assetAddr(b.asset), uint8(b.per), int64(b.window.Seconds()), b.limit.Bytes(), b.count})
 	}
 	for _, a := range p.approvals {
-		ir.Approvals = append(ir.Approvals, irApproval{a.id, irSel(&a.sel), assetAddr(a.asset), a.threshold.Bytes(), a.group, int64(a.timeout.Seconds())})
+		ir.Approvals = append(ir.Approvals, irApproval{a.id, irSel(&a.sel, setGuarantee), assetAddr(a.asset), a.threshold.Bytes(), a.group, int64(a.timeout.Seconds())})
 	}
 	ir.Kill.DenialCount = p.kill.DenialBurst.Count
 	ir.Kill.DenialWindow = int64(p.kill.DenialBurst.Window.Seconds())

@@ -2,6 +2,7 @@ package policyengine
 
 import (
 	"math/big"
+	"strings"
 	"time"
 
 	"github.com/ethereum/go-ethereum/common"
@@ -58,7 +59,18 @@ type sellerSet struct {
 	src         []string // canonical entries, sorted, for the hash
 }
 
+// firstHost returns the first entry (canonical form) that involves a host, or "".
+func (s *sellerSet) firstHost() string {
+	for _, e := range s.src {
+		if i := strings.IndexByte(e, '@'); i >= 0 && i < len(e)-1 {
+			return e
+		}
+	}
+	return ""
+}
+
 type selector struct {
+	actions  actionSet           // the actions it applies to (never empty once compiled)
 	agents   map[string]struct{} // nil = any
 	sellers  *sellerSet          // nil = any
 	networks map[string]struct{}

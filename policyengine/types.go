@@ -21,14 +21,24 @@ type Caller struct {
 	ExeSHA256 string   `json:"exe_sha256,omitempty"`
 }
 
-// Intent is one payment an agent asks the daemon to sign, with everything the policy decides on.
-// Addresses are compared as 20-byte values; Amount is in the asset's base units and must not be
-// modified while a Decision that refers to it is in use.
+// Intent is one thing an agent asks the daemon to do with a wallet — by default a payment
+// guarantee to sign (Action zero) — with everything the policy decides on. Addresses are compared
+// as 20-byte values; Amount is in the asset's base units and must not be modified while a
+// Decision that refers to it is in use.
+//
+// Which fields an action uses (the others must be zero; Evaluate denies invalid_intent naming the
+// field): every action uses Caller/Agent, Wallet, Network, ChainID, Asset (the zero address is
+// ETH for collateral actions), Amount, Timestamp (for actions other than a guarantee: when the
+// agent asked) and TaskID/TaskLabels. A guarantee also uses PayTo, ResourceURL/Host, Version and
+// the V2 fields, and may carry TabID. pay_tab uses PayTo (the recipient) and TabID (both
+// required). cancel_withdrawal and finalize_withdrawal carry Amount 0 (or nil).
 type Intent struct {
 	Caller      Caller         `json:"caller"`
 	Agent       string         `json:"agent,omitempty"`
+	Action      Action         `json:"action,omitempty"` // zero = ActionGuarantee
 	Wallet      common.Address `json:"wallet"`
 	PayTo       common.Address `json:"pay_to"`
+	TabID       *big.Int       `json:"tab_id,omitempty"` // 4Mica tab id (uint256); pay_tab only (optional on a guarantee)
 	ResourceURL string         `json:"resource_url,omitempty"`
 	Host        string         `json:"host,omitempty"`
 	Network     string         `json:"network"`
@@ -88,6 +98,7 @@ const (
 	CodeDeniedByRule         = "denied_by_rule"         // a deny rule matched that names no more specific code
 	CodeDefaultDeny          = "default_deny"           // no allow rule applies to this agent and request
 	CodeUsageUnavailable     = "usage_unavailable"      // the budget ledger could not be read (fault; fails closed)
+	CodeActionNotAllowed     = "action_not_allowed"     // the agent's allow rules do not cover this action (e.g. deposit)
 )
 
 // Codes lists every denial code the engine can return.
@@ -95,7 +106,7 @@ var Codes = []string{
 	CodeUnknownCaller, CodeWalletNotAllowed, CodeInvalidIntent, CodeStaleTimestamp,
 	CodeSellerNotAllowed, CodeNetworkNotAllowed, CodeAssetNotAllowed, CodeVersionNotAllowed,
 	CodeValidationNotAllowed, CodeAmountOverLimit, CodeBudgetExhausted, CodeRateLimited,
-	CodeDeniedByRule, CodeDefaultDeny, CodeUsageUnavailable,
+	CodeDeniedByRule, CodeDefaultDeny, CodeUsageUnavailable, CodeActionNotAllowed,
 }
 
 // Charge is one counter a request debits if it is signed: Amount added to Key's usage in Window,
