@@ -681,7 +681,7 @@ func (c *compiler) checkActions(file string, node *yaml.Node, f map[string]*yaml
 	}
 	if s.sellers != nil {
 		if x := s.actions & setCollateral; x != 0 {
-			c.errAt(file, at("sellers"), path+".sellers", "sellers name recipients, and %s have none (sellers apply to guarantee and pay_tab): put those actions in a rule of their own", x)
+			c.errAt(file, at("sellers"), path+".sellers", "sellers name recipients and these actions have none: %s (sellers apply to guarantee and pay_tab); put them in a rule of their own", x)
 			ok = false
 		} else if h := s.sellers.firstHost(); h != "" && s.actions&setPayTab != 0 {
 			c.errAt(file, at("sellers"), path+".sellers", "seller %q names a host, and pay_tab has none (hosts apply to guarantees only): list pay_tab recipients by address, in a rule of their own", h)
@@ -1249,7 +1249,7 @@ func (c *compiler) compileBudget(i int, it item) {
 				sok = false
 			}
 			if d == dimSeller && b.sel.actions&setCollateral != 0 {
-				c.errAt(it.file, e, p, "per seller needs a recipient, and %s have none: put those actions in a budget of their own", b.sel.actions&setCollateral)
+				c.errAt(it.file, e, p, "per seller needs a recipient, and these actions have none: %s; put them in a budget of their own", b.sel.actions&setCollateral)
 				sok = false
 			}
 			b.per |= d
