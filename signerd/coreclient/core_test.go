@@ -446,8 +446,12 @@ func TestLoginRefusals(t *testing.T) {
 		{"line break in statement", func(f *fakeCore, o *coreclient.Options) {
 			f.tmplEdit = func(m map[string]any) { m["statement"] = "Sign in.\nURI: https://evil.example" }
 		}, coreclient.ErrBadResponse, 0},
-		{"nonce refused", func(f *fakeCore, o *coreclient.Options) { f.force("POST /auth/nonce", 400, `{"error":"invalid address"}`) }, coreclient.ErrRefused, 0},
-		{"verify refused", func(f *fakeCore, o *coreclient.Options) { f.force("POST /auth/verify", 401, `{"error":"siwe domain mismatch"}`) }, coreclient.ErrRefused, 1},
+		{"nonce refused", func(f *fakeCore, o *coreclient.Options) {
+			f.force("POST /auth/nonce", 400, `{"error":"invalid address"}`)
+		}, coreclient.ErrRefused, 0},
+		{"verify refused", func(f *fakeCore, o *coreclient.Options) {
+			f.force("POST /auth/verify", 401, `{"error":"siwe domain mismatch"}`)
+		}, coreclient.ErrRefused, 1},
 		{"verify answer without tokens", func(f *fakeCore, o *coreclient.Options) { f.force("POST /auth/verify", 200, `{"access_token":"x"}`) }, coreclient.ErrBadResponse, 1},
 		{"no signer", func(f *fakeCore, o *coreclient.Options) { o.Signer = nil }, coreclient.ErrNoSigner, 0},
 	} {

@@ -34,14 +34,14 @@ type fakeCore struct {
 	uri         string
 	statement   string
 	accessTTL   uint64
-	nonces      map[string]*nonceRec       // nonce → record
-	access      map[string]accessRec       // access token → record
-	refresh     map[string]common.Address  // refresh token → subject
-	routes      map[string]string          // "GET /path" → raw JSON answer
-	override    map[string]fakeAnswer      // "METHOD /path" → forced answer (error cases)
-	counts      map[string]int             // "METHOD /path" → requests seen
-	lastAuthHdr string                     // last Authorization header seen (for assertions)
-	tmplEdit    func(map[string]any)       // edits the SIWE template before it is sent
+	nonces      map[string]*nonceRec      // nonce → record
+	access      map[string]accessRec      // access token → record
+	refresh     map[string]common.Address // refresh token → subject
+	routes      map[string]string         // "GET /path" → raw JSON answer
+	override    map[string]fakeAnswer     // "METHOD /path" → forced answer (error cases)
+	counts      map[string]int            // "METHOD /path" → requests seen
+	lastAuthHdr string                    // last Authorization header seen (for assertions)
+	tmplEdit    func(map[string]any)      // edits the SIWE template before it is sent
 }
 
 type nonceRec struct {
