@@ -401,3 +401,28 @@ func FuzzEvaluateActions(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkEvaluateActions: one allowed decision per action on collateral.yaml, whose rules for
+// other actions must not cost an allocation each.
+func BenchmarkEvaluateActions(b *testing.B) {
+	p := mustLoad(b, filepath.Join(testdataDir, "collateral.yaml"), CompileOptions{})
+	now := time.Unix(1767600000, 0)
+	g := exampleIntent()
+	g.Agent, g.Wallet, g.PayTo, g.Amount, g.Timestamp = "treasury-bot", common.HexToAddress("0xa1"), common.HexToAddress("0xaa"), big.NewInt(1000), uint64(now.Unix())
+	for _, in := range []*Intent{g, collateralIntent(ActionDeposit, "treasury-bot", common.HexToAddress("0xa1"), now),
+		collateralIntent(ActionFinalizeWithdrawal, "treasury-bot", common.HexToAddress("0xa1"), now),
+		collateralIntent(ActionPayTab, "treasury-bot", common.HexToAddress("0xa1"), now)} {
+		b.Run(in.Action.String(), func(b *testing.B) {
+			u := &zeroUsage{}
+			if d := p.Evaluate(in, u, now); d.Outcome != Allow {
+				b.Fatalf("setup: %v", d)
+			}
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if d := p.Evaluate(in, u, now); d.Outcome != Allow {
+					b.Fatal(d)
+				}
+			}
+		})
+	}
+}

@@ -32,6 +32,13 @@
 //     reordering rules or splitting files does not change it. Policy.KillSwitch() returns the
 //     compiled kill_switch.auto_trip section.
 //   - DecodeIntent(json) decodes the `signerctl policy explain` intent file (Intent's JSON tags).
+//   - Intent.Action says what is decided: ActionGuarantee (the zero value: every caller that
+//     predates actions builds guarantees), ActionDeposit, ActionWithdraw (requestWithdrawal),
+//     ActionCancelWithdrawal and ActionFinalizeWithdrawal (amount 0), ActionPayTab (PayTo = the
+//     recipient, TabID required). Rules, budgets and approvals select actions with `actions:`;
+//     without it they apply to guarantees only, except deny rules, which apply to every action
+//     their selectors mean something for (sellers → guarantee and pay_tab). An agent whose allow
+//     rules cover other actions only is denied CodeActionNotAllowed. See docs/policy-actions.md.
 //
 // # Semantics
 //

@@ -141,10 +141,23 @@ func (p *Policy) evaluate(in *Intent, usage UsageReader, now, freshAt time.Time,
 		return deny(&d, denyBy.code, denyBy.id, fmt.Sprintf("deny rule %s matched%s", denyBy.id, descSuffix(denyBy.description)))
 	}
 	// 6. Allow rules: at least one must allow.
-	var allowBy, bestMiss *rule
+	// A rule for other actions is the weakest miss (stage 0 of allows): it is only reported when
+	// no rule for this action came closer, and its reason is formatted only then (no allocation
+	// per rule for other actions).
+	var allowBy, bestMiss, actionMiss *rule
 	bestStage, bestCode, bestReason := -1, "", ""
+	actBit := in.Action.bit()
 	for _, r := range p.allowRules {
 		if !r.sel.matchScope(&ctx) {
+			continue
+		}
+		if r.sel.actions&actBit == 0 {
+			if actionMiss == nil {
+				actionMiss = r
+			}
+			if verbose {
+				d.Matches = append(d.Matches, Match{Rule: r.id, Kind: "allow", Effect: "no_match:" + CodeActionNotAllowed, Detail: r.actionReason(in)})
+			}
 			continue
 		}
 		stage, code, reason := r.allows(&ctx)
@@ -168,6 +181,9 @@ func (p *Policy) evaluate(in *Intent, usage UsageReader, now, freshAt time.Time,
 	if allowBy == nil {
 		if bestMiss != nil {
 			return deny(&d, bestCode, bestMiss.id, bestReason)
+		}
+		if actionMiss != nil {
+			return deny(&d, CodeActionNotAllowed, actionMiss.id, actionMiss.actionReason(in))
 		}
 		return deny(&d, CodeDefaultDeny, "default", fmt.Sprintf("no allow rule applies to agent %s", agentName))
 	}
@@ -574,7 +590,7 @@ func (s *sellerSet) match(addr common.Address, host string) bool {
 func (r *rule) allows(c *evalCtx) (int, string, string) {
 	in := c.in
 	if r.sel.actions&in.Action.bit() == 0 {
-		return 0, CodeActionNotAllowed, fmt.Sprintf("rule %s allows %s, not %s", r.id, r.sel.actions, in.Action)
+		return 0, CodeActionNotAllowed, r.actionReason(in)
 	}
 	if !r.sel.matchVersion(in) {
 		return 1, CodeVersionNotAllowed, fmt.Sprintf("rule %s does not allow guarantee version %d", r.id, in.Version)
@@ -616,6 +632,10 @@ func (r *rule) allows(c *evalCtx) (int, string, string) {
 		}
 	}
 	return 7, "", ""
+}
+
+func (r *rule) actionReason(in *Intent) string {
+	return fmt.Sprintf("rule %s allows %s, not %s", r.id, r.sel.actions, in.Action)
 }
 
 func (v *v2Constraint) check(in *Intent) string {
