@@ -59,11 +59,11 @@ type sellerSet struct {
 	src         []string // canonical entries, sorted, for the hash
 }
 
-// firstHost returns the first entry (canonical form) that involves a host, or "".
+// firstHost returns the first entry that involves a host ("api.x.example", "0x…@api.x.example"), or "".
 func (s *sellerSet) firstHost() string {
 	for _, e := range s.src {
 		if i := strings.IndexByte(e, '@'); i >= 0 && i < len(e)-1 {
-			return e
+			return strings.TrimPrefix(e, "@")
 		}
 	}
 	return ""
