@@ -11,6 +11,7 @@ import (
 	"github.com/ethereum/go-ethereum/accounts/abi"
 	"github.com/ethereum/go-ethereum/common"
 	"github.com/ethereum/go-ethereum/core/types"
+	"github.com/ethereum/go-ethereum/rpc"
 )
 
 // Chain is the subset of go-ethereum's *ethclient.Client the client uses. The simulated
@@ -39,7 +40,7 @@ func (c *Client) chain(ctx context.Context) (Chain, error) {
 	}
 	id, err := ch.ChainID(ctx)
 	if err != nil {
-		return nil, &ChainError{Op: "ChainID", Err: err}
+		return nil, chainErr(ctx, "ChainID", err)
 	}
 	if !id.IsUint64() || id.Uint64() != c.opts.Domain.ChainID {
 		return nil, fmt.Errorf("%w: RPC reports %s, configured %d", ErrChainMismatch, id, c.opts.Domain.ChainID)
@@ -89,20 +90,20 @@ func (c *Client) Send(ctx context.Context, call Call) (*types.Transaction, error
 	to := call.To
 	nonce, err := ch.PendingNonceAt(ctx, from)
 	if err != nil {
-		return nil, &ChainError{Op: "PendingNonceAt", Err: err}
+		return nil, chainErr(ctx, "PendingNonceAt", err)
 	}
 	gas, err := ch.EstimateGas(ctx, ethereum.CallMsg{From: from, To: &to, Value: call.Value, Data: call.Data})
 	if err != nil {
-		return nil, &ChainError{Op: "EstimateGas", Err: err}
+		return nil, chainErr(ctx, "EstimateGas", err)
 	}
 	gas += gas * c.gasPct / 100
 	tip, err := ch.SuggestGasTipCap(ctx)
 	if err != nil {
-		return nil, &ChainError{Op: "SuggestGasTipCap", Err: err}
+		return nil, chainErr(ctx, "SuggestGasTipCap", err)
 	}
 	head, err := ch.HeaderByNumber(ctx, nil)
 	if err != nil {
-		return nil, &ChainError{Op: "HeaderByNumber", Err: err}
+		return nil, chainErr(ctx, "HeaderByNumber", err)
 	}
 	if head.BaseFee == nil {
 		return nil, &ChainError{Op: "HeaderByNumber", Err: errors.New("latest header has no base fee (chain without EIP-1559)")}
@@ -130,13 +131,15 @@ func (c *Client) Send(ctx context.Context, call Call) (*types.Transaction, error
 		return nil, fmt.Errorf("%w: recovered transaction sender is not the wallet", ErrSignature)
 	}
 	if err := ch.SendTransaction(ctx, signed); err != nil {
-		return nil, &ChainError{Op: "SendTransaction", Err: err}
+		return nil, chainErr(ctx, "SendTransaction", err)
 	}
 	c.log.Info("core transaction sent", "kind", string(call.Kind), "tx", signed.Hash().Hex(), "nonce", nonce)
 	return signed, nil
 }
 
-// Wait polls for the receipt of txHash every Options.ReceiptPoll until it is mined or ctx ends.
+// Wait polls for the receipt of txHash every Options.ReceiptPoll until it is mined or ctx ends
+// ("not found" and geth's "transaction indexing is in progress" mean: ask again; any other RPC
+// error is returned as *ChainError, and Wait may be called again since the transaction is sent).
 // A receipt with status 0 is returned together with a *RevertedError (ErrTxReverted).
 func (c *Client) Wait(ctx context.Context, txHash common.Hash) (*types.Receipt, error) {
 	if c.opts.Chain == nil {
@@ -152,8 +155,8 @@ func (c *Client) Wait(ctx context.Context, txHash common.Hash) (*types.Receipt, 
 				return r, &RevertedError{TxHash: txHash.Hex(), Block: r.BlockNumber.Uint64()}
 			}
 			return r, nil
-		case err != nil && !errors.Is(err, ethereum.NotFound):
-			return nil, &ChainError{Op: "TransactionReceipt", Err: err}
+		case err != nil && !errors.Is(err, ethereum.NotFound) && !indexing(err):
+			return nil, chainErr(ctx, "TransactionReceipt", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -161,6 +164,26 @@ func (c *Client) Wait(ctx context.Context, txHash common.Hash) (*types.Receipt, 
 		case <-t.C:
 		}
 	}
+}
+
+// chainErr wraps an RPC failure; when ctx has ended it says so (errors.Is(err,
+// context.DeadlineExceeded)), since the RPC transport may report it as an i/o timeout.
+func chainErr(ctx context.Context, op string, err error) *ChainError {
+	if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+	}
+	return &ChainError{Op: op, Err: err}
+}
+
+// indexing reports geth's transient "transaction indexing is in progress" answer (its
+// TxIndexingError): the node cannot tell yet whether the transaction is mined; ask again.
+func indexing(err error) bool {
+	const msg = "transaction indexing is in progress"
+	var de rpc.DataError
+	if errors.As(err, &de) && de.ErrorData() == msg {
+		return true
+	}
+	return err.Error() == msg
 }
 
 // SendAndWait is Send then Wait.
@@ -195,7 +218,7 @@ func (c *Client) UserAssets(ctx context.Context, user common.Address) ([]UserAss
 	}
 	out, err := ch.CallContract(ctx, ethereum.CallMsg{To: &contract, Data: GetUserAllAssetsCalldata(user)}, nil)
 	if err != nil {
-		return nil, &ChainError{Op: "CallContract getUserAllAssets", Err: err}
+		return nil, chainErr(ctx, "CallContract getUserAllAssets", err)
 	}
 	return DecodeUserAssets(out)
 }
