@@ -3,6 +3,7 @@ package coreclient_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -506,3 +507,56 @@ func TestBuildSIWEMessage(t *testing.T) {
 		t.Error("nonce with a line break accepted")
 	}
 }
+
+// TestConcurrentCallsShareOneLogin: parallel protected calls log in once, and with a debug
+// logger nothing of the tokens reaches the log.
+func TestConcurrentCallsShareOneLogin(t *testing.T) {
+	f := newFakeCore(t, testChain)
+	user := wallet.Address()
+	f.set(assetPath(user, usdc), `null`)
+	var logBuf strings.Builder
+	var logMu sync.Mutex
+	c := newClient(t, f, func(o *coreclient.Options) {
+		o.Logger = slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+			logMu.Lock()
+			defer logMu.Unlock()
+			return logBuf.Write(p)
+		}), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := c.Asset(context.Background(), user, usdc)
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := f.count("POST /auth/verify"); n != 1 {
+		t.Fatalf("%d logins for 16 parallel calls, want 1", n)
+	}
+	f.expireAccess()
+	if _, err := c.Asset(context.Background(), user, usdc); err != nil {
+		t.Fatal(err)
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if !strings.Contains(logBuf.String(), "core login") {
+		t.Fatalf("debug log lacks the login line: %q", logBuf.String())
+	}
+	if strings.Contains(logBuf.String(), "access_") || strings.Contains(logBuf.String(), "refresh_") || strings.Contains(logBuf.String(), "nonce_") {
+		t.Fatalf("log leaks a token or nonce: %q", logBuf.String())
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (w writerFunc) Write(p []byte) (int, error) { return w(p) }
