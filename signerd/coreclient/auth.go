@@ -83,8 +83,10 @@ func PersonalSignDigest(msg []byte) [32]byte {
 // refuses to sign when the template's chain id (or domain, with Options.SIWEDomain) is not
 // the configured one. Protected calls log in by themselves; Login is for an explicit check.
 func (c *Client) Login(ctx context.Context) error {
-	c.authMu.Lock()
-	defer c.authMu.Unlock()
+	if err := c.lockAuth(ctx); err != nil {
+		return err
+	}
+	defer c.unlockAuth()
 	return c.loginLocked(ctx)
 }
 
@@ -170,8 +172,10 @@ func (c *Client) store(op string, ta tokenAnswer) error {
 // /auth/refresh, §5.1) when it is about to expire, or a new login when there is none or the
 // refresh is refused with 401.
 func (c *Client) accessToken(ctx context.Context) (string, error) {
-	c.authMu.Lock()
-	defer c.authMu.Unlock()
+	if err := c.lockAuth(ctx); err != nil {
+		return "", err
+	}
+	defer c.unlockAuth()
 	if c.tok != nil && c.now().Before(c.tok.refreshAt) {
 		return c.tok.access, nil
 	}
@@ -198,11 +202,24 @@ func (c *Client) accessToken(ctx context.Context) (string, error) {
 	return c.tok.access, nil
 }
 
+// lockAuth takes the session lock or gives up when ctx ends (a login in flight on another
+// goroutine may take as long as Core and the signer do).
+func (c *Client) lockAuth(ctx context.Context) error {
+	select {
+	case c.authSem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return &NetworkError{Op: "wait for the Core session", Err: ctx.Err()}
+	}
+}
+
+func (c *Client) unlockAuth() { <-c.authSem }
+
 // invalidate forgets the session if its access token is still used (Core answered 401 to
 // it), so the next protected call logs in again.
 func (c *Client) invalidate(used string) {
-	c.authMu.Lock()
-	defer c.authMu.Unlock()
+	c.authSem <- struct{}{}
+	defer c.unlockAuth()
 	if c.tok != nil && c.tok.access == used {
 		c.tok = nil
 	}
@@ -211,8 +228,10 @@ func (c *Client) invalidate(used string) {
 // Logout revokes the refresh token (POST /auth/logout, §5.1) and forgets the session. It
 // reports whether Core revoked a token.
 func (c *Client) Logout(ctx context.Context) (bool, error) {
-	c.authMu.Lock()
-	defer c.authMu.Unlock()
+	if err := c.lockAuth(ctx); err != nil {
+		return false, err
+	}
+	defer c.unlockAuth()
 	if c.tok == nil {
 		return false, nil
 	}

@@ -1,6 +1,7 @@
 package coreclient
 
 import (
+	"context"
 	"fmt"
 	"math/big"
 	"strings"
@@ -172,4 +173,56 @@ func PayTabMemo(tabID, reqID U256) string {
 // GetUserAllAssetsCalldata is the calldata of the view getUserAllAssets(user) (0xc4edab2d).
 func GetUserAllAssetsCalldata(user common.Address) []byte {
 	return pack("getUserAllAssets(address)", user)
+}
+
+// DepositCalls returns the transactions that deposit amount of asset as collateral (§5.5):
+// [deposit()] with value for ETH (asset zero), or [approve(Core4Mica, amount),
+// depositStablecoin(asset, amount)] for a stablecoin, to be sent in that order.
+func (c *Client) DepositCalls(ctx context.Context, asset common.Address, amount U256) ([]Call, error) {
+	if amount.IsZero() {
+		return nil, invalidArg("deposit amount is 0 (the contract reverts)")
+	}
+	contract, err := c.Contract(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if asset == (common.Address{}) {
+		return []Call{DepositETH(contract, amount)}, nil
+	}
+	return []Call{ApproveERC20(asset, contract, amount), DepositStablecoin(contract, asset, amount)}, nil
+}
+
+// PayTabCalls returns the transactions that pay amount on a tab (§5.5), after reading the tab
+// from Core: for an ETH tab the plain transfer to the tab's recipient with the
+// "tab_id:0x…;req_id:0x…" memo; for an ERC-20 tab [approve(Core4Mica, amount),
+// payTabInERC20Token(tabId, asset, amount, recipient)]. Core attributes a payment to the tab
+// only if its sender is the tab's user, its recipient the tab's recipient and its asset the
+// tab's asset (§5.5), so a tab whose user is not this wallet is refused (ErrInvalidArgument),
+// as is a tab Core does not know.
+func (c *Client) PayTabCalls(ctx context.Context, tabID, reqID, amount U256) ([]Call, error) {
+	if amount.IsZero() {
+		return nil, invalidArg("payment amount is 0")
+	}
+	tab, err := c.Tab(ctx, tabID)
+	if err != nil {
+		return nil, err
+	}
+	if tab == nil {
+		return nil, invalidArg("Core knows no tab %s", tabID.Hex())
+	}
+	if tab.TabID != tabID {
+		return nil, &ResponseError{Op: "GET /core/tabs/" + tabID.Hex(), Reason: "answer is for tab " + tab.TabID.Hex()}
+	}
+	if w := c.Wallet(); tab.UserAddress != w {
+		return nil, invalidArg("tab %s belongs to user %s, not to this wallet %s", tabID.Hex(), tab.UserAddress.Hex(), w.Hex())
+	}
+	if tab.AssetAddress == (common.Address{}) {
+		return []Call{PayTabETH(tab.RecipientAddress, tabID, reqID, amount)}, nil
+	}
+	contract, err := c.Contract(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return []Call{ApproveERC20(tab.AssetAddress, contract, amount),
+		PayTabERC20(contract, tabID, tab.AssetAddress, amount, tab.RecipientAddress)}, nil
 }

@@ -72,8 +72,11 @@ func (c *Client) Send(ctx context.Context, call Call) (*types.Transaction, error
 	if call.Value == nil {
 		call.Value = new(big.Int)
 	}
-	if call.Value.Sign() < 0 {
-		return nil, invalidArg("negative value")
+	if call.Value.Sign() < 0 || call.Value.BitLen() > 256 {
+		return nil, invalidArg("value out of range")
+	}
+	if call.To == (common.Address{}) {
+		return nil, invalidArg("no destination (contract creation and sends to address 0 are not supported)")
 	}
 	ch, err := c.chain(ctx)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ethereum/go-ethereum/common"
 	"github.com/ethereum/go-ethereum/core/types"
+	"github.com/ethereum/go-ethereum/ethclient"
 	"github.com/ethereum/go-ethereum/ethclient/simulated"
 
 	"github.com/signerd/signerd/signerd/coreclient"
@@ -336,3 +337,96 @@ func TestWaitReportsRevert(t *testing.T) {
 		t.Fatalf("wait for a missing receipt: %v", err)
 	}
 }
+
+// autoCommit mines a block every 20 ms until the returned stop is called.
+func autoCommit(sim *simulated.Backend) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-quit:
+				return
+			case <-time.After(20 * time.Millisecond):
+				sim.Commit()
+			}
+		}
+	}()
+	return func() { close(quit); <-done }
+}
+
+func tabJSON(tab string, user, recipient, asset common.Address) string {
+	return `{"tab_id":"` + tab + `","user_address":"` + strings.ToLower(user.Hex()) + `","recipient_address":"` + strings.ToLower(recipient.Hex()) +
+		`","asset_address":"` + strings.ToLower(asset.Hex()) + `","accepted_guarantee_version":1,"start_timestamp":1700000000,"ttl_seconds":86400,` +
+		`"status":"OPEN","settlement_status":"PENDING","created_at":1700000000,"updated_at":1700000000}`
+}
+
+// TestPayTabAndDepositCalls builds the settlement transactions from Core's tab and sends them
+// on the simulated chain.
+func TestPayTabAndDepositCalls(t *testing.T) {
+	sim := newSim(t, nil)
+	f := newFakeCore(t, simChainID)
+	user := wallet.Address()
+	recipient := common.HexToAddress("0x3333333333333333333333333333333333333333")
+	f.set("GET /core/tabs/0x2a", tabJSON("0x2a", user, recipient, common.Address{}))
+	f.set("GET /core/tabs/0x2b", tabJSON("0x2b", user, recipient, usdc))
+	f.set("GET /core/tabs/0x2c", tabJSON("0x2c", recipient, user, common.Address{})) // someone else's tab
+	f.set("GET /core/tabs/0x2d", `null`)
+	f.set("GET /core/tabs/0x2e", tabJSON("0x2f", user, recipient, common.Address{})) // answer for another tab
+	c, err := coreclient.New(coreclient.Options{BaseURL: f.srv.URL, Signer: wallet, Chain: sim.Client(), ReceiptPoll: 5 * time.Millisecond,
+		Domain: coreclient.Domain{ChainID: simChainID, EIP712Name: "4mica", EIP712Version: "1", Contract: noCode}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	amount := fourmica.MustU256("12345")
+	stop := autoCommit(sim)
+	defer stop()
+
+	eth, err := c.PayTabCalls(ctx, fourmica.U256FromUint64(0x2a), fourmica.U256FromUint64(3), amount)
+	if err != nil || len(eth) != 1 || eth[0].Kind != coreclient.KindPayTabETH || eth[0].To != recipient || string(eth[0].Data) != "tab_id:0x2a;req_id:0x3" {
+		t.Fatalf("ETH tab calls %+v %v", eth, err)
+	}
+	erc, err := c.PayTabCalls(ctx, fourmica.U256FromUint64(0x2b), fourmica.U256FromUint64(3), amount)
+	if err != nil || len(erc) != 2 || erc[0].Kind != coreclient.KindApprove || erc[0].To != usdc || erc[1].Kind != coreclient.KindPayTabERC20 || erc[1].To != noCode {
+		t.Fatalf("ERC-20 tab calls %+v %v", erc, err)
+	}
+	if want := coreclient.PayTabERC20(noCode, fourmica.U256FromUint64(0x2b), usdc, amount, recipient); string(erc[1].Data) != string(want.Data) {
+		t.Fatalf("payTabInERC20Token calldata %x, want %x", erc[1].Data, want.Data)
+	}
+	for _, call := range append(eth, erc...) {
+		tx, r, err := c.SendAndWait(ctx, call)
+		if err != nil || r.Status != types.ReceiptStatusSuccessful {
+			t.Fatalf("%s: %v", call.Kind, err)
+		}
+		checkMined(t, sim, tx.Hash(), call)
+	}
+	for _, tab := range []uint64{0x2c, 0x2d} {
+		if _, err := c.PayTabCalls(ctx, fourmica.U256FromUint64(tab), fourmica.U256{}, amount); !errors.Is(err, coreclient.ErrInvalidArgument) {
+			t.Errorf("tab %#x: %v, want ErrInvalidArgument", tab, err)
+		}
+	}
+	if _, err := c.PayTabCalls(ctx, fourmica.U256FromUint64(0x2e), fourmica.U256{}, amount); !errors.Is(err, coreclient.ErrBadResponse) {
+		t.Errorf("answer for another tab: %v, want ErrBadResponse", err)
+	}
+	if _, err := c.PayTabCalls(ctx, fourmica.U256FromUint64(0x2a), fourmica.U256{}, fourmica.U256{}); !errors.Is(err, coreclient.ErrInvalidArgument) {
+		t.Errorf("zero payment: %v", err)
+	}
+
+	dep, err := c.DepositCalls(ctx, common.Address{}, amount)
+	if err != nil || len(dep) != 1 || dep[0].Kind != coreclient.KindDeposit || dep[0].Value.String() != "12345" {
+		t.Fatalf("ETH deposit calls %+v %v", dep, err)
+	}
+	dep, err = c.DepositCalls(ctx, usdc, amount)
+	if err != nil || len(dep) != 2 || dep[0].Kind != coreclient.KindApprove || dep[0].Recipient != noCode || dep[1].Kind != coreclient.KindDepositStablecoin {
+		t.Fatalf("stablecoin deposit calls %+v %v", dep, err)
+	}
+	if _, err := c.DepositCalls(ctx, usdc, fourmica.U256{}); !errors.Is(err, coreclient.ErrInvalidArgument) {
+		t.Fatalf("zero deposit: %v", err)
+	}
+	if _, err := c.Send(ctx, coreclient.Call{Kind: coreclient.KindDeposit}); !errors.Is(err, coreclient.ErrInvalidArgument) {
+		t.Fatalf("send to address 0: %v", err)
+	}
+}
+
+var _ coreclient.Chain = (*ethclient.Client)(nil)

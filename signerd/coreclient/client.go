@@ -77,8 +77,8 @@ type Client struct {
 	http     *http.Client
 	log      *slog.Logger
 	now      func() time.Time
-	authMu   sync.Mutex // serialises login/refresh (single flight)
-	tok      *tokens    // guarded by authMu
+	authSem  chan struct{} // capacity 1: serialises login/refresh (single flight), ctx-aware
+	tok      *tokens       // guarded by authSem
 	stateMu  sync.Mutex
 	params   *PublicParams // last discovered, guarded by stateMu
 	chainOK  bool          // chain id of Options.Chain verified, guarded by stateMu
@@ -119,7 +119,7 @@ func New(opts Options) (*Client, error) {
 	if opts.MaxFeePerGas != nil && opts.MaxFeePerGas.Sign() <= 0 {
 		return nil, fmt.Errorf("%w: MaxFeePerGas must be positive", ErrInvalidOptions)
 	}
-	c := &Client{base: u, opts: opts, http: opts.HTTPClient, log: opts.Logger, now: opts.Now,
+	c := &Client{base: u, opts: opts, authSem: make(chan struct{}, 1), http: opts.HTTPClient, log: opts.Logger, now: opts.Now,
 		maxBody: maxAnswer, gasPct: opts.GasMarginPercent, poll: opts.ReceiptPoll, refreshM: opts.RefreshMargin}
 	if c.http == nil {
 		c.http = &http.Client{Timeout: 30 * time.Second}
