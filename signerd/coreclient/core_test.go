@@ -380,6 +380,7 @@ func TestCoreErrors(t *testing.T) {
 		msg    string
 	}{
 		{"400", 400, `{"error":"user not registered"}`, coreclient.ErrRefused, "user not registered"},
+		{"401 (after one re-login)", 401, `{"error":"Unauthorized"}`, coreclient.ErrRefused, "Unauthorized"},
 		{"403", 403, `{"error":"user suspended"}`, coreclient.ErrRefused, "user suspended"},
 		{"404", 404, `{"error":"0x2a"}`, coreclient.ErrRefused, "0x2a"},
 		{"409", 409, `{"error":"request failed, please retry"}`, coreclient.ErrRefused, "request failed, please retry"},
