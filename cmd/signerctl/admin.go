@@ -251,14 +251,13 @@ func cmdStatus(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return exitRefused
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	ready := "yes"
-	if !st.Ready {
-		ready = "NO"
-		if b, err := json.Marshal(st.Readiness); err == nil {
-			ready += " " + string(b)
+	if st.Ready {
+		fmt.Fprintln(tw, "ready\tyes")
+	} else {
+		for _, l := range notReadyLines(st.Readiness) {
+			fmt.Fprintf(tw, "ready\tNO: %s\n", l)
 		}
 	}
-	fmt.Fprintf(tw, "ready\t%s\n", ready)
 	fmt.Fprintf(tw, "kill switch\t%s\n", st.KillSwitch.line())
 	fmt.Fprintf(tw, "policy\t%s (%s, loaded %s)\n", st.Policy.Hash, st.Policy.Path, fmtTime(st.Policy.LoadedAt))
 	fmt.Fprintf(tw, "network\t%s, EIP-712 domain %q version %q chain %d\n", st.Network, st.Domain.Name, st.Domain.Version, st.Domain.ChainID)
@@ -269,6 +268,33 @@ func cmdStatus(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	fmt.Fprintf(tw, "daemon\tpid %d, up %s\n", st.PID, st.Uptime)
 	tw.Flush()
 	return exitOK
+}
+
+// notReadyLines turns the readiness report into one "component: reason" line per failing
+// component (an object with "ok": false), in name order; the daemon reports e.g.
+// {"backend":{"ok":false,"reason":"..."},"store":{"ok":true},"wallets":1}.
+func notReadyLines(rd map[string]any) []string {
+	names := make([]string, 0, len(rd))
+	for n := range rd {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var lines []string
+	for _, n := range names {
+		c, ok := rd[n].(map[string]any)
+		if !ok || c["ok"] != false {
+			continue
+		}
+		reason, _ := c["reason"].(string)
+		if strings.TrimSpace(reason) == "" {
+			reason = "not ready (no reason given)"
+		}
+		lines = append(lines, n+": "+reason)
+	}
+	if len(lines) == 0 {
+		lines = []string{"no component reported a reason (see signerctl status --json)"}
+	}
+	return lines
 }
 
 // ---- policy reload ----
@@ -335,10 +361,35 @@ func (p approval) summary() string {
 	parts := []string{}
 	for _, k := range []string{"amount", "asset", "recipient", "tab_id", "req_id", "resource"} {
 		if v := s[k]; v != "" {
-			parts = append(parts, k+"="+v)
+			parts = append(parts, k+"="+summaryValue(k, v))
 		}
 	}
 	return strings.Join(parts, " ")
+}
+
+// summaryValue formats an approval summary field for people: tab ids in 0x hex as claims,
+// agents and Core show them; everything else (req ids included, which Core's SDKs send in
+// decimal) as the daemon gave it.
+func summaryValue(k, v string) string {
+	if k == "tab_id" {
+		return hexID(v)
+	}
+	return v
+}
+
+// hexID renders a decimal or 0x-hex integer as minimal 0x hex (the form claims, agents and
+// Core use for tab ids); anything else is returned unchanged.
+func hexID(v string) string {
+	n, ok := new(big.Int), false
+	if h, isHex := strings.CutPrefix(v, "0x"); isHex {
+		_, ok = n.SetString(h, 16)
+	} else {
+		_, ok = n.SetString(v, 10)
+	}
+	if !ok || n.Sign() < 0 {
+		return v
+	}
+	return "0x" + n.Text(16)
 }
 
 func cmdApprovals(args []string, _ io.Reader, stdout, stderr io.Writer) int {
@@ -453,7 +504,7 @@ func cmdApprovals(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		sort.Strings(keys)
 		for _, k := range keys {
 			if p.Summary[k] != "" {
-				fmt.Fprintf(tw, "  %s\t%s\n", k, p.Summary[k])
+				fmt.Fprintf(tw, "  %s\t%s\n", k, summaryValue(k, p.Summary[k]))
 			}
 		}
 		tw.Flush()
@@ -948,7 +999,7 @@ func printRecords(raw json.RawMessage, stdout, stderr io.Writer) int {
 			status += " (" + r.Code + ")"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", strings.Trim(string(r.ID), `"`), status, r.Created,
-			r.Agent, r.Wallet, r.TabID, r.ReqID, claimsAmount(r.Claims), orDash(r.Rule))
+			r.Agent, r.Wallet, hexID(r.TabID), r.ReqID, claimsAmount(r.Claims), orDash(r.Rule))
 	}
 	tw.Flush()
 	return exitOK

@@ -522,3 +522,83 @@ func TestAuditAnchorsViaDaemon(t *testing.T) {
 		t.Fatalf("malformed: %d %s", code, errs)
 	}
 }
+
+// TestStatusNotReadyReadable: a daemon that is not ready gets one readable line per failing
+// component instead of raw JSON; --json stays the daemon's answer byte for byte.
+func TestStatusNotReadyReadable(t *testing.T) {
+	const notReady = `{"ready":false,"readiness":{"backend":{"ok":false,"reason":"key material zeroized by the kill switch; resume to reopen the backend","checked":"2026-11-21T12:00:00Z"},` +
+		`"store":{"ok":false,"reason":"the ledger cannot take writes"},"kill_switch_engaged":true,"wallets":1},"kill_switch":` + ksEngaged + `,"policy":{"hash":"0xabc"},"pid":42}`
+	const noReason = `{"ready":false,"readiness":{"backend":{"ok":true},"store":{"ok":true}},"kill_switch":{"engaged":false}}`
+	var answer string
+	f := newFake(t, map[string]func(http.ResponseWriter, string){
+		"GET /v1/admin/status": func(w http.ResponseWriter, body string) { reply(200, answer)(w, body) },
+	})
+	answer = notReady
+	out, errs, code := ctl("status", "--socket", f.sock)
+	if code != 0 {
+		t.Fatalf("status: %d %s", code, errs)
+	}
+	lines := strings.Split(out, "\n")
+	var ready []string
+	for _, l := range lines {
+		if strings.HasPrefix(l, "ready") {
+			ready = append(ready, strings.Join(strings.Fields(l), " "))
+		}
+	}
+	want := []string{
+		"ready NO: backend: key material zeroized by the kill switch; resume to reopen the backend",
+		"ready NO: store: the ledger cannot take writes",
+	}
+	if strings.Join(ready, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("ready lines:\n%s\nwant:\n%s\nfull output:\n%s", strings.Join(ready, "\n"), strings.Join(want, "\n"), out)
+	}
+	if strings.Contains(out, "{") || strings.Contains(out, `"ok"`) {
+		t.Fatalf("raw JSON in the human output:\n%s", out)
+	}
+	if out, _, code := ctl("status", "--json", "--socket", f.sock); code != 0 || strings.TrimSpace(out) != notReady {
+		t.Fatalf("status --json changed: %s", out)
+	}
+	answer = noReason
+	if out, _, _ := ctl("status", "--socket", f.sock); !strings.Contains(out, "NO: no component reported a reason (see signerctl status --json)") {
+		t.Fatalf("not ready without a failing component:\n%s", out)
+	}
+}
+
+// TestTabIDsInHex: ledger records and approvals show tab ids in 0x hex (as claims, agents and
+// Core do), whatever form the daemon's JSON carries; req ids stay decimal (the SDKs' form);
+// --json stays the daemon's answer.
+func TestTabIDsInHex(t *testing.T) {
+	const tabDec, tabHex = "217453923113694646118108699026346404021", "0xa3981a2a19eceba28080c53ad2a6e8b5"
+	records := `{"records":[{"record_id":"7","status":"signed","created":"2026-11-21T12:00:00Z","agent":"bot","wallet":"0xw","tab_id":"` + tabDec + `","req_id":"12","claims":"{}","charges":[]},` +
+		`{"record_id":"8","status":"signed","created":"2026-11-21T12:00:01Z","agent":"bot","wallet":"0xw","tab_id":"0x00Ff","req_id":"13","claims":"{}","charges":[]}]}`
+	list := `{"approvals":[{"id":"apr_1","state":"pending","agent":"bot","rule":"big","group":"finance","summary":{"amount":"600000","tab_id":"7","req_id":"15"},"expires_at":"2026-11-21T12:15:00Z"}]}`
+	one := `{"id":"apr_1","state":"pending","agent":"bot","summary":{"amount":"600000","tab_id":"` + tabDec + `","req_id":"15"}}`
+	f := newFake(t, map[string]func(http.ResponseWriter, string){
+		"GET /v1/admin/ledger/records":  reply(200, records),
+		"GET /v1/admin/approvals":       reply(200, list),
+		"GET /v1/admin/approvals/apr_1": reply(200, one),
+	})
+	if hexID(tabDec) != tabHex {
+		t.Fatalf("hexID(%s) = %s", tabDec, hexID(tabDec))
+	}
+	for in, want := range map[string]string{"0": "0x0", "7": "0x7", "0x00Ff": "0xff", "0x7": "0x7", "": "", "-": "-", "12x": "12x", "0xzz": "0xzz", "-5": "-5"} {
+		if got := hexID(in); got != want {
+			t.Errorf("hexID(%q) = %q, want %q", in, got, want)
+		}
+	}
+	out, _, code := ctl("ledger", "records", "--socket", f.sock)
+	if code != 0 || !strings.Contains(out, " "+tabHex+" ") || !strings.Contains(out, " 0xff ") || strings.Contains(out, tabDec) || !strings.Contains(out, " 12 ") {
+		t.Fatalf("records:\n%s", out)
+	}
+	if out, _, _ := ctl("ledger", "records", "--json", "--socket", f.sock); strings.TrimSpace(out) != records {
+		t.Fatalf("records --json changed: %s", out)
+	}
+	out, _, code = ctl("approvals", "list", "--socket", f.sock)
+	if code != 0 || !strings.Contains(out, "tab_id=0x7 req_id=15") {
+		t.Fatalf("approvals list:\n%s", out)
+	}
+	out, _, code = ctl("approvals", "show", "apr_1", "--socket", f.sock)
+	if code != 0 || !strings.Contains(out, tabHex) || strings.Contains(out, tabDec) || !strings.Contains(out, "15") {
+		t.Fatalf("approvals show:\n%s", out)
+	}
+}

@@ -18,6 +18,10 @@ type command struct {
 
 var commands = map[string]command{}
 
+func init() {
+	register("attest", "verify a TPM attestation document offline (attest verify --doc FILE)", cmdAttest)
+}
+
 // register adds a command group; called from init in each command file.
 func register(name, summary string, run func(args []string, stdin io.Reader, stdout, stderr io.Writer) int) {
 	if _, dup := commands[name]; dup {
