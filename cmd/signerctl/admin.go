@@ -226,6 +226,7 @@ func cmdStatus(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 			Hash     string    `json:"hash"`
 			Path     string    `json:"path"`
 			LoadedAt time.Time `json:"loaded_at"`
+			Warnings []string  `json:"warnings"`
 		} `json:"policy"`
 		Network string `json:"network"`
 		Domain  struct {
@@ -260,6 +261,9 @@ func cmdStatus(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(tw, "kill switch\t%s\n", st.KillSwitch.line())
 	fmt.Fprintf(tw, "policy\t%s (%s, loaded %s)\n", st.Policy.Hash, st.Policy.Path, fmtTime(st.Policy.LoadedAt))
+	for _, w := range st.Policy.Warnings {
+		fmt.Fprintf(tw, "policy warning\t%s\n", w)
+	}
 	fmt.Fprintf(tw, "network\t%s, EIP-712 domain %q version %q chain %d\n", st.Network, st.Domain.Name, st.Domain.Version, st.Domain.ChainID)
 	fmt.Fprintf(tw, "wallets\t%s\n", strings.Join(st.Wallets, ", "))
 	fmt.Fprintf(tw, "ledger\t%s (%d ops in %d commits)\n", st.Ledger.Path, st.Ledger.Ops, st.Ledger.Groups)
@@ -318,15 +322,19 @@ func cmdReloadPolicy(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	var info struct {
-		Hash     string `json:"hash"`
-		Previous string `json:"previous"`
-		Path     string `json:"path"`
+		Hash     string   `json:"hash"`
+		Previous string   `json:"previous"`
+		Path     string   `json:"path"`
+		Warnings []string `json:"warnings"`
 	}
 	_ = json.Unmarshal(raw, &info)
 	if info.Previous != "" && info.Previous == info.Hash {
 		fmt.Fprintf(stdout, "policy reloaded from %s: unchanged (%s)\n", info.Path, info.Hash)
 	} else {
 		fmt.Fprintf(stdout, "policy reloaded from %s: %s (was %s)\n", info.Path, info.Hash, orDash(info.Previous))
+	}
+	for _, w := range info.Warnings {
+		fmt.Fprintf(stdout, "warning: %s\n", w)
 	}
 	return exitOK
 }

@@ -602,3 +602,38 @@ func TestTabIDsInHex(t *testing.T) {
 		t.Fatalf("approvals show:\n%s", out)
 	}
 }
+
+// TestReloadPolicyWarnings: reload-policy prints the daemon's warnings (e.g. an approval
+// whose group no operator belongs to) after the reloaded line; status shows the policy in
+// force's warnings; --json stays the daemon's answer.
+func TestReloadPolicyWarnings(t *testing.T) {
+	const w1 = `approval \"treasury-hold\": no operator is in group \"treasury\", so the requests it holds can never be approved and will expire (operators' groups: finance)`
+	withWarnings := `{"hash":"0xbb","previous":"0xaa","path":"/etc/signerd/policy.yaml","agents":["bot"],"changed":true,"warnings":["` + w1 + `"]}`
+	var answer func(http.ResponseWriter, string)
+	f := newFake(t, map[string]func(http.ResponseWriter, string){
+		"POST /v1/admin/policy/reload": func(w http.ResponseWriter, b string) { answer(w, b) },
+		"GET /v1/admin/status":         reply(200, `{"ready":true,"kill_switch":{"engaged":false},"policy":{"hash":"0xbb","path":"/etc/signerd/policy.yaml","warnings":["`+w1+`"]}}`),
+	})
+	answer = reply(200, withWarnings)
+	out, errs, code := ctl("reload-policy", "--socket", f.sock)
+	want := "policy reloaded from /etc/signerd/policy.yaml: 0xbb (was 0xaa)\n" +
+		`warning: approval "treasury-hold": no operator is in group "treasury", so the requests it holds can never be approved and will expire (operators' groups: finance)` + "\n"
+	if code != 0 || out != want {
+		t.Fatalf("reload with warnings: %d\n%s%s\nwant:\n%s", code, out, errs, want)
+	}
+	if out, _, _ := ctl("reload-policy", "--json", "--socket", f.sock); strings.TrimSpace(out) != withWarnings {
+		t.Fatalf("reload --json changed: %s", out)
+	}
+	answer = reply(200, `{"hash":"0xbb","previous":"0xbb","path":"/p.yaml","changed":false}`)
+	if out, _, code := ctl("reload-policy", "--socket", f.sock); code != 0 || out != "policy reloaded from /p.yaml: unchanged (0xbb)\n" {
+		t.Fatalf("reload without warnings: %d %q", code, out)
+	}
+	answer = reply(422, `{"error":{"code":"policy_invalid","reason":"policy rejected"}}`)
+	if _, errs, code := ctl("reload-policy", "--socket", f.sock); code != exitRefused || !strings.Contains(errs, "policy_invalid") || !strings.Contains(errs, "previous policy stays in force") {
+		t.Fatalf("rejected reload: %d %s", code, errs)
+	}
+	out, _, code = ctl("status", "--socket", f.sock)
+	if code != 0 || !strings.Contains(out, `policy warning  approval "treasury-hold": no operator is in group "treasury"`) {
+		t.Fatalf("status policy warnings:\n%s", out)
+	}
+}

@@ -84,6 +84,7 @@ type loadedPolicy struct {
 	p        *policyengine.Policy
 	hash     [32]byte
 	loadedAt time.Time
+	warnings []string // approvalGroupWarnings at compile time
 }
 
 // Open assembles a daemon from opts and binds its sockets; it does not serve yet. On error
@@ -394,7 +395,7 @@ func (d *Daemon) compilePolicy() (*loadedPolicy, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &loadedPolicy{p: p, hash: p.Hash(), loadedAt: d.clock()}, nil
+	return &loadedPolicy{p: p, hash: p.Hash(), loadedAt: d.clock(), warnings: d.warnApprovalGroups(p)}, nil
 }
 
 // PolicyInfo describes the policy in force.
@@ -405,6 +406,7 @@ type PolicyInfo struct {
 	LoadedAt time.Time `json:"loaded_at"`
 	Agents   []string  `json:"agents"`
 	Changed  bool      `json:"changed"`
+	Warnings []string  `json:"warnings,omitempty"` // e.g. approvals whose group has no operator
 }
 
 // ErrPolicyRejected wraps a policy that failed to compile; the last good one stays in force.
@@ -444,7 +446,7 @@ func (d *Daemon) ReloadPolicy(ctx context.Context, operator, why string) (Policy
 }
 
 func (d *Daemon) policyInfo(lp *loadedPolicy, prev string) PolicyInfo {
-	return PolicyInfo{Hash: fourmica.Hash(lp.hash).Hex(), Previous: prev, Path: d.cfg.Policy, LoadedAt: lp.loadedAt, Agents: lp.p.Agents()}
+	return PolicyInfo{Hash: fourmica.Hash(lp.hash).Hex(), Previous: prev, Path: d.cfg.Policy, LoadedAt: lp.loadedAt, Agents: lp.p.Agents(), Warnings: lp.warnings}
 }
 
 // EngageKillSwitch engages the kill switch; when it returns nil no further signature leaves.
