@@ -51,21 +51,29 @@ func (c *Client) chain(ctx context.Context) (Chain, error) {
 	return ch, nil
 }
 
-// Send builds, signs and sends call as an EIP-1559 transaction (types.DynamicFeeTx) on the
-// configured chain, from the wallet, and returns the signed transaction. Steps, each failing
-// closed before anything is sent:
+// Prepared is an unsigned EIP-1559 transaction built for one Call, with the hash the wallet
+// must sign. The daemon records Tx (RLP) and Hash durably before the signature is made, then
+// calls Finish and Broadcast.
+type Prepared struct {
+	Call    Call
+	Tx      *types.Transaction // unsigned (no signature values)
+	Hash    [32]byte           // types.LatestSignerForChainID(chainID).Hash(Tx)
+	ChainID *big.Int
+}
+
+// Prepare builds call as an unsigned EIP-1559 transaction (types.DynamicFeeTx) from the wallet
+// on the configured chain, failing closed before anything is signed:
 //
 //  1. the chain RPC's chain id must equal Options.Domain.ChainID (ErrChainMismatch);
 //  2. Options.Authorize, when set, must allow the call (ErrDenied);
-//  3. nonce = PendingNonceAt(wallet); gas = EstimateGas + GasMarginPercent; tip =
-//     SuggestGasTipCap; fee cap = 2 × base fee of the latest header + tip (at most
-//     Options.MaxFeePerGas);
-//  4. the signing hash is types.LatestSignerForChainID(chainID).Hash(tx); the Signer signs it;
-//     v 27/28 becomes the y-parity 0/1 for WithSignature;
-//  5. the sender recovered from the signed transaction must be the wallet (ErrSignature).
+//  3. nonce = PendingNonceAt(wallet) (or *nonce when given); gas = EstimateGas +
+//     GasMarginPercent; tip = SuggestGasTipCap; fee cap = 2 × base fee of the latest header +
+//     tip (at most Options.MaxFeePerGas);
+//  4. the signing hash is types.LatestSignerForChainID(chainID).Hash(tx).
 //
-// Send holds a lock for the whole sequence so two calls do not take the same pending nonce.
-func (c *Client) Send(ctx context.Context, call Call) (*types.Transaction, error) {
+// Two Prepare calls for the same wallet take the same pending nonce until the first
+// transaction is broadcast: callers serialise (Send does).
+func (c *Client) Prepare(ctx context.Context, call Call, nonce *uint64) (*Prepared, error) {
 	if c.opts.Signer == nil {
 		return nil, ErrNoSigner
 	}
@@ -87,12 +95,12 @@ func (c *Client) Send(ctx context.Context, call Call) (*types.Transaction, error
 			return nil, fmt.Errorf("%w: %w", ErrDenied, err)
 		}
 	}
-	c.sendMu.Lock()
-	defer c.sendMu.Unlock()
 	from := c.opts.Signer.Address()
 	to := call.To
-	nonce, err := ch.PendingNonceAt(ctx, from)
-	if err != nil {
+	var n uint64
+	if nonce != nil {
+		n = *nonce
+	} else if n, err = ch.PendingNonceAt(ctx, from); err != nil {
 		return nil, chainErr(ctx, "PendingNonceAt", err)
 	}
 	gas, err := ch.EstimateGas(ctx, ethereum.CallMsg{From: from, To: &to, Value: call.Value, Data: call.Data})
@@ -117,26 +125,79 @@ func (c *Client) Send(ctx context.Context, call Call) (*types.Transaction, error
 	}
 	chainID := new(big.Int).SetUint64(c.opts.Domain.ChainID)
 	tx := types.NewTx(&types.DynamicFeeTx{
-		ChainID: chainID, Nonce: nonce, GasTipCap: tip, GasFeeCap: feeCap, Gas: gas,
+		ChainID: chainID, Nonce: n, GasTipCap: tip, GasFeeCap: feeCap, Gas: gas,
 		To: &to, Value: call.Value, Data: call.Data,
 	})
-	signer := types.LatestSignerForChainID(chainID)
-	sig, err := c.sign(ctx, [32]byte(signer.Hash(tx)))
-	if err != nil {
-		return nil, err
+	return &Prepared{Call: call, Tx: tx, Hash: [32]byte(types.LatestSignerForChainID(chainID).Hash(tx)), ChainID: chainID}, nil
+}
+
+// Finish attaches sig (r‖s‖v, v 27/28 or 0/1) to the unsigned EIP-1559 transaction tx and
+// checks that the sender recovered from the signed transaction is wallet (ErrSignature).
+// It does no I/O: the daemon rebuilds a stored transaction with it after a restart.
+func Finish(tx *types.Transaction, sig [65]byte, wallet common.Address) (*types.Transaction, error) {
+	if tx == nil || tx.Type() != types.DynamicFeeTxType || tx.ChainId() == nil {
+		return nil, invalidArg("not an EIP-1559 transaction")
 	}
-	sig[64] -= 27
+	switch sig[64] {
+	case 27, 28:
+		sig[64] -= 27
+	case 0, 1:
+	default:
+		return nil, fmt.Errorf("%w: v=%d", ErrSignature, sig[64])
+	}
+	signer := types.LatestSignerForChainID(tx.ChainId())
 	signed, err := tx.WithSignature(signer, sig[:])
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrSignature, err)
 	}
-	if got, err := types.Sender(signer, signed); err != nil || got != from {
+	if got, err := types.Sender(signer, signed); err != nil || got != wallet {
 		return nil, fmt.Errorf("%w: recovered transaction sender is not the wallet", ErrSignature)
 	}
-	if err := ch.SendTransaction(ctx, signed); err != nil {
-		return nil, chainErr(ctx, "SendTransaction", err)
+	return signed, nil
+}
+
+// Broadcast hands a signed transaction to the chain RPC (SendTransaction). The transaction
+// may reach a mempool even when an error is returned (a timeout after the node accepted it).
+func (c *Client) Broadcast(ctx context.Context, signed *types.Transaction) error {
+	ch, err := c.chain(ctx)
+	if err != nil {
+		return err
 	}
-	c.log.Info("core transaction sent", "kind", string(call.Kind), "tx", signed.Hash().Hex(), "nonce", nonce)
+	if err := ch.SendTransaction(ctx, signed); err != nil {
+		return chainErr(ctx, "SendTransaction", err)
+	}
+	c.log.Info("core transaction sent", "tx", signed.Hash().Hex(), "nonce", signed.Nonce())
+	return nil
+}
+
+// Send builds, signs and sends call as an EIP-1559 transaction (types.DynamicFeeTx) on the
+// configured chain, from the wallet, and returns the signed transaction: Prepare, the Signer's
+// signature of the hash (re-verified by recovery), Finish (the sender recovered from the
+// signed transaction must be the wallet, ErrSignature), Broadcast. Each step fails closed
+// before anything is sent.
+//
+// Send holds a lock for the whole sequence so two calls do not take the same pending nonce.
+func (c *Client) Send(ctx context.Context, call Call) (*types.Transaction, error) {
+	if c.opts.Signer == nil {
+		return nil, ErrNoSigner
+	}
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	p, err := c.Prepare(ctx, call, nil)
+	if err != nil {
+		return nil, err
+	}
+	sig, err := c.sign(ctx, p.Hash)
+	if err != nil {
+		return nil, err
+	}
+	signed, err := Finish(p.Tx, sig, c.opts.Signer.Address())
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Broadcast(ctx, signed); err != nil {
+		return nil, err
+	}
 	return signed, nil
 }
 

@@ -77,7 +77,7 @@ func (c *countingChain) SendTransaction(ctx context.Context, tx *types.Transacti
 func newChainClient(t testing.TB, ch coreclient.Chain, mutate func(*coreclient.Options)) *coreclient.Client {
 	t.Helper()
 	f := newFakeCore(t, simChainID)
-	o := coreclient.Options{BaseURL: f.srv.URL, Domain: coreclient.Domain{ChainID: simChainID, EIP712Name: "4mica", EIP712Version: "1", Contract: noCode},
+	o := coreclient.Options{BaseURL: f.Srv.URL, Domain: coreclient.Domain{ChainID: simChainID, EIP712Name: "4mica", EIP712Version: "1", Contract: noCode},
 		Signer: wallet, Chain: ch, ReceiptPoll: 5 * time.Millisecond}
 	if mutate != nil {
 		mutate(&o)
@@ -210,12 +210,12 @@ func TestFreeCollateralWithChain(t *testing.T) {
 	}
 	sim := newSim(t, rows)
 	f := newFakeCore(t, simChainID)
-	f.set(assetPath(user, usdc), `{"user_address":"`+strings.ToLower(user.Hex())+`","asset_address":"`+strings.ToLower(usdc.Hex())+`","total":"10000000000000000000","locked":"0x29a2241af62c0000","version":1,"updated_at":1}`) // locked 3e18
-	f.set(assetPath(user, common.Address{}), `null`)
-	f.set("GET /core/public-params", strings.NewReplacer(`"chain_id":84532`, `"chain_id":1337`,
+	f.Set(assetPath(user, usdc), `{"user_address":"`+strings.ToLower(user.Hex())+`","asset_address":"`+strings.ToLower(usdc.Hex())+`","total":"10000000000000000000","locked":"0x29a2241af62c0000","version":1,"updated_at":1}`) // locked 3e18
+	f.Set(assetPath(user, common.Address{}), `null`)
+	f.Set("GET /core/public-params", strings.NewReplacer(`"chain_id":84532`, `"chain_id":1337`,
 		"0x1111111111111111111111111111111111111111", strings.ToLower(stubAddr.Hex())).Replace(paramsJSON))
 	mk := func(chain coreclient.Chain) *coreclient.Client {
-		c, err := coreclient.New(coreclient.Options{BaseURL: f.srv.URL, Signer: wallet, Chain: chain,
+		c, err := coreclient.New(coreclient.Options{BaseURL: f.Srv.URL, Signer: wallet, Chain: chain,
 			Domain: coreclient.Domain{ChainID: simChainID, EIP712Name: "4mica", EIP712Version: "1"}})
 		if err != nil {
 			t.Fatal(err)
@@ -252,7 +252,7 @@ func TestFreeCollateralWithChain(t *testing.T) {
 		t.Fatalf("unregistered: %+v %v", col, err)
 	}
 	// A view at an address without the contract fails as a chain error, not as zero.
-	c2, _ := coreclient.New(coreclient.Options{BaseURL: f.srv.URL, Chain: sim.Client(),
+	c2, _ := coreclient.New(coreclient.Options{BaseURL: f.Srv.URL, Chain: sim.Client(),
 		Domain: coreclient.Domain{ChainID: simChainID, EIP712Name: "4mica", EIP712Version: "1", Contract: noCode}})
 	if _, err := c2.UserAssets(ctx, user); !errors.Is(err, coreclient.ErrChain) {
 		t.Fatalf("view without contract: %v", err)
@@ -368,12 +368,12 @@ func TestPayTabAndDepositCalls(t *testing.T) {
 	f := newFakeCore(t, simChainID)
 	user := wallet.Address()
 	recipient := common.HexToAddress("0x3333333333333333333333333333333333333333")
-	f.set("GET /core/tabs/0x2a", tabJSON("0x2a", user, recipient, common.Address{}))
-	f.set("GET /core/tabs/0x2b", tabJSON("0x2b", user, recipient, usdc))
-	f.set("GET /core/tabs/0x2c", tabJSON("0x2c", recipient, user, common.Address{})) // someone else's tab
-	f.set("GET /core/tabs/0x2d", `null`)
-	f.set("GET /core/tabs/0x2e", tabJSON("0x2f", user, recipient, common.Address{})) // answer for another tab
-	c, err := coreclient.New(coreclient.Options{BaseURL: f.srv.URL, Signer: wallet, Chain: sim.Client(), ReceiptPoll: 5 * time.Millisecond,
+	f.Set("GET /core/tabs/0x2a", tabJSON("0x2a", user, recipient, common.Address{}))
+	f.Set("GET /core/tabs/0x2b", tabJSON("0x2b", user, recipient, usdc))
+	f.Set("GET /core/tabs/0x2c", tabJSON("0x2c", recipient, user, common.Address{})) // someone else's tab
+	f.Set("GET /core/tabs/0x2d", `null`)
+	f.Set("GET /core/tabs/0x2e", tabJSON("0x2f", user, recipient, common.Address{})) // answer for another tab
+	c, err := coreclient.New(coreclient.Options{BaseURL: f.Srv.URL, Signer: wallet, Chain: sim.Client(), ReceiptPoll: 5 * time.Millisecond,
 		Domain: coreclient.Domain{ChainID: simChainID, EIP712Name: "4mica", EIP712Version: "1", Contract: noCode}})
 	if err != nil {
 		t.Fatal(err)

@@ -36,7 +36,7 @@ func testDomain() coreclient.Domain {
 
 func newClient(t testing.TB, f *fakeCore, mutate func(*coreclient.Options)) *coreclient.Client {
 	t.Helper()
-	o := coreclient.Options{BaseURL: f.srv.URL + "/", Domain: testDomain(), Signer: wallet}
+	o := coreclient.Options{BaseURL: f.Srv.URL + "/", Domain: testDomain(), Signer: wallet}
 	if mutate != nil {
 		mutate(&o)
 	}
@@ -81,7 +81,7 @@ func TestNewValidatesOptions(t *testing.T) {
 
 func TestPublicParamsAndDiscover(t *testing.T) {
 	f := newFakeCore(t, testChain)
-	f.set("GET /core/public-params", paramsJSON)
+	f.Set("GET /core/public-params", paramsJSON)
 	c := newClient(t, f, nil)
 	ctx := context.Background()
 	p, err := c.PublicParams(ctx)
@@ -100,7 +100,7 @@ func TestPublicParamsAndDiscover(t *testing.T) {
 	if a, err := c.Contract(ctx); err != nil || a != contractAddr {
 		t.Fatalf("Contract = %v, %v", a, err)
 	}
-	if f.count("POST /auth/nonce") != 0 {
+	if f.Count("POST /auth/nonce") != 0 {
 		t.Fatal("public params needed a login; they are public (§5.1)")
 	}
 }
@@ -109,7 +109,7 @@ func TestPublicParamsDefaultsAndMalformed(t *testing.T) {
 	ctx := context.Background()
 	// An older Core without the defaulted fields: max version defaults to 1, accepted = [1].
 	f := newFakeCore(t, testChain)
-	f.set("GET /core/public-params", `{"public_key":[],"contract_address":"0x1111111111111111111111111111111111111111","eip712_name":"4mica","eip712_version":"1","chain_id":84532}`)
+	f.Set("GET /core/public-params", `{"public_key":[],"contract_address":"0x1111111111111111111111111111111111111111","eip712_name":"4mica","eip712_version":"1","chain_id":84532}`)
 	p, err := newClient(t, f, nil).PublicParams(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +127,7 @@ func TestPublicParamsDefaultsAndMalformed(t *testing.T) {
 		{"truncated", `{"public_key":[1,2`},
 		{"null", `null`},
 	} {
-		f.set("GET /core/public-params", tc.body)
+		f.Set("GET /core/public-params", tc.body)
 		_, err := newClient(t, f, nil).PublicParams(ctx)
 		if !errors.Is(err, coreclient.ErrBadResponse) {
 			t.Errorf("%s: err = %v, want ErrBadResponse", tc.name, err)
@@ -165,7 +165,7 @@ func TestCheckDomain(t *testing.T) {
 
 func TestDiscoverRefusesOtherDomain(t *testing.T) {
 	f := newFakeCore(t, testChain)
-	f.set("GET /core/public-params", strings.Replace(paramsJSON, `"chain_id":84532`, `"chain_id":8453`, 1))
+	f.Set("GET /core/public-params", strings.Replace(paramsJSON, `"chain_id":84532`, `"chain_id":8453`, 1))
 	c := newClient(t, f, nil)
 	_, err := c.Discover(context.Background())
 	var dm *coreclient.DomainMismatchError
@@ -177,7 +177,7 @@ func TestDiscoverRefusesOtherDomain(t *testing.T) {
 		t.Fatalf("Contract after refused discovery: %v", err)
 	}
 	// A configured contract must match Core's.
-	f.set("GET /core/public-params", paramsJSON)
+	f.Set("GET /core/public-params", paramsJSON)
 	c2 := newClient(t, f, func(o *coreclient.Options) { o.Domain.Contract = usdc })
 	if _, err := c2.Discover(context.Background()); !errors.As(err, &dm) || dm.Field != "contract_address" {
 		t.Fatalf("err = %v, want contract_address mismatch", err)
@@ -186,7 +186,7 @@ func TestDiscoverRefusesOtherDomain(t *testing.T) {
 
 func TestTokens(t *testing.T) {
 	f := newFakeCore(t, testChain)
-	f.set("GET /core/tokens", `{"chain_id":84532,"tokens":[{"symbol":"USDC","address":"0x036CbD53842c5426634e7929541eC2318f3dCF7e","decimals":6}]}`)
+	f.Set("GET /core/tokens", `{"chain_id":84532,"tokens":[{"symbol":"USDC","address":"0x036CbD53842c5426634e7929541eC2318f3dCF7e","decimals":6}]}`)
 	tk, err := newClient(t, f, nil).Tokens(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -206,18 +206,18 @@ func TestLoginAndReadsThroughSoftHSM(t *testing.T) {
 	f := newFakeCore(t, testChain)
 	user := wallet.Address()
 	// U256 forms (§5 "Numbers"): decimal string, JSON integer, 0x hex.
-	f.set(assetPath(user, usdc), `{"user_address":"`+strings.ToLower(user.Hex())+`","asset_address":"`+strings.ToLower(usdc.Hex())+`",
+	f.Set(assetPath(user, usdc), `{"user_address":"`+strings.ToLower(user.Hex())+`","asset_address":"`+strings.ToLower(usdc.Hex())+`",
 		"total":"1000000000000000000000","locked":5,"version":3,"updated_at":1700000000}`)
-	f.set(assetPath(user, common.Address{}), `null`)
+	f.Set(assetPath(user, common.Address{}), `null`)
 	tabHex := "0xffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"
-	f.set("GET /core/tabs/"+tabHex, `{"tab_id":"`+tabHex+`","user_address":"`+strings.ToLower(user.Hex())+`","recipient_address":"0x2222222222222222222222222222222222222222",
+	f.Set("GET /core/tabs/"+tabHex, `{"tab_id":"`+tabHex+`","user_address":"`+strings.ToLower(user.Hex())+`","recipient_address":"0x2222222222222222222222222222222222222222",
 		"asset_address":"0x0000000000000000000000000000000000000000","accepted_guarantee_version":1,"start_timestamp":1700000000,"ttl_seconds":86400,
 		"status":"OPEN","settlement_status":"PENDING","created_at":1700000000,"updated_at":1700000001}`)
-	f.set("GET /core/tabs/0x2a/guarantees", `[{"tab_id":"0x2a","req_id":"0x0","version":1,"from_address":"`+strings.ToLower(user.Hex())+`","to_address":"0x2222222222222222222222222222222222222222",
+	f.Set("GET /core/tabs/0x2a/guarantees", `[{"tab_id":"0x2a","req_id":"0x0","version":1,"from_address":"`+strings.ToLower(user.Hex())+`","to_address":"0x2222222222222222222222222222222222222222",
 		"asset_address":"0x0000000000000000000000000000000000000000","amount":"0xde0b6b3a7640000","start_timestamp":1700000000,"certificate":"{\"claims\":\"00\",\"signature\":\"00\"}"},
 		{"tab_id":"42","req_id":"1","version":2,"from_address":"`+strings.ToLower(user.Hex())+`","to_address":"0x2222222222222222222222222222222222222222",
 		"asset_address":"0x0000000000000000000000000000000000000000","amount":18446744073709551615,"start_timestamp":1700000001,"certificate":null}]`)
-	f.set("GET /core/tabs/0x2a/collateral-events", `[{"id":"e1","user_address":"`+strings.ToLower(user.Hex())+`","asset_address":"0x0000000000000000000000000000000000000000","amount":"0x10","event_type":"RESERVE","tab_id":"0x2a","req_id":"0x0","tx_id":null,"created_at":1}]`)
+	f.Set("GET /core/tabs/0x2a/collateral-events", `[{"id":"e1","user_address":"`+strings.ToLower(user.Hex())+`","asset_address":"0x0000000000000000000000000000000000000000","amount":"0x10","event_type":"RESERVE","tab_id":"0x2a","req_id":"0x0","tx_id":null,"created_at":1}]`)
 
 	sc := &countingSigner{Signer: wallet}
 	c := newClient(t, f, func(o *coreclient.Options) { o.Signer = sc })
@@ -230,11 +230,11 @@ func TestLoginAndReadsThroughSoftHSM(t *testing.T) {
 	if bal.Total != fourmica.MustU256("1000000000000000000000") || bal.Locked != fourmica.U256FromUint64(5) || bal.Version != 3 || bal.UserAddress != user {
 		t.Fatalf("asset = %+v", bal)
 	}
-	if f.count("POST /auth/nonce") != 1 || f.count("POST /auth/verify") != 1 || sc.n.Load() != 1 {
-		t.Fatalf("login: nonce %d verify %d signatures %d, want 1 1 1", f.count("POST /auth/nonce"), f.count("POST /auth/verify"), sc.n.Load())
+	if f.Count("POST /auth/nonce") != 1 || f.Count("POST /auth/verify") != 1 || sc.n.Load() != 1 {
+		t.Fatalf("login: nonce %d verify %d signatures %d, want 1 1 1", f.Count("POST /auth/nonce"), f.Count("POST /auth/verify"), sc.n.Load())
 	}
-	if !strings.HasPrefix(f.lastAuthHdr, "Bearer access_") {
-		t.Fatalf("authorization header %q", f.lastAuthHdr)
+	if !strings.HasPrefix(f.LastAuthHeader(), "Bearer access_") {
+		t.Fatalf("authorization header %q", f.LastAuthHeader())
 	}
 	if none, err := c.Asset(ctx, user, common.Address{}); err != nil || none != nil {
 		t.Fatalf("null asset = %v, %v; want nil, nil", none, err)
@@ -256,7 +256,7 @@ func TestLoginAndReadsThroughSoftHSM(t *testing.T) {
 		t.Fatalf("events = %+v, %v", ev, err)
 	}
 	// One login served every read.
-	if n := f.count("POST /auth/verify"); n != 1 {
+	if n := f.Count("POST /auth/verify"); n != 1 {
 		t.Fatalf("%d logins, want 1", n)
 	}
 	if revoked, err := c.Logout(ctx); err != nil || !revoked {
@@ -284,7 +284,7 @@ func TestU256FormsInAnswers(t *testing.T) {
 		{"2^256", `"115792089237316195423570985008687907853269984665640564039457584007913129639936"`, ""},
 		{"empty hex", `"0x"`, ""},
 	} {
-		f.set(assetPath(user, usdc), `{"user_address":"`+strings.ToLower(user.Hex())+`","asset_address":"`+strings.ToLower(usdc.Hex())+`","total":`+tc.total+`,"locked":"0","version":0,"updated_at":0}`)
+		f.Set(assetPath(user, usdc), `{"user_address":"`+strings.ToLower(user.Hex())+`","asset_address":"`+strings.ToLower(usdc.Hex())+`","total":`+tc.total+`,"locked":"0","version":0,"updated_at":0}`)
 		bal, err := c.Asset(context.Background(), user, usdc)
 		if tc.want == "" {
 			if !errors.Is(err, coreclient.ErrBadResponse) {
@@ -300,9 +300,9 @@ func TestU256FormsInAnswers(t *testing.T) {
 
 func TestRefreshBeforeExpiry(t *testing.T) {
 	f := newFakeCore(t, testChain)
-	f.accessTTL = 100
+	f.AccessTTL = 100
 	user := wallet.Address()
-	f.set(assetPath(user, usdc), `null`)
+	f.Set(assetPath(user, usdc), `null`)
 	var mu sync.Mutex
 	now := time.Unix(1_800_000_000, 0)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
@@ -316,25 +316,25 @@ func TestRefreshBeforeExpiry(t *testing.T) {
 	if _, err := c.Asset(ctx, user, usdc); err != nil {
 		t.Fatal(err)
 	}
-	if f.count("POST /auth/refresh") != 0 {
+	if f.Count("POST /auth/refresh") != 0 {
 		t.Fatal("refreshed before the margin")
 	}
 	advance(2 * time.Second)
 	if _, err := c.Asset(ctx, user, usdc); err != nil {
 		t.Fatal(err)
 	}
-	if f.count("POST /auth/refresh") != 1 || f.count("POST /auth/verify") != 1 {
-		t.Fatalf("refresh %d login %d, want 1 1", f.count("POST /auth/refresh"), f.count("POST /auth/verify"))
+	if f.Count("POST /auth/refresh") != 1 || f.Count("POST /auth/verify") != 1 {
+		t.Fatalf("refresh %d login %d, want 1 1", f.Count("POST /auth/refresh"), f.Count("POST /auth/verify"))
 	}
 	// The rotated refresh token is the one used next; a refused refresh (401) falls back to a
 	// fresh SIWE login.
-	f.revokeRefresh()
+	f.RevokeRefresh()
 	advance(60 * time.Second)
 	if _, err := c.Asset(ctx, user, usdc); err != nil {
 		t.Fatal(err)
 	}
-	if f.count("POST /auth/refresh") != 2 || f.count("POST /auth/verify") != 2 {
-		t.Fatalf("refresh %d login %d, want 2 2", f.count("POST /auth/refresh"), f.count("POST /auth/verify"))
+	if f.Count("POST /auth/refresh") != 2 || f.Count("POST /auth/verify") != 2 {
+		t.Fatalf("refresh %d login %d, want 2 2", f.Count("POST /auth/refresh"), f.Count("POST /auth/verify"))
 	}
 }
 
@@ -342,28 +342,28 @@ func TestReloginOnceOn401(t *testing.T) {
 	f := newFakeCore(t, testChain)
 	user := wallet.Address()
 	route := assetPath(user, usdc)
-	f.set(route, `null`)
+	f.Set(route, `null`)
 	c := newClient(t, f, nil)
 	ctx := context.Background()
 	if _, err := c.Asset(ctx, user, usdc); err != nil {
 		t.Fatal(err)
 	}
-	f.expireAccess() // Core now answers 401 to the cached token
+	f.ExpireAccess() // Core now answers 401 to the cached token
 	if _, err := c.Asset(ctx, user, usdc); err != nil {
 		t.Fatalf("after server-side expiry: %v", err)
 	}
-	if f.count("POST /auth/verify") != 2 || f.count(route) != 3 {
-		t.Fatalf("logins %d requests %d, want 2 3", f.count("POST /auth/verify"), f.count(route))
+	if f.Count("POST /auth/verify") != 2 || f.Count(route) != 3 {
+		t.Fatalf("logins %d requests %d, want 2 3", f.Count("POST /auth/verify"), f.Count(route))
 	}
 	// A path that keeps answering 401: one re-login, one retry, then the 401 is returned.
-	f.force(route, 401, `{"error":"Unauthorized"}`)
+	f.Force(route, 401, `{"error":"Unauthorized"}`)
 	_, err := c.Asset(ctx, user, usdc)
 	var he *coreclient.HTTPError
 	if !errors.As(err, &he) || he.Status != 401 || he.Message != "Unauthorized" {
 		t.Fatalf("err = %v, want HTTPError 401", err)
 	}
-	if f.count("POST /auth/verify") != 3 || f.count(route) != 5 {
-		t.Fatalf("logins %d requests %d, want 3 5 (exactly one re-login)", f.count("POST /auth/verify"), f.count(route))
+	if f.Count("POST /auth/verify") != 3 || f.Count(route) != 5 {
+		t.Fatalf("logins %d requests %d, want 3 5 (exactly one re-login)", f.Count("POST /auth/verify"), f.Count(route))
 	}
 	if strings.Contains(err.Error(), "access_") || strings.Contains(err.Error(), "refresh_") {
 		t.Fatalf("error leaks a token: %v", err)
@@ -392,7 +392,7 @@ func TestCoreErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFakeCore(t, testChain)
-			f.force(assetPath(user, usdc), tc.status, tc.body)
+			f.Force(assetPath(user, usdc), tc.status, tc.body)
 			_, err := newClient(t, f, nil).Asset(context.Background(), user, usdc)
 			if !errors.Is(err, tc.class) {
 				t.Fatalf("err = %v, want %v", err, tc.class)
@@ -410,8 +410,8 @@ func TestCoreErrors(t *testing.T) {
 
 func TestNetworkFaults(t *testing.T) {
 	f := newFakeCore(t, testChain)
-	url := f.srv.URL
-	f.srv.Close()
+	url := f.Srv.URL
+	f.Srv.Close()
 	c, err := coreclient.New(coreclient.Options{BaseURL: url, Domain: testDomain(), Signer: wallet})
 	if err != nil {
 		t.Fatal(err)
@@ -423,7 +423,7 @@ func TestNetworkFaults(t *testing.T) {
 	// A hanging Core and a context deadline.
 	hang := newFakeCore(t, testChain)
 	block := make(chan struct{})
-	hang.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-block })
+	hang.Srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-block })
 	defer close(block)
 	c2 := newClient(t, hang, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
@@ -443,32 +443,32 @@ func TestLoginRefusals(t *testing.T) {
 	}{
 		{"signer fails", func(f *fakeCore, o *coreclient.Options) { o.Signer = failingSigner{addr: user} }, coreclient.ErrSigner, 0},
 		{"signature from another key", func(f *fakeCore, o *coreclient.Options) { o.Signer = newLyingSigner(t, user) }, coreclient.ErrSignature, 0},
-		{"template chain id", func(f *fakeCore, o *coreclient.Options) { f.siweChainID = 1 }, coreclient.ErrDomainMismatch, 0},
+		{"template chain id", func(f *fakeCore, o *coreclient.Options) { f.SIWEChainID = 1 }, coreclient.ErrDomainMismatch, 0},
 		{"siwe domain", func(f *fakeCore, o *coreclient.Options) { o.SIWEDomain = "api.4mica.xyz" }, coreclient.ErrDomainMismatch, 0},
 		{"line break in statement", func(f *fakeCore, o *coreclient.Options) {
-			f.tmplEdit = func(m map[string]any) { m["statement"] = "Sign in.\nURI: https://evil.example" }
+			f.TemplateEdit = func(m map[string]any) { m["statement"] = "Sign in.\nURI: https://evil.example" }
 		}, coreclient.ErrBadResponse, 0},
 		{"nonce refused", func(f *fakeCore, o *coreclient.Options) {
-			f.force("POST /auth/nonce", 400, `{"error":"invalid address"}`)
+			f.Force("POST /auth/nonce", 400, `{"error":"invalid address"}`)
 		}, coreclient.ErrRefused, 0},
 		{"verify refused", func(f *fakeCore, o *coreclient.Options) {
-			f.force("POST /auth/verify", 401, `{"error":"siwe domain mismatch"}`)
+			f.Force("POST /auth/verify", 401, `{"error":"siwe domain mismatch"}`)
 		}, coreclient.ErrRefused, 1},
-		{"verify answer without tokens", func(f *fakeCore, o *coreclient.Options) { f.force("POST /auth/verify", 200, `{"access_token":"x"}`) }, coreclient.ErrBadResponse, 1},
+		{"verify answer without tokens", func(f *fakeCore, o *coreclient.Options) { f.Force("POST /auth/verify", 200, `{"access_token":"x"}`) }, coreclient.ErrBadResponse, 1},
 		{"no signer", func(f *fakeCore, o *coreclient.Options) { o.Signer = nil }, coreclient.ErrNoSigner, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFakeCore(t, testChain)
-			f.set(assetPath(user, usdc), `null`)
+			f.Set(assetPath(user, usdc), `null`)
 			c := newClient(t, f, func(o *coreclient.Options) { tc.setup(f, o) })
 			_, err := c.Asset(context.Background(), user, usdc)
 			if !errors.Is(err, tc.class) {
 				t.Fatalf("err = %v, want %v", err, tc.class)
 			}
-			if n := f.count("POST /auth/verify"); n != tc.wantVerify {
+			if n := f.Count("POST /auth/verify"); n != tc.wantVerify {
 				t.Fatalf("/auth/verify requests = %d, want %d", n, tc.wantVerify)
 			}
-			if f.count(assetPath(user, usdc)) != 0 {
+			if f.Count(assetPath(user, usdc)) != 0 {
 				t.Fatal("the protected request was sent without a login")
 			}
 		})
@@ -514,7 +514,7 @@ func TestBuildSIWEMessage(t *testing.T) {
 func TestConcurrentCallsShareOneLogin(t *testing.T) {
 	f := newFakeCore(t, testChain)
 	user := wallet.Address()
-	f.set(assetPath(user, usdc), `null`)
+	f.Set(assetPath(user, usdc), `null`)
 	var logBuf strings.Builder
 	var logMu sync.Mutex
 	c := newClient(t, f, func(o *coreclient.Options) {
@@ -541,10 +541,10 @@ func TestConcurrentCallsShareOneLogin(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := f.count("POST /auth/verify"); n != 1 {
+	if n := f.Count("POST /auth/verify"); n != 1 {
 		t.Fatalf("%d logins for 16 parallel calls, want 1", n)
 	}
-	f.expireAccess()
+	f.ExpireAccess()
 	if _, err := c.Asset(context.Background(), user, usdc); err != nil {
 		t.Fatal(err)
 	}
