@@ -1,5 +1,6 @@
 // Package config reads signerd's YAML configuration (sockets, state directory, key backend,
-// policy, protocol parameters, approvals, kill switch, operators, limits) and supplies the
+// policy, protocol parameters, approvals, kill switch, operators, limits, the optional 4Mica
+// Core connection) and supplies the
 // development defaults used by `signerd dev`. Unknown fields are errors; a config file that
 // others can read is refused.
 package config
@@ -8,12 +9,16 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/big"
+	"net/url"
 	"os"
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/ethereum/go-ethereum/common"
 	"gopkg.in/yaml.v3"
 
 	"github.com/signerd/signerd/hsm"
@@ -44,6 +49,90 @@ type Config struct {
 	Performance Performance `yaml:"performance"`
 	// LogLevel is debug, info, warn or error (default info).
 	LogLevel string `yaml:"log_level"`
+	// Core connects the daemon to 4Mica Core and the Core4Mica contract for the collateral
+	// and settlement endpoints (optional; without core.url they answer 503 core_unavailable).
+	Core Core `yaml:"core"`
+}
+
+// Core is the optional connection to 4Mica Core (signerd/coreclient).
+type Core struct {
+	// URL is Core's HTTP base URL, e.g. https://base.api.4mica.xyz/ ("" = no Core client).
+	URL string `yaml:"url"`
+	// SIWEDomain must equal the domain of Core's SIWE template (required with url; see
+	// coreclient.Options.SIWEDomain).
+	SIWEDomain string `yaml:"siwe_domain"`
+	// RPCURL is the Ethereum JSON-RPC endpoint for transactions and views (default: Core's
+	// public params ethereum_http_rpc_url).
+	RPCURL string `yaml:"rpc_url"`
+	// Contract pins the Core4Mica address; Core's public params must name the same one.
+	Contract string `yaml:"contract"`
+	// MaxFeePerGasWei refuses a transaction whose fee cap would exceed it (decimal wei).
+	MaxFeePerGasWei string `yaml:"max_fee_per_gas_wei"`
+	// ReceiptTimeout bounds waiting for a receipt ("wait": true, and between the approve and
+	// the call of a two-transaction request); default 2m.
+	ReceiptTimeout time.Duration `yaml:"receipt_timeout"`
+}
+
+// Enabled reports whether a Core URL is configured.
+func (c Core) Enabled() bool { return c.URL != "" }
+
+// ContractAddress is the pinned contract (zero when none).
+func (c Core) ContractAddress() common.Address {
+	if c.Contract == "" {
+		return common.Address{}
+	}
+	return common.HexToAddress(c.Contract)
+}
+
+// MaxFeePerGas is max_fee_per_gas_wei as an integer (nil when unset or invalid).
+func (c Core) MaxFeePerGas() *big.Int {
+	if c.MaxFeePerGasWei == "" {
+		return nil
+	}
+	v, ok := new(big.Int).SetString(c.MaxFeePerGasWei, 10)
+	if !ok || v.Sign() <= 0 {
+		return nil
+	}
+	return v
+}
+
+func (c Core) validate(bad func(string, ...any)) {
+	if c.URL == "" {
+		if c.SIWEDomain != "" || c.RPCURL != "" || c.Contract != "" || c.MaxFeePerGasWei != "" || c.ReceiptTimeout != 0 {
+			bad("core: url is required when other core fields are set")
+		}
+		return
+	}
+	checkURL := func(field, v string) {
+		u, err := url.Parse(v)
+		switch {
+		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+			bad("core.%s %q: want an absolute http(s) URL", field, v)
+		case u.User != nil || u.RawQuery != "" || u.Fragment != "":
+			bad("core.%s: must not carry user info, a query or a fragment (put credentials nowhere in the config)", field)
+		}
+	}
+	checkURL("url", c.URL)
+	if c.SIWEDomain == "" {
+		bad("core.siwe_domain is required with core.url (the domain of Core's SIWE template, e.g. api.4mica.xyz)")
+	} else if strings.ContainsAny(c.SIWEDomain, "/ \t\r\n") {
+		bad("core.siwe_domain %q: a host name (with optional port), not a URL", c.SIWEDomain)
+	}
+	if c.RPCURL != "" {
+		u, err := url.Parse(c.RPCURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+			bad("core.rpc_url: want an absolute http(s) or ws(s) URL")
+		}
+	}
+	if c.Contract != "" && (!common.IsHexAddress(c.Contract) || !strings.HasPrefix(c.Contract, "0x") || common.HexToAddress(c.Contract) == (common.Address{})) {
+		bad("core.contract %q: want a non-zero 0x-prefixed 20-byte hex address", c.Contract)
+	}
+	if c.MaxFeePerGasWei != "" && c.MaxFeePerGas() == nil {
+		bad("core.max_fee_per_gas_wei %q: want a positive decimal number of wei", c.MaxFeePerGasWei)
+	}
+	if c.ReceiptTimeout < 0 {
+		bad("core.receipt_timeout must not be negative")
+	}
 }
 
 // Performance tunes the signing path.
@@ -242,6 +331,9 @@ func (c *Config) Defaults() {
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
+	if c.Core.URL != "" && c.Core.ReceiptTimeout == 0 {
+		c.Core.ReceiptTimeout = 2 * time.Minute
+	}
 }
 
 // Validate checks the config for mistakes an operator could make.
@@ -319,6 +411,7 @@ func (c *Config) Validate() error {
 	default:
 		bad("log_level %q: want debug, info, warn or error", c.LogLevel)
 	}
+	c.Core.validate(bad)
 	return errors.Join(errs...)
 }
 
