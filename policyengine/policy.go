@@ -260,6 +260,21 @@ func (p *Policy) AnyWallet(agent string) bool {
 	return a != nil && a.anyWallet
 }
 
+// ApprovalInfo names one approval of the policy and the operator group that may decide it.
+type ApprovalInfo struct {
+	ID    string
+	Group string
+}
+
+// Approvals lists the policy's approvals in compiled order.
+func (p *Policy) Approvals() []ApprovalInfo {
+	out := make([]ApprovalInfo, len(p.approvals))
+	for i, a := range p.approvals {
+		out[i] = ApprovalInfo{ID: a.id, Group: a.group}
+	}
+	return out
+}
+
 // Summary counts what the policy contains.
 type Summary struct {
 	Agents, Assets, AllowRules, DenyRules, Budgets, RateLimits, Approvals, Sellers int
