@@ -60,16 +60,8 @@ func cmdMetrics(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	var body bytes.Buffer
 	err := client.New(adminSocket(*socket)).Stream("GET", "/metrics", &body)
 	if err != nil {
-		var ae *client.Error
-		if errors.As(err, &ae) {
-			fmt.Fprintf(stderr, "signerctl: refused by signerd (HTTP %d): %s\n", ae.Status, ae.Error())
-			return exitRefused
-		}
-		fmt.Fprintf(stderr, "signerctl: %v\n", err)
-		if errors.Is(err, client.ErrUnreachable) {
-			return exitUnreachable
-		}
-		return exitRefused
+		noJSON := false
+		return (&adminFlags{json: &noJSON}).fail(err, stdout, stderr)
 	}
 	if len(prefixes) == 0 {
 		stdout.Write(body.Bytes())
