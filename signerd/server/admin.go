@@ -67,6 +67,7 @@ func (d *Daemon) adminRoutes() http.Handler {
 	mux.HandleFunc("POST /v1/admin/keys/retire", op("keys_retire", d.handleKeyRetire))
 	mux.HandleFunc("POST /v1/admin/keys/attest", op("keys_attest", d.handleKeyAttest))
 	mux.HandleFunc("GET /v1/ready", op("ready", d.handleReady))
+	mux.HandleFunc("GET /v1/admin/core", op("core", d.handleCoreStatus))
 	mux.HandleFunc("GET /v1/health", d.instrument("admin", "health", d.handleHealth))
 	mh := d.metricsHandler()
 	mux.HandleFunc("GET /metrics", op("metrics", func(w http.ResponseWriter, r *http.Request, _ config.Operator) { mh.ServeHTTP(w, r) }))

@@ -28,6 +28,8 @@ func (d *Daemon) agentRoutes() http.Handler {
 	mux.HandleFunc("GET /v1/wallets", d.instrument("agent", "wallets", d.handleWallets))
 	mux.HandleFunc("GET /v1/approvals/{id}", d.instrument("agent", "approval", d.handleAgentApproval))
 	mux.HandleFunc("GET /v1/health", d.instrument("agent", "health", d.handleHealth))
+	mux.HandleFunc("GET /v1/collateral", d.instrument("agent", "collateral_show", d.handleCollateralGet))
+	mux.HandleFunc("POST /v1/collateral", d.instrument("agent", "collateral", d.handleCollateralPost))
 	return d.withFallback("agent", mux)
 }
 

@@ -29,6 +29,7 @@ import (
 	"github.com/signerd/signerd/signerd/approvals"
 	"github.com/signerd/signerd/signerd/audit"
 	"github.com/signerd/signerd/signerd/config"
+	"github.com/signerd/signerd/signerd/coreclient"
 	"github.com/signerd/signerd/signerd/fourmica"
 	"github.com/signerd/signerd/signerd/killswitch"
 	"github.com/signerd/signerd/signerd/ledger"
@@ -44,6 +45,12 @@ type Options struct {
 	Backend hsm.Backend
 	// SelfUID is the uid a policy's `uid: self` means (default: the process's uid).
 	SelfUID *uint32
+	// CoreChain, CoreURL and CoreReceiptPoll are test hooks for the Core connection (config
+	// core:): a chain used instead of dialling the RPC (a simulated backend), a Core base URL
+	// replacing core.url, and the receipt polling interval (default 1 s).
+	CoreChain       coreclient.Chain
+	CoreURL         string
+	CoreReceiptPoll time.Duration
 }
 
 // Daemon is a running signerd.
@@ -63,6 +70,7 @@ type Daemon struct {
 	approvals *approvals.Manager
 	pipe      *pipeline.Pipeline
 	metrics   *metrics
+	core      *coreState // 4Mica Core and the chain (collateral endpoints)
 
 	reloadMu sync.Mutex // serializes policy compiles
 	policy   atomic.Pointer[loadedPolicy]
@@ -108,9 +116,10 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if opts.SelfUID != nil {
 		d.self = *opts.SelfUID
 	}
+	opened := d // `return nil, err` sets d to nil before this deferred close runs
 	defer func() {
 		if err != nil {
-			d.closeAll()
+			opened.closeAll()
 		}
 	}()
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
@@ -205,6 +214,11 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 		Logger: d.log, Clock: d.clock, Observe: d.observe, Reservation: mode,
 	}, approvalPolicy{lp.p, d.approvals})
 	if err != nil {
+		return nil, err
+	}
+
+	// 4Mica Core (optional): a domain mismatch refuses to start; Core down is a warning.
+	if d.core, err = d.openCore(ctx, opts); err != nil {
 		return nil, err
 	}
 

@@ -1,0 +1,658 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ethereum/go-ethereum/common"
+	"github.com/ethereum/go-ethereum/common/hexutil"
+	"github.com/ethereum/go-ethereum/core/types"
+	"github.com/ethereum/go-ethereum/crypto"
+
+	"github.com/signerd/signerd/hsm"
+	"github.com/signerd/signerd/policyengine"
+	"github.com/signerd/signerd/signerd/audit"
+	"github.com/signerd/signerd/signerd/coreclient"
+	"github.com/signerd/signerd/signerd/ledger"
+)
+
+// Codes of the collateral pipeline (besides the policy's and the pipeline's).
+const (
+	CodeCoreUnavailable  = "core_unavailable"  // no Core configured, Core unreachable or its domain does not match
+	CodeCoreRefused      = "core_refused"      // Core answered an error or a malformed answer
+	CodeChainError       = "chain_error"       // the Ethereum RPC failed (nothing signed, unless record_id is set)
+	CodeTxWouldRevert    = "tx_would_revert"   // gas estimation says the contract reverts the call
+	CodeFeeCapExceeded   = "fee_cap_exceeded"  // the fee cap would exceed core.max_fee_per_gas_wei
+	CodeBroadcastFailed  = "broadcast_failed"  // signed and recorded, but the RPC did not take it: retry the same request_id
+	CodeReceiptTimeout   = "receipt_timeout"   // an approve was sent but not mined in time: retry the same request_id
+	CodeApprovalRequired = "approval_required" // the policy asks for an approval; not supported for collateral actions yet
+)
+
+// SchemeTx is the ledger scheme of a collateral transaction: the digest is the EIP-1559
+// signing hash of the unsigned transaction stored in the record's claims.
+const SchemeTx = "tx-eip1559"
+
+// MaxRequestID bounds CollateralRequest.RequestID (bytes).
+const MaxRequestID = 128
+
+// CollateralChain is what the collateral pipeline needs of 4Mica Core and the chain (the
+// daemon implements it with signerd/coreclient, one client per wallet).
+type CollateralChain interface {
+	// Calls returns the contract calls that carry out req for wallet, in order (one, or an
+	// ERC-20 approve and the call). For pay_tab it reads the tab from Core.
+	Calls(ctx context.Context, wallet common.Address, req *CollateralRequest) ([]coreclient.Call, error)
+	// Prepare builds the unsigned EIP-1559 transaction of call (nonce, gas, fees).
+	Prepare(ctx context.Context, wallet common.Address, call coreclient.Call) (*coreclient.Prepared, error)
+	// Broadcast sends a signed transaction.
+	Broadcast(ctx context.Context, wallet common.Address, tx *types.Transaction) error
+	// Wait polls the receipt of hash until it is mined or ctx ends.
+	Wait(ctx context.Context, wallet common.Address, hash common.Hash) (*types.Receipt, error)
+}
+
+// CollateralRequest is one decoded collateral or settlement request of an agent.
+type CollateralRequest struct {
+	Action    policyengine.Action // deposit, withdraw, cancel_withdrawal, finalize_withdrawal or pay_tab
+	Wallet    *common.Address     // nil: the agent's first wallet
+	Asset     *common.Address     // zero address = ETH; pay_tab: optional, must be the tab's
+	Amount    *big.Int            // deposit, withdraw, pay_tab
+	TabID     *big.Int            // pay_tab
+	ReqID     *big.Int            // pay_tab
+	RequestID string              // the agent's idempotency key
+	Wait      bool                // wait for the receipts
+	// WaitTimeout bounds each receipt wait (Wait, and between the two transactions of an
+	// approve + call request).
+	WaitTimeout time.Duration
+}
+
+// CollateralResult is the outcome of a collateral request.
+type CollateralResult struct {
+	Action    policyengine.Action
+	Wallet    common.Address
+	Asset     common.Address
+	Amount    *big.Int // nil for cancel/finalize
+	PayTo     common.Address
+	TxHashes  []common.Hash
+	RecordIDs []ledger.RecordID
+	Status    string // sent | mined | reverted
+	Replayed  bool   // the transactions were signed by an earlier attempt with this request_id
+	Blocks    []uint64
+	Note      string
+}
+
+// collateralIdentity is what makes two requests "the same request": every field the agent
+// chose except wait.
+type collateralIdentity struct {
+	RequestID string `json:"request_id"`
+	Action    string `json:"action"`
+	Wallet    string `json:"wallet"`
+	Asset     string `json:"asset,omitempty"`
+	Amount    string `json:"amount,omitempty"`
+	TabID     string `json:"tab_id,omitempty"`
+	ReqID     string `json:"req_id,omitempty"`
+}
+
+// collateralClaims is the canonical content of a collateral record (ledger Claims).
+type collateralClaims struct {
+	V       int                `json:"v"`
+	Request collateralIdentity `json:"request"`
+	Index   int                `json:"index"`
+	Count   int                `json:"count"`
+	Kind    string             `json:"kind"`
+	Tx      string             `json:"tx"` // 0x RLP (typed envelope) of the unsigned transaction
+}
+
+// CollateralTabID is the ledger tab key of a request id: uint256(keccak256("signerd/collateral/v1:"
+// + request_id)). The records of a request are (wallet, this key, index of the transaction).
+func CollateralTabID(requestID string) *big.Int {
+	return new(big.Int).SetBytes(crypto.Keccak256([]byte("signerd/collateral/v1:" + requestID)))
+}
+
+// ValidateCollateral checks a request's fields (400 invalid_request naming the field) without
+// side effects; Collateral runs it first.
+func ValidateCollateral(r *CollateralRequest) error {
+	if e := r.validate(); e != nil {
+		return e
+	}
+	return nil
+}
+
+func (r *CollateralRequest) validate() *Error {
+	switch r.Action {
+	case policyengine.ActionDeposit, policyengine.ActionWithdraw, policyengine.ActionCancelWithdrawal,
+		policyengine.ActionFinalizeWithdrawal, policyengine.ActionPayTab:
+	default:
+		return invalid("action", "want deposit, withdraw, cancel_withdrawal, finalize_withdrawal or pay_tab")
+	}
+	if r.RequestID == "" {
+		return invalid("request_id", "missing (an idempotency key of your choice, at most %d bytes)", MaxRequestID)
+	}
+	if len(r.RequestID) > MaxRequestID {
+		return invalid("request_id", "longer than %d bytes", MaxRequestID)
+	}
+	for _, c := range r.RequestID {
+		if c < 0x21 || c > 0x7e {
+			return invalid("request_id", "printable ASCII without spaces only")
+		}
+	}
+	needsAmount := r.Action == policyengine.ActionDeposit || r.Action == policyengine.ActionWithdraw || r.Action == policyengine.ActionPayTab
+	switch {
+	case needsAmount && r.Amount == nil:
+		return invalid("amount", "missing (required for %s)", r.Action)
+	case needsAmount && (r.Amount.Sign() <= 0 || r.Amount.BitLen() > 256):
+		return invalid("amount", "must be a positive uint256")
+	case !needsAmount && r.Amount != nil:
+		return invalid("amount", "not allowed for %s (the contract acts on the pending withdrawal)", r.Action)
+	}
+	if r.Action == policyengine.ActionPayTab {
+		if r.TabID == nil || r.TabID.Sign() == 0 {
+			return invalid("tab_id", "missing (required for pay_tab)")
+		}
+		if r.ReqID == nil {
+			return invalid("req_id", "missing (required for pay_tab)")
+		}
+	} else {
+		if r.TabID != nil {
+			return invalid("tab_id", "only for pay_tab")
+		}
+		if r.ReqID != nil {
+			return invalid("req_id", "only for pay_tab")
+		}
+		if r.Asset == nil {
+			return invalid("asset", "missing (0x0000000000000000000000000000000000000000 is ETH)")
+		}
+	}
+	return nil
+}
+
+func (r *CollateralRequest) identity(wallet common.Address) collateralIdentity {
+	id := collateralIdentity{RequestID: r.RequestID, Action: r.Action.String(), Wallet: hexAddr(wallet)}
+	if r.Asset != nil {
+		id.Asset = hexAddr(*r.Asset)
+	}
+	if r.Amount != nil {
+		id.Amount = r.Amount.String()
+	}
+	if r.TabID != nil {
+		id.TabID = r.TabID.String()
+	}
+	if r.ReqID != nil {
+		id.ReqID = r.ReqID.String()
+	}
+	return id
+}
+
+// walletLocks serialise the collateral requests of one wallet in one pipeline: a transaction's
+// nonce is the wallet's pending nonce, and two requests building at once would take the same.
+var walletLocks sync.Map // lockKey → chan struct{} (capacity 1)
+
+type lockKey struct {
+	p *Pipeline
+	w common.Address
+}
+
+func (p *Pipeline) lockWallet(ctx context.Context, w common.Address) (func(), error) {
+	v, _ := walletLocks.LoadOrStore(lockKey{p, w}, make(chan struct{}, 1))
+	ch := v.(chan struct{})
+	select {
+	case ch <- struct{}{}:
+		return func() { <-ch }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// storedTx is a collateral record read back from the ledger.
+type storedTx struct {
+	rec    *ledger.PaymentRecord
+	claims collateralClaims
+	tx     *types.Transaction // unsigned
+}
+
+func parseStored(rec *ledger.PaymentRecord) (*storedTx, error) {
+	st := &storedTx{rec: rec}
+	if rec.Scheme != SchemeTx {
+		return nil, fmt.Errorf("record %d has scheme %q, not %s", rec.ID, rec.Scheme, SchemeTx)
+	}
+	if err := json.Unmarshal(rec.Claims, &st.claims); err != nil {
+		return nil, fmt.Errorf("record %d: claims: %w", rec.ID, err)
+	}
+	raw, err := hexutil.Decode(st.claims.Tx)
+	if err != nil {
+		return nil, fmt.Errorf("record %d: tx: %w", rec.ID, err)
+	}
+	st.tx = new(types.Transaction)
+	if err := st.tx.UnmarshalBinary(raw); err != nil {
+		return nil, fmt.Errorf("record %d: tx: %w", rec.ID, err)
+	}
+	if st.tx.Type() != types.DynamicFeeTxType || st.tx.ChainId() == nil ||
+		[32]byte(types.LatestSignerForChainID(st.tx.ChainId()).Hash(st.tx)) != rec.Digest {
+		return nil, fmt.Errorf("record %d: stored transaction does not hash to the record's digest", rec.ID)
+	}
+	return st, nil
+}
+
+// Collateral runs a collateral or settlement request from the validation step on, for an
+// admitted caller: validate → (retry of a recorded request_id: the stored transactions) →
+// Core/tab lookup → policy (Intent with the action) → per transaction: unsigned transaction
+// (nonce, gas, fees) → durable reservation (Scheme tx-eip1559, digest = signing hash, charges on
+// the first transaction only) → kill-switch pass → HSM signature → recovered-sender check →
+// durable commit → broadcast → pass released. A transaction is broadcast only after its
+// signature is durable; a failed broadcast leaves it signed (502 broadcast_failed) and a retry
+// with the same request_id broadcasts the same signed transaction again.
+func (p *Pipeline) Collateral(ctx context.Context, a *Admission, req *CollateralRequest, ch CollateralChain) (res *CollateralResult, err error) {
+	defer func() {
+		if p.o.Observe == nil {
+			return
+		}
+		out := Outcome{Decision: "allow", Code: "ok"}
+		if err != nil {
+			e := AsError(err)
+			out.Code = e.Code
+			switch e.Kind {
+			case Denied:
+				out.Decision = "deny"
+			case Invalid:
+				out.Decision = "invalid"
+			case Conflict:
+				out.Decision = "conflict"
+			default:
+				out.Decision = "fault"
+			}
+		} else {
+			out.Replayed = res.Replayed
+		}
+		p.o.Observe(out)
+	}()
+	if e := req.validate(); e != nil {
+		return nil, e
+	}
+	if ch == nil {
+		return nil, fault(http.StatusServiceUnavailable, CodeCoreUnavailable, "no 4Mica Core is configured", nil)
+	}
+	pol := a.policy
+	var wallet common.Address
+	if req.Wallet != nil {
+		wallet = *req.Wallet
+	} else {
+		ws := pol.Wallets(a.Agent)
+		if len(ws) == 0 {
+			return nil, denied(http.StatusForbidden, policyengine.CodeWalletNotAllowed, "", "the agent may use no wallet")
+		}
+		wallet = ws[0]
+	}
+	id := req.identity(wallet)
+	idJSON, _ := json.Marshal(id)
+	idHash := sha256.Sum256(idJSON)
+	tab := CollateralTabID(req.RequestID)
+	phash := pol.Hash()
+	base := audit.Event{
+		Kind: audit.KindDecision, Principal: a.Principal(), Agent: a.Agent, Wallet: hexAddr(wallet),
+		TabID: tab.String(), PolicyHash: phash[:], ClaimsHash: idHash[:], Scheme: SchemeTx,
+		Attrs: map[string]string{"action": req.Action.String(), "request_id": req.RequestID},
+	}
+
+	unlock, lerr := p.lockWallet(ctx, wallet)
+	if lerr != nil {
+		return nil, fault(http.StatusServiceUnavailable, CodeOverloaded, "another collateral request of this wallet is in progress", lerr)
+	}
+	defer unlock()
+
+	// A request_id already recorded: the same request continues where it stopped.
+	recs, rerr := p.o.Ledger.ByTab(wallet, tab)
+	if rerr != nil {
+		return nil, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the ledger could not be read", rerr)
+	}
+	var prior []*storedTx
+	for i, rec := range recs {
+		st, perr := parseStored(rec)
+		if perr != nil {
+			return nil, fault(http.StatusInternalServerError, CodeInternal, "a stored collateral record is unreadable", perr)
+		}
+		if st.claims.Request != id {
+			return nil, &Error{Kind: Conflict, Status: http.StatusConflict, Code: CodeReplayConflict, RecordID: uint64(rec.ID),
+				Reason: "request_id " + req.RequestID + " was already used for a different request"}
+		}
+		if rec.Status == ledger.StatusReleased {
+			return nil, &Error{Kind: Conflict, Status: http.StatusConflict, Code: CodeReplayConflict, RecordID: uint64(rec.ID),
+				Reason: "request_id " + req.RequestID + " was used by a request that stopped before signing (its reservation was released); send it again with a new request_id"}
+		}
+		if rec.ReqID == nil || rec.ReqID.Cmp(big.NewInt(int64(i))) != 0 || st.claims.Index != i ||
+			(i > 0 && st.claims.Count != prior[0].claims.Count) || st.claims.Count < len(recs) || st.claims.Count > 2 {
+			return nil, fault(http.StatusInternalServerError, CodeInternal, "stored collateral records are inconsistent", fmt.Errorf("record %d: index %d of %d", rec.ID, st.claims.Index, st.claims.Count))
+		}
+		prior = append(prior, st)
+	}
+
+	res = &CollateralResult{Action: req.Action, Wallet: wallet, Amount: req.Amount, Status: "sent"}
+	if req.Asset != nil {
+		res.Asset = *req.Asset
+	}
+	var calls []coreclient.Call
+	var dec policyengine.Decision
+	count := 0
+	if len(prior) > 0 {
+		count = prior[0].claims.Count
+		res.Replayed = true
+	} else {
+		if calls, err = ch.Calls(ctx, wallet, req); err != nil {
+			return nil, CoreError(err)
+		}
+		if len(calls) == 0 || len(calls) > 2 {
+			return nil, fault(http.StatusInternalServerError, CodeInternal, "internal error", fmt.Errorf("%d calls for %s", len(calls), req.Action))
+		}
+		count = len(calls)
+		last := calls[len(calls)-1]
+		if req.Action == policyengine.ActionPayTab {
+			if req.Asset != nil && *req.Asset != last.Asset {
+				return nil, invalid("asset", "the tab's asset is %s", hexAddr(last.Asset))
+			}
+			res.Asset, res.PayTo = last.Asset, last.Recipient
+		}
+		now := p.o.Clock()
+		in := &policyengine.Intent{Caller: a.Caller, Agent: a.Agent, Action: req.Action, Wallet: wallet, Asset: res.Asset,
+			Network: p.o.Network, ChainID: p.o.Domain.ChainID(), Timestamp: uint64(now.Unix())}
+		if req.Amount != nil {
+			in.Amount = new(big.Int).Set(req.Amount)
+		}
+		if req.Action == policyengine.ActionPayTab {
+			in.PayTo, in.TabID = res.PayTo, new(big.Int).Set(req.TabID)
+		}
+		dec = pol.Evaluate(in, p.o.Ledger, now)
+		switch dec.Outcome {
+		case policyengine.Allow:
+		case policyengine.NeedsApproval:
+			ev := base
+			ev.Decision, ev.Code, ev.Rule = "deny", CodeApprovalRequired, dec.Rule
+			ev.Reason = "collateral actions cannot be held for approval yet (policy: " + dec.Reason + ")"
+			p.auditAsync(ctx, ev)
+			return nil, denied(http.StatusForbidden, CodeApprovalRequired, dec.Rule, "collateral actions cannot be held for approval yet")
+		default:
+			if dec.Code == policyengine.CodeUsageUnavailable {
+				return nil, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the budget ledger is unavailable", dec.Err)
+			}
+			ev := base
+			ev.Decision, ev.Code, ev.Rule, ev.Reason = "deny", dec.Code, dec.Rule, dec.Reason
+			p.auditAsync(ctx, ev)
+			return nil, denied(http.StatusForbidden, dec.Code, dec.Rule, dec.Reason)
+		}
+	}
+
+	var signer hsm.Signer
+	getSigner := func() (hsm.Signer, *Error) {
+		if signer != nil {
+			return signer, nil
+		}
+		s, serr := p.o.Keys.Signer(ctx, wallet)
+		if serr != nil {
+			if errors.Is(serr, hsm.ErrUnknownKey) || errors.Is(serr, hsm.ErrKeyRetired) {
+				return nil, denied(http.StatusForbidden, CodeUnknownWallet, "", "no active key for this wallet")
+			}
+			return nil, backendFault(serr)
+		}
+		signer = s
+		return s, nil
+	}
+	if len(prior) == 0 {
+		// The key must exist before anything is reserved.
+		if _, e := getSigner(); e != nil {
+			return nil, e
+		}
+	}
+
+	for i := 0; i < count; i++ {
+		var (
+			utx    *types.Transaction
+			claims []byte
+			digest [32]byte
+			kind   string
+		)
+		if i < len(prior) {
+			st := prior[i]
+			utx, claims, digest, kind = st.tx, st.rec.Claims, st.rec.Digest, st.claims.Kind
+		} else {
+			if calls == nil {
+				// A retry that stopped between the two transactions: the decision was made (and
+				// charged) with the first one; build the rest.
+				if calls, err = ch.Calls(ctx, wallet, req); err != nil {
+					return res, CoreError(err)
+				}
+				if len(calls) != count {
+					return res, fault(http.StatusBadGateway, CodeCoreRefused, "the request now needs another number of transactions", fmt.Errorf("%d calls, recorded %d", len(calls), count))
+				}
+			}
+			if i > 0 {
+				// The call after an ERC-20 approve can only be estimated once the approve is mined.
+				if e := p.waitMined(ctx, ch, wallet, req, res.TxHashes[i-1]); e != nil {
+					return res, e
+				}
+			}
+			prep, perr := ch.Prepare(ctx, wallet, calls[i])
+			if perr != nil {
+				return res, CoreError(perr)
+			}
+			raw, merr := prep.Tx.MarshalBinary()
+			if merr != nil {
+				return res, fault(http.StatusInternalServerError, CodeInternal, "internal error", merr)
+			}
+			kind = string(calls[i].Kind)
+			claims, _ = json.Marshal(collateralClaims{V: 1, Request: id, Index: i, Count: count, Kind: kind, Tx: hexutil.Encode(raw)})
+			utx, digest = prep.Tx, prep.Hash
+		}
+		resv := ledger.Reservation{
+			Wallet: wallet, TabID: tab, ReqID: big.NewInt(int64(i)), Claims: claims, Principal: a.Principal(), Agent: a.Agent,
+			PolicyHash: phash[:], Rule: dec.Rule, Digest: digest, Scheme: SchemeTx,
+		}
+		if i == 0 && len(prior) == 0 {
+			resv.Charges = dec.Charges
+		}
+		rr, rerr := p.o.Ledger.Reserve(ctx, resv)
+		if rerr != nil {
+			return res, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the ledger could not record the request", rerr)
+		}
+		var stored []byte
+		switch rr.Outcome {
+		case ledger.Reserved, ledger.Resumable:
+		case ledger.Duplicate:
+			stored = rr.Signature
+		case ledger.BudgetExhausted:
+			code, rule := policyengine.CodeBudgetExhausted, ""
+			if b := rr.Budget; b != nil {
+				code, rule = b.Code(), b.Budget
+			}
+			return res, denied(http.StatusForbidden, code, rule, "the budget would be exceeded")
+		case ledger.Conflict:
+			return res, &Error{Kind: Conflict, Status: http.StatusConflict, Code: CodeReplayConflict, RecordID: uint64(rr.RecordID),
+				Reason: "request_id " + req.RequestID + " was already used for a different request"}
+		default:
+			return res, fault(http.StatusInternalServerError, CodeInternal, "internal error", errors.New("unknown reserve outcome "+rr.Outcome.String()))
+		}
+		hash, e := p.signAndBroadcast(ctx, ch, getSigner, wallet, rr.RecordID, fmt.Sprint(i), utx, digest, stored, kind, base)
+		res.RecordIDs = append(res.RecordIDs, rr.RecordID)
+		if e != nil {
+			return res, e
+		}
+		res.TxHashes = append(res.TxHashes, hash)
+	}
+
+	if req.Wait {
+		res.Status = "mined"
+		for _, h := range res.TxHashes {
+			wctx, cancel := context.WithTimeout(ctx, req.WaitTimeout)
+			r, werr := ch.Wait(wctx, wallet, h)
+			cancel()
+			switch {
+			case errors.Is(werr, coreclient.ErrTxReverted) && r != nil:
+				res.Status = "reverted"
+				res.Blocks = append(res.Blocks, r.BlockNumber.Uint64())
+			case werr != nil:
+				res.Status, res.Note = "sent", "not mined within the receipt timeout (the transactions are sent; ask the chain later)"
+				return res, nil
+			default:
+				res.Blocks = append(res.Blocks, r.BlockNumber.Uint64())
+			}
+		}
+	}
+	return res, nil
+}
+
+// waitMined waits for the receipt of a request's earlier transaction before the next one is
+// built.
+func (p *Pipeline) waitMined(ctx context.Context, ch CollateralChain, wallet common.Address, req *CollateralRequest, h common.Hash) *Error {
+	wctx, cancel := context.WithTimeout(ctx, req.WaitTimeout)
+	defer cancel()
+	if _, err := ch.Wait(wctx, wallet, h); err != nil {
+		if errors.Is(err, coreclient.ErrTxReverted) {
+			return fault(http.StatusBadGateway, CodeChainError, "transaction "+h.Hex()+" of this request reverted on chain", err)
+		}
+		return fault(http.StatusGatewayTimeout, CodeReceiptTimeout, "transaction "+h.Hex()+" is sent but not mined yet; send the same request (same request_id) again to continue", err)
+	}
+	return nil
+}
+
+// signAndBroadcast signs a reserved transaction (or takes its stored signature), makes the
+// signature durable, and broadcasts it, all under one kill-switch pass.
+func (p *Pipeline) signAndBroadcast(ctx context.Context, ch CollateralChain, getSigner func() (hsm.Signer, *Error), wallet common.Address,
+	id ledger.RecordID, index string, utx *types.Transaction, digest [32]byte, stored []byte, kind string, base audit.Event) (common.Hash, *Error) {
+	release, ok := p.o.KillSwitch.Pass()
+	if !ok {
+		if stored == nil {
+			p.release(id, CodeKillSwitch, "kill switch engaged before signing")
+		}
+		e := errKillSwitch()
+		e.RecordID = uint64(id)
+		return common.Hash{}, e
+	}
+	defer release()
+	var sig [65]byte
+	if stored == nil {
+		signer, e := getSigner()
+		if e != nil {
+			p.release(id, ledger.CodeSigningFailed, "no signer: "+e.Code)
+			e.RecordID = uint64(id)
+			return common.Hash{}, e
+		}
+		s, err := signer.SignDigest(ctx, digest)
+		if err == nil {
+			_, err = coreclient.Finish(utx, s, wallet) // the recovered sender must be the wallet
+		}
+		if err != nil {
+			clear(s[:])
+			p.o.Logger.Error("signing a collateral transaction failed after reservation", "record_id", uint64(id), "wallet", hexAddr(wallet), "err", err)
+			p.release(id, ledger.CodeSigningFailed, "signing failed: "+safeCause(err))
+			e := backendFault(err)
+			if errors.Is(err, coreclient.ErrSignature) {
+				e = fault(http.StatusServiceUnavailable, CodeBackendUnavailable, "the key backend's signature does not recover to the wallet", err)
+			}
+			e.RecordID = uint64(id)
+			return common.Hash{}, e
+		}
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+		cr, err := p.o.Ledger.Commit(cctx, id, s[:])
+		cancel()
+		if err != nil || len(cr.Signature) != 65 {
+			if err == nil {
+				err = errors.New("ledger returned a malformed signature")
+			}
+			p.o.Logger.Error("commit failed; transaction withheld", "record_id", uint64(id), "err", err)
+			e := fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the signature could not be recorded; the transaction was not sent", err)
+			e.RecordID = uint64(id)
+			return common.Hash{}, e
+		}
+		copy(sig[:], cr.Signature)
+	} else {
+		if len(stored) != 65 {
+			return common.Hash{}, fault(http.StatusInternalServerError, CodeInternal, "a stored signature is malformed", fmt.Errorf("record %d: %d bytes", id, len(stored)))
+		}
+		copy(sig[:], stored)
+	}
+	signed, err := coreclient.Finish(utx, sig, wallet)
+	if err != nil {
+		e := fault(http.StatusInternalServerError, CodeInternal, "a stored signature does not recover to the wallet", err)
+		e.RecordID = uint64(id)
+		return common.Hash{}, e
+	}
+	hash := signed.Hash()
+	ev := base
+	ev.Kind, ev.RecordID, ev.Digest, ev.ReqID = audit.KindDecision, uint64(id), digest[:], index
+	ev.Attrs = map[string]string{"action": base.Attrs["action"], "request_id": base.Attrs["request_id"], "tx_hash": hash.Hex(),
+		"kind": kind, "nonce": fmt.Sprint(signed.Nonce())}
+	berr := ch.Broadcast(ctx, wallet, signed)
+	if berr != nil && !alreadyKnown(berr) {
+		ev.Decision, ev.Code = "allow", CodeBroadcastFailed
+		ev.Reason = "signed and recorded; the RPC did not take it: " + safeChainCause(berr)
+		p.auditAsync(ctx, ev)
+		p.o.Logger.Warn("collateral transaction broadcast failed", "record_id", uint64(id), "tx", hash.Hex(), "err", berr)
+		e := fault(http.StatusBadGateway, CodeBroadcastFailed, "transaction "+hash.Hex()+" is signed and recorded but the Ethereum RPC did not take it ("+
+			safeChainCause(berr)+"); send the same request (same request_id) again to broadcast the same transaction", berr)
+		e.RecordID = uint64(id)
+		return hash, e
+	}
+	ev.Decision, ev.Code, ev.Reason = "allow", "tx_broadcast", "transaction handed to the Ethereum RPC"
+	if berr != nil {
+		ev.Reason = "transaction already known to the RPC (" + safeChainCause(berr) + ")"
+	}
+	p.auditAsync(ctx, ev)
+	return hash, nil
+}
+
+// alreadyKnown reports an RPC answer meaning the transaction (or one with its nonce) is
+// already in the node: a rebroadcast of a transaction that got through before.
+func alreadyKnown(err error) bool {
+	s := strings.ToLower(err.Error())
+	return strings.Contains(s, "already known") || strings.Contains(s, "known transaction") || strings.Contains(s, "nonce too low") ||
+		strings.Contains(s, "already imported")
+}
+
+// safeChainCause names a chain failure without the RPC's text (which may carry the RPC URL).
+func safeChainCause(err error) string {
+	var ce *coreclient.ChainError
+	if errors.As(err, &ce) {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			return ce.Op + ": timeout"
+		}
+		return ce.Op + " failed"
+	}
+	if errors.Is(err, coreclient.ErrChainMismatch) {
+		return "the RPC's chain id is not the configured one"
+	}
+	return "RPC error"
+}
+
+// CoreError maps a coreclient error to the pipeline's typed error (safe reason, cause kept).
+func CoreError(err error) *Error {
+	var he *coreclient.HTTPError
+	switch {
+	case errors.Is(err, coreclient.ErrInvalidArgument):
+		return &Error{Kind: Invalid, Status: http.StatusBadRequest, Code: CodeInvalidRequest, Field: "tab_id", Reason: err.Error(), Cause: err}
+	case errors.As(err, &he) && he.Status == http.StatusNotFound && strings.Contains(he.Path, "/core/tabs/"):
+		return &Error{Kind: Invalid, Status: http.StatusBadRequest, Code: CodeInvalidRequest, Field: "tab_id", Reason: "Core knows no such tab", Cause: err}
+	case errors.Is(err, coreclient.ErrUnreachable):
+		return fault(http.StatusServiceUnavailable, CodeCoreUnavailable, "4Mica Core is unreachable", err)
+	case errors.Is(err, coreclient.ErrDomainMismatch):
+		return fault(http.StatusServiceUnavailable, CodeCoreUnavailable, "4Mica Core's domain does not match this daemon's: "+err.Error(), err)
+	case errors.Is(err, coreclient.ErrRefused), errors.Is(err, coreclient.ErrBadResponse):
+		return fault(http.StatusBadGateway, CodeCoreRefused, err.Error(), err)
+	case errors.Is(err, coreclient.ErrDenied):
+		return denied(http.StatusForbidden, CodeFeeCapExceeded, "", strings.TrimPrefix(err.Error(), coreclient.ErrDenied.Error()+": "))
+	case errors.Is(err, coreclient.ErrChainMismatch), errors.Is(err, coreclient.ErrNoChain):
+		return fault(http.StatusServiceUnavailable, CodeCoreUnavailable, safeChainCause(err), err)
+	case errors.Is(err, coreclient.ErrChain):
+		var ce *coreclient.ChainError
+		if errors.As(err, &ce) && ce.Op == "EstimateGas" && strings.Contains(strings.ToLower(ce.Err.Error()), "revert") {
+			return &Error{Kind: Invalid, Status: http.StatusUnprocessableEntity, Code: CodeTxWouldRevert,
+				Reason: "the contract would revert this transaction (gas estimation failed); nothing was signed", Cause: err}
+		}
+		return fault(http.StatusBadGateway, CodeChainError, "the Ethereum RPC failed ("+safeChainCause(err)+"); nothing was signed", err)
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return fault(http.StatusServiceUnavailable, CodeCoreUnavailable, "the request ended before Core or the chain answered", err)
+	}
+	return fault(http.StatusBadGateway, CodeCoreRefused, "4Mica Core or the chain failed", err)
+}
