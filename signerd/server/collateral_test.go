@@ -32,6 +32,7 @@ const collateralPolicy = `version: 1
 settings: {max_timestamp_skew: 120s}
 assets:
   ETH: {address: "0x0000000000000000000000000000000000000000", decimals: 18}
+  USDX: {address: "0x5106000000000000000000000000000000000002", decimals: 6}
 agents:
   tester:
     callers: [{uid: self}]
@@ -49,14 +50,16 @@ rules:
     actions: [deposit]
     agents: [tester]
     networks: [eip155:1337]
-    assets: [ETH]
-    max_amount: "0.05 ETH"
+    assets: [ETH, USDX]
+    max_amount: ["0.05 ETH", "100 USDX"]
 `
 
 var (
 	// core4mica is the contract address: EVM code answering getUserAllAssets (§5.5) with canned
 	// rows and accepting any other call (deposit() with value succeeds).
 	core4mica = common.HexToAddress("0x5106000000000000000000000000000000000001")
+	// usdx stands for an ERC-20 token: the same stub code accepts approve(…).
+	usdx = common.HexToAddress("0x5106000000000000000000000000000000000002")
 	ether     = new(big.Int).Exp(big.NewInt(10), big.NewInt(18), nil)
 	finney    = new(big.Int).Exp(big.NewInt(10), big.NewInt(15), nil) // 0.001 ETH
 )
@@ -133,7 +136,7 @@ func startCollateralDaemon(t *testing.T, editCore func(*corefake.Core)) *collate
 		if err != nil {
 			t.Fatal(err)
 		}
-		alloc := types.GenesisAlloc{core4mica: {Code: viewStub(ret), Balance: new(big.Int)}}
+		alloc := types.GenesisAlloc{core4mica: {Code: viewStub(ret), Balance: new(big.Int)}, usdx: {Code: viewStub(nil), Balance: new(big.Int)}}
 		for _, k := range keys {
 			alloc[k.Address] = types.Account{Balance: new(big.Int).Mul(big.NewInt(100), ether)}
 		}
@@ -298,6 +301,30 @@ func TestCollateralEndToEnd(t *testing.T) {
 	}
 
 	waitAudit(t, e.testDaemon, "broadcast_failed")
+	// A stablecoin deposit is two transactions, approve then depositStablecoin, as one request.
+	two := e.agent.do(t, "POST", "/v1/collateral", map[string]any{"action": "deposit", "asset": usdx.Hex(), "amount": "5000000", "request_id": "usdx-1", "wait": true})
+	th, _ := two.Body["tx_hashes"].([]any)
+	rids, _ := two.Body["record_ids"].([]any)
+	if two.Status != 200 || len(th) != 2 || len(rids) != 2 || two.str("status") != "mined" {
+		t.Fatalf("stablecoin deposit: %d %s", two.Status, two.Raw)
+	}
+	for i, want := range []struct {
+		to       common.Address
+		selector string
+	}{{usdx, "095ea7b3"}, {core4mica, "a587f4f3"}} {
+		tx, _, err := e.sim.Client().TransactionByHash(ctx, common.HexToHash(th[i].(string)))
+		if err != nil || *tx.To() != want.to || common.Bytes2Hex(tx.Data()[:4]) != want.selector || tx.Value().Sign() != 0 {
+			t.Fatalf("tx %d: %v to=%s data=%x", i, err, tx.To(), tx.Data())
+		}
+	}
+	twoAgain := e.agent.do(t, "POST", "/v1/collateral", map[string]any{"action": "deposit", "asset": usdx.Hex(), "amount": "5000000", "request_id": "usdx-1"})
+	if th2, _ := twoAgain.Body["tx_hashes"].([]any); twoAgain.Status != 200 || len(th2) != 2 || th2[0] != th[0] || th2[1] != th[1] {
+		t.Fatalf("stablecoin retry: %d %s", twoAgain.Status, twoAgain.Raw)
+	}
+	if e.chain.distinct() != 4 {
+		t.Fatalf("%d distinct transactions, want 4", e.chain.distinct())
+	}
+
 	// The audit chain verifies.
 	if v := e.admin.do(t, "GET", "/v1/admin/audit/verify", nil); v.Status != 200 || v.Body["ok"] != true {
 		t.Fatalf("audit verify: %d %s", v.Status, v.Raw)
