@@ -59,9 +59,9 @@ var (
 	// rows and accepting any other call (deposit() with value succeeds).
 	core4mica = common.HexToAddress("0x5106000000000000000000000000000000000001")
 	// usdx stands for an ERC-20 token: the same stub code accepts approve(…).
-	usdx = common.HexToAddress("0x5106000000000000000000000000000000000002")
-	ether     = new(big.Int).Exp(big.NewInt(10), big.NewInt(18), nil)
-	finney    = new(big.Int).Exp(big.NewInt(10), big.NewInt(15), nil) // 0.001 ETH
+	usdx   = common.HexToAddress("0x5106000000000000000000000000000000000002")
+	ether  = new(big.Int).Exp(big.NewInt(10), big.NewInt(18), nil)
+	finney = new(big.Int).Exp(big.NewInt(10), big.NewInt(15), nil) // 0.001 ETH
 )
 
 // viewStub is EVM code that answers a call whose selector is getUserAllAssets (0xc4edab2d)
