@@ -409,6 +409,7 @@ func TestCollateralDomainMismatchRefusesStart(t *testing.T) {
 			if !strings.Contains(err.Error(), tc.field) || !strings.Contains(err.Error(), "refusing to start") {
 				t.Fatalf("error %q does not name %s", err, tc.field)
 			}
+			t.Logf("refused: %v", err)
 		})
 	}
 }
