@@ -111,9 +111,20 @@ type collateralEnv struct {
 // chain (every active wallet funded in genesis), with the fake Core at core.url. editCore may
 // change the fake Core's answers before the daemon starts.
 func startCollateralDaemon(t *testing.T, editCore func(*corefake.Core)) *collateralEnv {
+	return restartCollateralDaemon(t, editCore, nil, "")
+}
+
+// restartCollateralDaemon is startCollateralDaemon; with prev it reuses prev's fake Core and
+// chain, and with stateDir it keeps the ledger there (a restart of the same daemon).
+func restartCollateralDaemon(t *testing.T, editCore func(*corefake.Core), prev *collateralEnv, stateDir string) *collateralEnv {
 	t.Helper()
-	e := &collateralEnv{core: corefake.New(t, simChainID)}
-	e.core.PublicParams(simChainID, "4mica", "1", core4mica, "")
+	e := &collateralEnv{}
+	if prev != nil {
+		e.core, e.sim, e.chain = prev.core, prev.sim, prev.chain
+	} else {
+		e.core = corefake.New(t, simChainID)
+		e.core.PublicParams(simChainID, "4mica", "1", core4mica, "")
+	}
 	if editCore != nil {
 		editCore(e.core)
 	}
@@ -131,7 +142,14 @@ func startCollateralDaemon(t *testing.T, editCore func(*corefake.Core)) *collate
 	e.testDaemon = launchDaemon(t, []byte(collateralPolicy), 300*time.Millisecond, func(c *config.Config) {
 		c.Protocol = config.Protocol{Network: "eip155:1337", EIP712Name: "4mica", EIP712Version: "1", ChainID: simChainID}
 		c.Core = config.Core{URL: e.core.URL(), SIWEDomain: "core.test", ReceiptTimeout: 10 * time.Second}
+		if stateDir != "" {
+			c.StateDir = stateDir
+		}
 	}, func(o *server.Options) {
+		if prev != nil {
+			o.CoreChain, o.CoreReceiptPoll = e.chain, 10*time.Millisecond
+			return
+		}
 		keys, err := o.Backend.List(context.Background())
 		if err != nil {
 			t.Fatal(err)
@@ -145,6 +163,9 @@ func startCollateralDaemon(t *testing.T, editCore func(*corefake.Core)) *collate
 		e.chain = &countingChain{Chain: e.sim.Client(), hashes: map[common.Hash]bool{}}
 		o.CoreChain, o.CoreReceiptPoll = e.chain, 10*time.Millisecond
 	})
+	if prev != nil {
+		return e // prev mines
+	}
 	// Mine a block every 20 ms.
 	stop := make(chan struct{})
 	done := make(chan struct{})
@@ -411,5 +432,34 @@ func TestCollateralDomainMismatchRefusesStart(t *testing.T) {
 			}
 			t.Logf("refused: %v", err)
 		})
+	}
+}
+
+// TestCollateralBroadcastAfterRestart: the daemon signs and records a deposit but the RPC does
+// not take it (the state of a crash between the commit and the broadcast); the daemon stops,
+// a new one starts on the same ledger, and the retry with the same request_id broadcasts the
+// same signed transaction, which is mined.
+func TestCollateralBroadcastAfterRestart(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "state")
+	a := restartCollateralDaemon(t, nil, nil, state)
+	a.chain.failing.Store(1)
+	r := a.agent.do(t, "POST", "/v1/collateral", deposit("crash-1", finney, false))
+	if r.Status != 502 || r.errCode() != "broadcast_failed" {
+		t.Fatalf("first attempt: %d %s", r.Status, r.Raw)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := restartCollateralDaemon(t, nil, a, state)
+	again := b.agent.do(t, "POST", "/v1/collateral", deposit("crash-1", finney, true))
+	hs, _ := again.Body["tx_hashes"].([]any)
+	if again.Status != 200 || len(hs) != 1 || !strings.Contains(r.errField("reason"), hs[0].(string)) || again.str("status") != "mined" ||
+		again.Body["replayed"] != true {
+		t.Fatalf("after restart: %d %s (first: %s)", again.Status, again.Raw, r.Raw)
+	}
+	if a.chain.distinct() != 1 {
+		t.Fatalf("%d distinct transactions, want 1", a.chain.distinct())
 	}
 }
