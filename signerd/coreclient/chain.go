@@ -233,8 +233,13 @@ func (c *Client) Wait(ctx context.Context, txHash common.Hash) (*types.Receipt, 
 // chainErr wraps an RPC failure; when ctx has ended it says so (errors.Is(err,
 // context.DeadlineExceeded)), since the RPC transport may report it as an i/o timeout.
 func chainErr(ctx context.Context, op string, err error) *ChainError {
-	if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
-		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+	cerr := ctx.Err()
+	if dl, ok := ctx.Deadline(); ok && cerr == nil && !time.Now().Before(dl) {
+		// The transport's own deadline (taken from ctx) can fire before ctx reports it.
+		cerr = context.DeadlineExceeded
+	}
+	if cerr != nil && !errors.Is(err, cerr) {
+		err = fmt.Errorf("%w (%v)", cerr, err)
 	}
 	return &ChainError{Op: op, Err: err}
 }
