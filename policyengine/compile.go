@@ -1059,6 +1059,7 @@ func (c *compiler) compileRule(i int, it item) {
 		if !actsWritten {
 			acts = implicitDenyActions(&r.sel)
 		}
+		r.sel.sellers.denyAddrOnAnyHost()
 	}
 	r.sel.actions = acts
 	sok = sok && aok

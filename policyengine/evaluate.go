@@ -393,8 +393,8 @@ func (c *evalCtx) validate() string {
 		}
 		h = uh
 	}
-	if in.TabID != nil && in.TabID.BitLen() > 256 {
-		return "tab_id exceeds uint256"
+	if in.TabID != nil && (in.TabID.Sign() < 0 || in.TabID.BitLen() > 256) {
+		return "tab_id must be a uint256 (0 ≤ tab_id < 2^256)"
 	}
 	c.host = h
 	return ""
@@ -443,6 +443,9 @@ func (c *evalCtx) validateAction() string {
 		}
 		if in.TabID == nil || in.TabID.Sign() == 0 {
 			return "pay_tab: tab_id missing"
+		}
+		if in.TabID.Sign() < 0 {
+			return "pay_tab: tab_id is negative (a uint256)"
 		}
 		if in.TabID.BitLen() > 256 {
 			return "pay_tab: tab_id exceeds uint256"

@@ -69,6 +69,23 @@ func (s *sellerSet) firstHost() string {
 	return ""
 }
 
+// denyAddrOnAnyHost makes a deny rule's {address, host: "*"} entries match the address with
+// or without a host: "this address, whatever the host" must also block pay_tab (which has no
+// host) and guarantees that name no host. Only deny rules widen this way; an allow rule's
+// {address, host: "*"} still needs a host. src (the hash) is unchanged.
+func (s *sellerSet) denyAddrOnAnyHost() {
+	if s == nil {
+		return
+	}
+	for a, hps := range s.addrHosts {
+		for _, hp := range hps {
+			if hp.any {
+				s.addrAnyHost[a] = struct{}{}
+			}
+		}
+	}
+}
+
 type selector struct {
 	actions  actionSet           // the actions it applies to (never empty once compiled)
 	agents   map[string]struct{} // nil = any
