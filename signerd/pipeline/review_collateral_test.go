@@ -443,3 +443,33 @@ func TestReviewPayTabSecondTxRecipientPinned(t *testing.T) {
 		}
 	}
 }
+
+// nonceTooLowChain answers every broadcast with geth's "nonce too low": another transaction of
+// the wallet already took the nonce, so this one can never be mined.
+type nonceTooLowChain struct{ reviewChain }
+
+func (c *nonceTooLowChain) Broadcast(context.Context, common.Address, *types.Transaction) error {
+	return &coreclient.ChainError{Op: "SendTransaction", Err: errors.New("nonce too low: next nonce 8, tx nonce 7")}
+}
+
+// Wait behaves as coreclient.Wait for a transaction the chain never saw: no receipt until ctx ends.
+func (c *nonceTooLowChain) Wait(ctx context.Context, _ common.Address, _ common.Hash) (*types.Receipt, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// Finding 9: "nonce too low" on a transaction the chain has never seen is counted as sent
+// (alreadyKnown): the agent gets 200 "sent" with a hash that can never be mined. Only "already
+// known" (the same hash) means the transaction got through; "nonce too low" needs the receipt.
+// Either an error or a status saying the transaction was dropped is acceptable.
+func TestReviewNonceTooLowIsNotSent(t *testing.T) {
+	skipFinding(t, "finding 9: signAndBroadcast treats 'nonce too low' as already broadcast without asking the chain for the transaction")
+	f := newRVFixture(t)
+	ch := &nonceTooLowChain{}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	res, err := f.p.Collateral(ctx, f.admA, depositReq("nt-1", common.Address{}, 10), ch)
+	if err == nil && (res.Status == "sent" || res.Status == "mined") {
+		t.Fatalf("answered %q with hashes %v for a transaction whose nonce is taken", res.Status, res.TxHashes)
+	}
+}
