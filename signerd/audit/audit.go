@@ -77,11 +77,15 @@ const (
 	KindKeyOp Kind = "key_op"
 	// KindApproval is an approval step (requested, approved, denied, expired).
 	KindApproval Kind = "approval"
+	// KindBroadcast is a signed on-chain transaction handed to (or refused by) the Ethereum RPC,
+	// or its state learned afterwards (pending before signing, sent, failed, mined, dropped);
+	// code says which, attrs carry tx_hash, nonce and request_id.
+	KindBroadcast Kind = "broadcast"
 )
 
 // Kinds lists every known kind.
 var Kinds = []Kind{KindDecision, KindSignature, KindSigningFailed, KindReservationReleased,
-	KindKillSwitch, KindPolicyReload, KindKeyOp, KindApproval}
+	KindKillSwitch, KindPolicyReload, KindKeyOp, KindApproval, KindBroadcast}
 
 // Valid reports whether k is a known kind.
 func (k Kind) Valid() bool {

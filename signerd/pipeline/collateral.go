@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"math/big"
 	"net/http"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -34,7 +36,49 @@ const (
 	CodeBroadcastFailed  = "broadcast_failed"  // signed and recorded, but the RPC did not take it: retry the same request_id
 	CodeReceiptTimeout   = "receipt_timeout"   // an approve was sent but not mined in time: retry the same request_id
 	CodeApprovalRequired = "approval_required" // the policy asks for an approval; not supported for collateral actions yet
+	// CodePendingBroadcast: the wallet has a signed transaction whose broadcast is not
+	// confirmed; a new transaction would take its nonce. Retry the named request_id first.
+	CodePendingBroadcast = "pending_broadcast"
 )
+
+// Codes of the broadcast audit records (audit.KindBroadcast).
+const (
+	BroadcastPending = "broadcast_pending" // about to sign: the wallet's next transaction waits for this one's broadcast
+	BroadcastSent    = "tx_broadcast"      // the RPC took the transaction (or already had it)
+	BroadcastFailed  = "broadcast_failed"  // the RPC did not take it; the record stays signed and pending
+	BroadcastMined   = "tx_mined"          // a rebroadcast got "nonce too low" and the receipt shows it mined
+	BroadcastDropped = "tx_dropped"        // "nonce too low" and no receipt: its nonce went to another transaction
+	BroadcastCleared = "broadcast_cleared" // a pending mark of a reservation released before signing
+)
+
+// pendingPrefix is the ledger state prefix of the transactions signed (or about to be) whose
+// broadcast is not confirmed: pendingPrefix + lowercase wallet + "/" + record id (20 digits).
+const pendingPrefix = "collateral/unbroadcast/"
+
+// receiptLookup bounds the receipt lookup after a rebroadcast answered "nonce too low".
+const receiptLookup = 3 * time.Second
+
+// pendingMark is the value of a pending-broadcast state entry.
+type pendingMark struct {
+	RequestID string `json:"request_id"`
+	Tab       string `json:"tab"` // decimal ledger tab key
+	Index     int    `json:"index"`
+}
+
+// collateralState is what the collateral pipeline needs of the ledger besides Ledger: durable
+// state entries written with their audit record (*ledger.Ledger implements it).
+type collateralState interface {
+	PutState(ctx context.Context, key string, value []byte, ev audit.Event) error
+	StateWithPrefix(prefix string) (map[string][]byte, error)
+}
+
+func pendingWalletPrefix(w common.Address) string {
+	return pendingPrefix + strings.ToLower(w.Hex()) + "/"
+}
+
+func pendingKey(w common.Address, id ledger.RecordID) string {
+	return fmt.Sprintf("%s%020d", pendingWalletPrefix(w), uint64(id))
+}
 
 // SchemeTx is the ledger scheme of a collateral transaction: the digest is the EIP-1559
 // signing hash of the unsigned transaction stored in the record's claims.
@@ -407,6 +451,7 @@ func (p *Pipeline) Collateral(ctx context.Context, a *Admission, req *Collateral
 		}
 	}
 
+	var known []string // per transaction: sent, or what a "nonce too low" rebroadcast found
 	for i := 0; i < count; i++ {
 		var (
 			utx    *types.Transaction
@@ -433,6 +478,9 @@ func (p *Pipeline) Collateral(ctx context.Context, a *Admission, req *Collateral
 				if e := p.waitMined(ctx, ch, wallet, req, res.TxHashes[i-1]); e != nil {
 					return res, e
 				}
+			}
+			if e := p.checkPending(ctx, wallet, base); e != nil {
+				return res, e
 			}
 			prep, perr := ch.Prepare(ctx, wallet, calls[i])
 			if perr != nil {
@@ -474,12 +522,35 @@ func (p *Pipeline) Collateral(ctx context.Context, a *Admission, req *Collateral
 		default:
 			return res, fault(http.StatusInternalServerError, CodeInternal, "internal error", errors.New("unknown reserve outcome "+rr.Outcome.String()))
 		}
-		hash, e := p.signAndBroadcast(ctx, ch, getSigner, wallet, rr.RecordID, fmt.Sprint(i), utx, digest, stored, kind, base)
+		hash, status, e := p.signAndBroadcast(ctx, ch, getSigner, wallet, rr.RecordID, fmt.Sprint(i), utx, digest, stored, kind, base)
 		res.RecordIDs = append(res.RecordIDs, rr.RecordID)
 		if e != nil {
 			return res, e
 		}
 		res.TxHashes = append(res.TxHashes, hash)
+		known = append(known, status)
+		if status == "dropped" {
+			res.Status = "dropped"
+			res.Note = "transaction " + hash.Hex() + " can never be mined: its nonce was used by another transaction of the wallet " +
+				"(nonce too low, no receipt); nothing of this request happened after it — send it again with a new request_id"
+			return res, nil
+		}
+	}
+	if !req.Wait && len(known) == count {
+		// A rebroadcast that found every transaction already mined says so.
+		st := "mined"
+		for _, k := range known {
+			if k == "sent" {
+				st = ""
+				break
+			}
+			if k == "reverted" {
+				st = "reverted"
+			}
+		}
+		if st != "" {
+			res.Status = st
+		}
 	}
 
 	if req.Wait {
@@ -503,6 +574,80 @@ func (p *Pipeline) Collateral(ctx context.Context, a *Admission, req *Collateral
 	return res, nil
 }
 
+// state returns the ledger's state store; a ledger without one cannot track broadcasts, so
+// nothing is signed (fail closed).
+func (p *Pipeline) state() (collateralState, *Error) {
+	st, ok := p.o.Ledger.(collateralState)
+	if !ok {
+		return nil, fault(http.StatusInternalServerError, CodeInternal, "internal error", errors.New("the ledger keeps no state entries"))
+	}
+	return st, nil
+}
+
+// checkPending refuses a new transaction for wallet while one of its signed transactions has
+// no confirmed broadcast: the new one would take the same nonce and the old one could never
+// be mined. Marks of reservations released before signing are cleared.
+func (p *Pipeline) checkPending(ctx context.Context, wallet common.Address, base audit.Event) *Error {
+	st, e := p.state()
+	if e != nil {
+		return e
+	}
+	marks, err := st.StateWithPrefix(pendingWalletPrefix(wallet))
+	if err != nil {
+		return fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the ledger could not be read", err)
+	}
+	keys := make([]string, 0, len(marks))
+	for k := range marks {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		var m pendingMark
+		tab, ok := new(big.Int), false
+		if json.Unmarshal(marks[k], &m) == nil {
+			tab, ok = tab.SetString(m.Tab, 10)
+		}
+		if !ok {
+			return fault(http.StatusInternalServerError, CodeInternal, "a pending-broadcast entry is unreadable", fmt.Errorf("state %s", k))
+		}
+		recs, err := p.o.Ledger.ByTab(wallet, tab)
+		if err != nil {
+			return fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the ledger could not be read", err)
+		}
+		var rec *ledger.PaymentRecord
+		for _, r := range recs {
+			if r.ReqID != nil && r.ReqID.Cmp(big.NewInt(int64(m.Index))) == 0 && pendingKey(wallet, r.ID) == k {
+				rec = r
+			}
+		}
+		if rec == nil {
+			return fault(http.StatusInternalServerError, CodeInternal, "a pending-broadcast entry names no record", fmt.Errorf("state %s", k))
+		}
+		if rec.Status == ledger.StatusReleased {
+			ev := base
+			ev.Kind, ev.Decision, ev.Code, ev.RecordID, ev.ReqID = audit.KindBroadcast, "allow", BroadcastCleared, uint64(rec.ID), fmt.Sprint(m.Index)
+			ev.TabID, ev.ClaimsHash = tab.String(), rec.ClaimsHash[:]
+			ev.Attrs = map[string]string{"request_id": m.RequestID}
+			ev.Reason = "the reservation was released before signing: nothing to broadcast"
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+			err := st.PutState(cctx, k, nil, ev)
+			cancel()
+			if err != nil {
+				return fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the ledger could not record the request", err)
+			}
+			continue
+		}
+		ev := base
+		ev.Decision, ev.Code = "deny", CodePendingBroadcast
+		ev.Reason = "pending broadcast of request_id " + m.RequestID
+		p.auditAsync(ctx, ev)
+		return &Error{Kind: Conflict, Status: http.StatusConflict, Code: CodePendingBroadcast, RecordID: uint64(rec.ID),
+			Reason: "transaction " + fmt.Sprint(m.Index) + " of request_id " + m.RequestID + " (record " + fmt.Sprint(uint64(rec.ID)) +
+				") is signed but its broadcast is not confirmed; send that request again (same request_id) first: a new transaction would take its nonce"}
+	}
+	return nil
+}
+
 // waitMined waits for the receipt of a request's earlier transaction before the next one is
 // built.
 func (p *Pipeline) waitMined(ctx context.Context, ch CollateralChain, wallet common.Address, req *CollateralRequest, h common.Hash) *Error {
@@ -518,9 +663,21 @@ func (p *Pipeline) waitMined(ctx context.Context, ch CollateralChain, wallet com
 }
 
 // signAndBroadcast signs a reserved transaction (or takes its stored signature), makes the
-// signature durable, and broadcasts it, all under one kill-switch pass.
+// signature durable, and broadcasts it, all under one kill-switch pass. Before a fresh
+// signature, a pending-broadcast mark for the record is made durable (with its audit record),
+// so a transaction that is signed is known to hold its nonce until its broadcast is confirmed;
+// the mark is removed, with the broadcast's audit record, once the RPC took it. status is
+// "sent", or what a rebroadcast answered "nonce too low" found: "mined", "reverted" or
+// "dropped".
 func (p *Pipeline) signAndBroadcast(ctx context.Context, ch CollateralChain, getSigner func() (hsm.Signer, *Error), wallet common.Address,
-	id ledger.RecordID, index string, utx *types.Transaction, digest [32]byte, stored []byte, kind string, base audit.Event) (common.Hash, *Error) {
+	id ledger.RecordID, index string, utx *types.Transaction, digest [32]byte, stored []byte, kind string, base audit.Event) (hash common.Hash, status string, e *Error) {
+	st, e := p.state()
+	if e != nil {
+		if stored == nil {
+			p.release(id, ledger.CodeSigningFailed, "no state store")
+		}
+		return common.Hash{}, "", e
+	}
 	release, ok := p.o.KillSwitch.Pass()
 	if !ok {
 		if stored == nil {
@@ -528,16 +685,35 @@ func (p *Pipeline) signAndBroadcast(ctx context.Context, ch CollateralChain, get
 		}
 		e := errKillSwitch()
 		e.RecordID = uint64(id)
-		return common.Hash{}, e
+		return common.Hash{}, "", e
 	}
 	defer release()
+	key := pendingKey(wallet, id)
+	ev := base
+	ev.Kind, ev.RecordID, ev.Digest, ev.ReqID, ev.Decision = audit.KindBroadcast, uint64(id), digest[:], index, "allow"
+	ev.Attrs = map[string]string{"action": base.Attrs["action"], "request_id": base.Attrs["request_id"], "kind": kind, "nonce": fmt.Sprint(utx.Nonce())}
+	putState := func(value []byte, ev audit.Event) error {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+		defer cancel()
+		return st.PutState(cctx, key, value, ev)
+	}
 	var sig [65]byte
 	if stored == nil {
 		signer, e := getSigner()
 		if e != nil {
 			p.release(id, ledger.CodeSigningFailed, "no signer: "+e.Code)
 			e.RecordID = uint64(id)
-			return common.Hash{}, e
+			return common.Hash{}, "", e
+		}
+		ix, _ := strconv.Atoi(index)
+		mark, _ := json.Marshal(pendingMark{RequestID: base.Attrs["request_id"], Tab: base.TabID, Index: ix})
+		pev := ev
+		pev.Code, pev.Reason = BroadcastPending, "about to sign: the wallet's next transaction waits until this one is broadcast"
+		if err := putState(mark, pev); err != nil {
+			p.release(id, ledger.CodeSigningFailed, "pending-broadcast mark not recorded")
+			e := fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the ledger could not record the request; nothing was signed", err)
+			e.RecordID = uint64(id)
+			return common.Hash{}, "", e
 		}
 		s, err := signer.SignDigest(ctx, digest)
 		if err == nil {
@@ -552,7 +728,7 @@ func (p *Pipeline) signAndBroadcast(ctx context.Context, ch CollateralChain, get
 				e = fault(http.StatusServiceUnavailable, CodeBackendUnavailable, "the key backend's signature does not recover to the wallet", err)
 			}
 			e.RecordID = uint64(id)
-			return common.Hash{}, e
+			return common.Hash{}, "", e
 		}
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
 		cr, err := p.o.Ledger.Commit(cctx, id, s[:])
@@ -564,12 +740,12 @@ func (p *Pipeline) signAndBroadcast(ctx context.Context, ch CollateralChain, get
 			p.o.Logger.Error("commit failed; transaction withheld", "record_id", uint64(id), "err", err)
 			e := fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the signature could not be recorded; the transaction was not sent", err)
 			e.RecordID = uint64(id)
-			return common.Hash{}, e
+			return common.Hash{}, "", e
 		}
 		copy(sig[:], cr.Signature)
 	} else {
 		if len(stored) != 65 {
-			return common.Hash{}, fault(http.StatusInternalServerError, CodeInternal, "a stored signature is malformed", fmt.Errorf("record %d: %d bytes", id, len(stored)))
+			return common.Hash{}, "", fault(http.StatusInternalServerError, CodeInternal, "a stored signature is malformed", fmt.Errorf("record %d: %d bytes", id, len(stored)))
 		}
 		copy(sig[:], stored)
 	}
@@ -577,38 +753,67 @@ func (p *Pipeline) signAndBroadcast(ctx context.Context, ch CollateralChain, get
 	if err != nil {
 		e := fault(http.StatusInternalServerError, CodeInternal, "a stored signature does not recover to the wallet", err)
 		e.RecordID = uint64(id)
-		return common.Hash{}, e
+		return common.Hash{}, "", e
 	}
-	hash := signed.Hash()
-	ev := base
-	ev.Kind, ev.RecordID, ev.Digest, ev.ReqID = audit.KindDecision, uint64(id), digest[:], index
-	ev.Attrs = map[string]string{"action": base.Attrs["action"], "request_id": base.Attrs["request_id"], "tx_hash": hash.Hex(),
-		"kind": kind, "nonce": fmt.Sprint(signed.Nonce())}
+	hash = signed.Hash()
+	ev.Attrs["tx_hash"] = hash.Hex()
 	berr := ch.Broadcast(ctx, wallet, signed)
-	if berr != nil && !alreadyKnown(berr) {
-		ev.Decision, ev.Code = "allow", CodeBroadcastFailed
+	status = "sent"
+	switch {
+	case berr == nil:
+		ev.Code, ev.Reason = BroadcastSent, "transaction handed to the Ethereum RPC"
+	case alreadyKnown(berr):
+		ev.Code, ev.Reason = BroadcastSent, "transaction already known to the RPC ("+safeChainCause(berr)+")"
+	case nonceTooLow(berr):
+		// Its nonce is used: either by this very transaction (mined) or by another one.
+		lctx, cancel := context.WithTimeout(ctx, receiptLookup)
+		r, werr := ch.Wait(lctx, wallet, hash)
+		cancel()
+		switch {
+		case werr == nil || (errors.Is(werr, coreclient.ErrTxReverted) && r != nil):
+			status = "mined"
+			if werr != nil {
+				status = "reverted"
+			}
+			ev.Code, ev.Reason = BroadcastMined, "rebroadcast answered nonce too low; the receipt shows the transaction mined ("+status+")"
+			ev.Attrs["block"] = r.BlockNumber.String()
+		case errors.Is(werr, context.DeadlineExceeded) && !errors.Is(werr, coreclient.ErrChain) && ctx.Err() == nil:
+			status = "dropped"
+			ev.Code = BroadcastDropped
+			ev.Reason = "rebroadcast answered nonce too low and the chain has no receipt: another transaction took its nonce; it will never be mined"
+		default:
+			e := fault(http.StatusBadGateway, CodeChainError, "transaction "+hash.Hex()+" is signed and its nonce is used on chain, but its receipt could not be read ("+
+				safeChainCause(werr)+"); send the same request (same request_id) again", werr)
+			e.RecordID = uint64(id)
+			return hash, "", e
+		}
+	default:
+		ev.Code = BroadcastFailed
 		ev.Reason = "signed and recorded; the RPC did not take it: " + safeChainCause(berr)
 		p.auditAsync(ctx, ev)
 		p.o.Logger.Warn("collateral transaction broadcast failed", "record_id", uint64(id), "tx", hash.Hex(), "err", berr)
 		e := fault(http.StatusBadGateway, CodeBroadcastFailed, "transaction "+hash.Hex()+" is signed and recorded but the Ethereum RPC did not take it ("+
 			safeChainCause(berr)+"); send the same request (same request_id) again to broadcast the same transaction", berr)
 		e.RecordID = uint64(id)
-		return hash, e
+		return hash, "", e
 	}
-	ev.Decision, ev.Code, ev.Reason = "allow", "tx_broadcast", "transaction handed to the Ethereum RPC"
-	if berr != nil {
-		ev.Reason = "transaction already known to the RPC (" + safeChainCause(berr) + ")"
+	// The broadcast is settled: remove the mark with the broadcast's audit record. If that
+	// fails, the mark stays and the wallet's next request is refused until this one is retried.
+	if err := putState(nil, ev); err != nil {
+		p.o.Logger.Error("broadcast state not recorded; the wallet's next request will ask for a retry of this one", "record_id", uint64(id), "tx", hash.Hex(), "err", err)
 	}
-	p.auditAsync(ctx, ev)
-	return hash, nil
+	return hash, status, nil
 }
 
-// alreadyKnown reports an RPC answer meaning the transaction (or one with its nonce) is
-// already in the node: a rebroadcast of a transaction that got through before.
+// alreadyKnown reports an RPC answer meaning the node already has this very transaction.
 func alreadyKnown(err error) bool {
 	s := strings.ToLower(err.Error())
-	return strings.Contains(s, "already known") || strings.Contains(s, "known transaction") || strings.Contains(s, "nonce too low") ||
-		strings.Contains(s, "already imported")
+	return strings.Contains(s, "already known") || strings.Contains(s, "known transaction") || strings.Contains(s, "already imported")
+}
+
+// nonceTooLow reports an RPC answer meaning the transaction's nonce is already used on chain.
+func nonceTooLow(err error) bool {
+	return strings.Contains(strings.ToLower(err.Error()), "nonce too low")
 }
 
 // safeChainCause names a chain failure without the RPC's text (which may carry the RPC URL).
