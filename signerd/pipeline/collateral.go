@@ -292,29 +292,7 @@ func parseStored(rec *ledger.PaymentRecord) (*storedTx, error) {
 // signature is durable; a failed broadcast leaves it signed (502 broadcast_failed) and a retry
 // with the same request_id broadcasts the same signed transaction again.
 func (p *Pipeline) Collateral(ctx context.Context, a *Admission, req *CollateralRequest, ch CollateralChain) (res *CollateralResult, err error) {
-	defer func() {
-		if p.o.Observe == nil {
-			return
-		}
-		out := Outcome{Decision: "allow", Code: "ok"}
-		if err != nil {
-			e := AsError(err)
-			out.Code = e.Code
-			switch e.Kind {
-			case Denied:
-				out.Decision = "deny"
-			case Invalid:
-				out.Decision = "invalid"
-			case Conflict:
-				out.Decision = "conflict"
-			default:
-				out.Decision = "fault"
-			}
-		} else {
-			out.Replayed = res.Replayed
-		}
-		p.o.Observe(out)
-	}()
+	defer func() { p.observe(Outcome{}, err, err == nil && res.Replayed) }()
 	if e := req.validate(); e != nil {
 		return nil, e
 	}

@@ -21,29 +21,7 @@ import (
 // commit. On success the caller must write the response and then call Result.Done.
 func (p *Pipeline) Sign(ctx context.Context, a *Admission, req *Request) (res *Result, err error) {
 	out := Outcome{}
-	defer func() {
-		if p.o.Observe != nil {
-			if err != nil {
-				e := AsError(err)
-				out.Code = e.Code
-				switch e.Kind {
-				case Denied:
-					out.Decision = "deny"
-				case Pending:
-					out.Decision = "needs_approval"
-				case Invalid:
-					out.Decision = "invalid"
-				case Conflict:
-					out.Decision = "conflict"
-				default:
-					out.Decision = "fault"
-				}
-			} else {
-				out.Decision, out.Code, out.Replayed = "allow", "ok", res.Replayed
-			}
-			p.o.Observe(out)
-		}
-	}()
+	defer func() { p.observe(out, err, err == nil && res.Replayed) }()
 
 	pay := req.Claims.Payment()
 	if pay == nil {
@@ -156,6 +134,33 @@ func (p *Pipeline) Sign(ctx context.Context, a *Admission, req *Request) (res *R
 	}
 	sig, err := signAndVerify(ctx, signer, digest, wallet)
 	return p.commit(ctx, req, id, digest, wallet, sig, err, release)
+}
+
+// observe reports a finished request to Options.Observe: the decision and code of err by its
+// kind, or allow/ok (replayed: the answer is a stored signature or transaction).
+func (p *Pipeline) observe(out Outcome, err error, replayed bool) {
+	if p.o.Observe == nil {
+		return
+	}
+	if err != nil {
+		e := AsError(err)
+		out.Code = e.Code
+		switch e.Kind {
+		case Denied:
+			out.Decision = "deny"
+		case Pending:
+			out.Decision = "needs_approval"
+		case Invalid:
+			out.Decision = "invalid"
+		case Conflict:
+			out.Decision = "conflict"
+		default:
+			out.Decision = "fault"
+		}
+	} else {
+		out.Decision, out.Code, out.Replayed = "allow", "ok", replayed
+	}
+	p.o.Observe(out)
 }
 
 // signAndVerify signs with the HSM and verifies the signature by recovery under Core's rule,
