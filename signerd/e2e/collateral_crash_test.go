@@ -1,12 +1,16 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/big"
 	mrand "math/rand/v2"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -59,9 +63,63 @@ var crashContract = common.HexToAddress("0x5106000000000000000000000000000000000
 // simChain is go-ethereum's simulated chain (chain id 1337) served over HTTP JSON-RPC on
 // 127.0.0.1 from the test process, a block every 20 ms, so a signerd process can reach it.
 type simChain struct {
-	sim *simulated.Backend
-	url string
-	eth *ethclient.Client
+	sim   *simulated.Backend
+	url   string
+	eth   *ethclient.Client
+	flaky *flakyRPC // in front of url: the daemon's rpc_url (nil: the daemon uses url)
+	rpc   string    // the daemon's rpc_url
+}
+
+// flakyRPC is an HTTP JSON-RPC proxy in front of the simulated chain that fails some
+// eth_sendRawTransaction calls as a node going down would: refused before the node sees the
+// transaction, or forwarded and the answer lost (the transaction is in the pool but the daemon
+// is told it failed).
+type flakyRPC struct {
+	target  string
+	mu      sync.Mutex
+	rng     *mrand.Rand
+	refused atomic.Int64
+	lost    atomic.Int64
+	sends   atomic.Int64
+}
+
+func (f *flakyRPC) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	var m struct {
+		Method string `json:"method"`
+	}
+	_ = json.Unmarshal(body, &m)
+	fate := 100
+	if m.Method == "eth_sendRawTransaction" {
+		f.sends.Add(1)
+		f.mu.Lock()
+		fate = f.rng.IntN(100)
+		f.mu.Unlock()
+	}
+	if fate < 10 {
+		f.refused.Add(1)
+		http.Error(w, "node down", http.StatusServiceUnavailable)
+		return
+	}
+	resp, err := http.Post(f.target, "application/json", bytes.NewReader(body))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	if fate < 20 {
+		f.lost.Add(1)
+		http.Error(w, "answer lost", http.StatusBadGateway)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(resp.StatusCode)
+	w.Write(out)
 }
 
 func freePort(t *testing.T) int {
@@ -111,16 +169,23 @@ func startSimChain(t *testing.T, funded common.Address) *simChain {
 		t.Fatalf("simulated chain over HTTP: chain id %v, %v", id, err)
 	}
 	c.eth = eth
+	c.rpc = c.url
 	return c
 }
 
 // newCollateralEnv is a daemon env signing for the simulated chain, with the fake Core (in this
 // process, over HTTP) at core.url and the chain's HTTP RPC at core.rpc_url.
-func newCollateralEnv(t *testing.T, policy string) (*env, *simChain) {
+func newCollateralEnv(t *testing.T, policy string, flaky bool) (*env, *simChain) {
 	t.Helper()
 	chain := startSimChain(t, common.HexToAddress(wallet1))
+	if flaky {
+		chain.flaky = &flakyRPC{target: chain.url, rng: mrand.New(mrand.NewPCG(3, uint64(time.Now().UnixNano())))}
+		srv := httptest.NewServer(chain.flaky)
+		t.Cleanup(srv.Close)
+		chain.rpc = srv.URL
+	}
 	core := corefake.New(t, 1337)
-	core.PublicParams(1337, "4mica", "1", crashContract, chain.url)
+	core.PublicParams(1337, "4mica", "1", crashContract, chain.rpc)
 	e := newEnv(t, envOptions{policy: policy})
 	b, err := os.ReadFile(e.cfg)
 	if err != nil {
@@ -131,7 +196,7 @@ func newCollateralEnv(t *testing.T, policy string) (*env, *simChain) {
 	if cfg == string(b) {
 		t.Fatal("harness config changed: protocol line not found")
 	}
-	cfg += fmt.Sprintf("core:\n  url: %s\n  siwe_domain: core.test\n  rpc_url: %s\n  receipt_timeout: 10s\n", core.URL(), chain.url)
+	cfg += fmt.Sprintf("core:\n  url: %s\n  siwe_domain: core.test\n  rpc_url: %s\n  receipt_timeout: 10s\n", core.URL(), chain.rpc)
 	if err := os.WriteFile(e.cfg, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -228,8 +293,10 @@ func collateralRecords(t *testing.T, e *env) ([]signedTx, int) {
 }
 
 // TestCollateralCrashSafety: a real signerd process sends ETH deposits (fake Core in this process
-// over HTTP, go-ethereum's simulated chain served over HTTP JSON-RPC) from 4 clients and is
-// killed with SIGKILL at random moments, 8 times. After each restart: the audit chain verifies;
+// over HTTP, go-ethereum's simulated chain served over HTTP JSON-RPC behind a proxy that refuses
+// 10 % of eth_sendRawTransaction and loses the answer of another 10 %) from 4 clients (an agent
+// answered broadcast_failed sends the same request again) and is killed with SIGKILL at random
+// moments, 8 times. The run must see broadcast failures and pending_broadcast refusals. After each restart: the audit chain verifies;
 // every transaction hash a client received is a signed ledger record of the same request_id; no
 // request_id has two signed transactions; the deposit budget is within its limit (ledger
 // records and the spend table); a retry of every signed request_id answers 200 with the same
@@ -237,7 +304,7 @@ func collateralRecords(t *testing.T, e *env) ([]signedTx, int) {
 // number of signed transactions (nothing signed outside the ledger, nothing lost, no nonce
 // taken twice).
 func TestCollateralCrashSafety(t *testing.T) {
-	e, chain := newCollateralEnv(t, collateralCrashPolicy)
+	e, chain := newCollateralEnv(t, collateralCrashPolicy, true)
 	wallet := common.HexToAddress(wallet1)
 	rng := mrand.New(mrand.NewPCG(2, uint64(time.Now().UnixNano())))
 	var (
@@ -259,10 +326,13 @@ func TestCollateralCrashSafety(t *testing.T) {
 				c := e.agentClient()
 				defer c.close()
 				r := mrand.New(mrand.NewPCG(uint64(it), uint64(w)))
+				var again *depositReq // a request answered broadcast_failed: the agent sends it again
 				for !stop.Load() {
 					var d depositReq
 					mu.Lock()
 					switch p := r.IntN(10); {
+					case again != nil:
+						d, again = *again, nil
 					case p < 2 && len(tried) > 0: // an agent retry
 						d = tried[r.IntN(len(tried))]
 					case p < 3 && len(tried) > 0: // same request_id, another amount
@@ -278,10 +348,24 @@ func TestCollateralCrashSafety(t *testing.T) {
 						if err != nil && stop.Load() {
 							return
 						}
+						if err != nil {
+							time.Sleep(2 * time.Millisecond) // the daemon is down until the test restarts it
+						}
+						if ae.Code == "broadcast_failed" {
+							again = &d
+						}
 						mu.Lock()
-						codes[fmt.Sprintf("%d %s %v", st, ae.Code, err)]++
+						if err != nil {
+							codes["transport error"]++
+						} else {
+							codes[fmt.Sprintf("%d %s", st, ae.Code)]++
+						}
 						mu.Unlock()
 						continue
+					}
+					if a.Status == "dropped" {
+						t.Errorf("request_id %s answered dropped (no other client uses the wallet): %+v", d.id, a)
+						return
 					}
 					mu.Lock()
 					answers++
@@ -310,7 +394,11 @@ func TestCollateralCrashSafety(t *testing.T) {
 		}
 		e.kill()
 	}
-	t.Logf("%d iterations, %d answers with hashes, %d request_ids received; other answers: %v", iterations, answers, len(received), codes)
+	t.Logf("%d iterations, %d answers with hashes, %d request_ids received; other answers: %v; RPC: %d sendRawTransaction, %d refused, %d answers lost",
+		iterations, answers, len(received), codes, chain.flaky.sends.Load(), chain.flaky.refused.Load(), chain.flaky.lost.Load())
+	if codes["409 pending_broadcast"] == 0 || codes["502 broadcast_failed"] == 0 {
+		t.Fatalf("no broadcast failure or pending_broadcast refusal happened: the nonce path was not exercised (%v)", codes)
+	}
 	if len(received) < 20 {
 		t.Fatalf("only %d request_ids answered across %d iterations: the load proves little", len(received), iterations)
 	}
@@ -385,9 +473,15 @@ func checkCollateralCrash(t *testing.T, e *env, chain *simChain, wallet common.A
 	c := e.agentClient()
 	defer c.close()
 	for id, hs := range byReq {
-		st, a, ae, err := postCollateral(c, depositReq{id: id, amount: amounts[id]}.body(false))
-		if err != nil || st != 200 || len(a.TxHashes) != 1 || !strings.EqualFold(a.TxHashes[0], hs[0].Hex()) {
-			t.Fatalf("iteration %d: retry of %s: %d %v %+v %+v, want %s", it, id, st, err, a, ae, hs[0].Hex())
+		for try := 1; ; try++ {
+			st, a, ae, err := postCollateral(c, depositReq{id: id, amount: amounts[id]}.body(false))
+			if st == 502 && ae.Code == "broadcast_failed" && try < 20 { // the flaky RPC again
+				continue
+			}
+			if err != nil || st != 200 || len(a.TxHashes) != 1 || !strings.EqualFold(a.TxHashes[0], hs[0].Hex()) || a.Status == "dropped" {
+				t.Fatalf("iteration %d: retry of %s: %d %v %+v %+v, want %s", it, id, st, err, a, ae, hs[0].Hex())
+			}
+			break
 		}
 	}
 	// Everything signed is mined, and nothing else was sent from the wallet.
