@@ -77,6 +77,12 @@ func DenialEvent(a Approval, when string) audit.Event {
 	if a.DecidedBy != "" {
 		attrs["decided_by"] = a.DecidedBy
 	}
+	// A collateral request is named by its action and request_id (its summary has them).
+	for _, k := range []string{"action", "request_id"} {
+		if v := s[k]; v != "" {
+			attrs[k] = v
+		}
+	}
 	return audit.Event{
 		Kind: audit.KindDecision, Decision: "deny", Code: pipeline.CodeApprovalDenied, Rule: a.Rule, Reason: reason,
 		Principal: a.Principal, Agent: a.Agent, Wallet: a.Wallet, TabID: s["tab_id"], ReqID: s["req_id"],

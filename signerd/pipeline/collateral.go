@@ -23,19 +23,19 @@ import (
 	"github.com/signerd/signerd/policyengine"
 	"github.com/signerd/signerd/signerd/audit"
 	"github.com/signerd/signerd/signerd/coreclient"
+	"github.com/signerd/signerd/signerd/fourmica"
 	"github.com/signerd/signerd/signerd/ledger"
 )
 
 // Codes of the collateral pipeline (besides the policy's and the pipeline's).
 const (
-	CodeCoreUnavailable  = "core_unavailable"  // no Core configured, Core unreachable or its domain does not match
-	CodeCoreRefused      = "core_refused"      // Core answered an error or a malformed answer
-	CodeChainError       = "chain_error"       // the Ethereum RPC failed (nothing signed, unless record_id is set)
-	CodeTxWouldRevert    = "tx_would_revert"   // gas estimation says the contract reverts the call
-	CodeFeeCapExceeded   = "fee_cap_exceeded"  // the fee cap would exceed core.max_fee_per_gas_wei
-	CodeBroadcastFailed  = "broadcast_failed"  // signed and recorded, but the RPC did not take it: retry the same request_id
-	CodeReceiptTimeout   = "receipt_timeout"   // an approve was sent but not mined in time: retry the same request_id
-	CodeApprovalRequired = "approval_required" // the policy asks for an approval; not supported for collateral actions yet
+	CodeCoreUnavailable = "core_unavailable" // no Core configured, Core unreachable or its domain does not match
+	CodeCoreRefused     = "core_refused"     // Core answered an error or a malformed answer
+	CodeChainError      = "chain_error"      // the Ethereum RPC failed (nothing signed, unless record_id is set)
+	CodeTxWouldRevert   = "tx_would_revert"  // gas estimation says the contract reverts the call
+	CodeFeeCapExceeded  = "fee_cap_exceeded" // the fee cap would exceed core.max_fee_per_gas_wei
+	CodeBroadcastFailed = "broadcast_failed" // signed and recorded, but the RPC did not take it: retry the same request_id
+	CodeReceiptTimeout  = "receipt_timeout"  // an approve was sent but not mined in time: retry the same request_id
 	// CodePendingBroadcast: the wallet has a signed transaction whose broadcast is not
 	// confirmed; a new transaction would take its nonce. Retry the named request_id first.
 	CodePendingBroadcast = "pending_broadcast"
@@ -291,8 +291,21 @@ func parseStored(rec *ledger.PaymentRecord) (*storedTx, error) {
 // durable commit → broadcast → pass released. A transaction is broadcast only after its
 // signature is durable; a failed broadcast leaves it signed (502 broadcast_failed) and a retry
 // with the same request_id broadcasts the same signed transaction again.
+//
+// A policy decision NeedsApproval holds the request with the approvals (as a guarantee's): it
+// is filed (or found, by agent and request identity), long-polled for at most MaxWait with the
+// wallet unlocked, and then runs again from the start (fresh policy decision; the approval is
+// found approved and the charges are reserved then). Still waiting: 202 approval_pending with
+// the approval id; denied or expired: 403 approval_denied; nothing is built or signed before
+// the approval.
 func (p *Pipeline) Collateral(ctx context.Context, a *Admission, req *CollateralRequest, ch CollateralChain) (res *CollateralResult, err error) {
 	defer func() { p.observe(Outcome{}, err, err == nil && res.Replayed) }()
+	return p.collateral(ctx, a, req, ch, true)
+}
+
+// collateral is Collateral; mayWait says whether a waiting approval may be long-polled (false
+// on the run after the poll).
+func (p *Pipeline) collateral(ctx context.Context, a *Admission, req *CollateralRequest, ch CollateralChain, mayWait bool) (res *CollateralResult, err error) {
 	if e := req.validate(); e != nil {
 		return nil, e
 	}
@@ -325,7 +338,8 @@ func (p *Pipeline) Collateral(ctx context.Context, a *Admission, req *Collateral
 	if lerr != nil {
 		return nil, fault(http.StatusServiceUnavailable, CodeOverloaded, "another collateral request of this wallet is in progress", lerr)
 	}
-	defer unlock()
+	var unlockOnce sync.Once
+	defer unlockOnce.Do(unlock)
 
 	// A request_id already recorded: the same request continues where it stopped.
 	recs, rerr := p.o.Ledger.ByTab(wallet, tab)
@@ -391,11 +405,35 @@ func (p *Pipeline) Collateral(ctx context.Context, a *Admission, req *Collateral
 		switch dec.Outcome {
 		case policyengine.Allow:
 		case policyengine.NeedsApproval:
-			ev := base
-			ev.Decision, ev.Code, ev.Rule = "deny", CodeApprovalRequired, dec.Rule
-			ev.Reason = "collateral actions cannot be held for approval yet (policy: " + dec.Reason + ")"
-			p.auditAsync(ctx, ev)
-			return nil, denied(http.StatusForbidden, CodeApprovalRequired, dec.Rule, "collateral actions cannot be held for approval yet")
+			summary := map[string]string{"action": req.Action.String(), "request_id": req.RequestID, "wallet": hexAddr(wallet),
+				"asset": hexAddr(res.Asset), "reason": dec.Reason, "scheme": SchemeTx, "transactions": fmt.Sprint(len(calls))}
+			if req.Amount != nil {
+				summary["amount"] = req.Amount.String()
+			}
+			if req.Action == policyengine.ActionPayTab {
+				summary["pay_to"], summary["tab_id"], summary["req_id"] = hexAddr(res.PayTo), req.TabID.String(), req.ReqID.String()
+			}
+			st, aerr := p.submitApproval(ctx, ApprovalRequest{
+				Fingerprint: claimsHash(fourmica.Scheme("approval:collateral:"+a.Agent), idHash[:]), Agent: a.Agent, Principal: a.Principal(),
+				Wallet: wallet, Rule: dec.Rule, Group: dec.Group, Timeout: dec.Timeout, Summary: summary,
+			}, dec)
+			if aerr != nil {
+				return nil, aerr
+			}
+			if st.State == ApprovalWaiting && mayWait && p.o.MaxWait > 0 {
+				// Wait without holding the wallet; once approved, start over.
+				unlockOnce.Do(unlock)
+				if st, aerr = p.waitApproval(ctx, st); aerr != nil {
+					return nil, aerr
+				}
+				if st.State == ApprovalApproved {
+					return p.collateral(ctx, a, req, ch, false)
+				}
+			}
+			if aerr := approvalOutcome(st, dec); aerr != nil {
+				return nil, aerr
+			}
+			base.ApprovalID = st.ID // the broadcast records name the approval that let it through
 		default:
 			if dec.Code == policyengine.CodeUsageUnavailable {
 				return nil, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the budget ledger is unavailable", dec.Err)

@@ -344,19 +344,32 @@ func (p *Pipeline) intent(a *Admission, req *Request, wallet common.Address, pay
 // awaitApproval files the request for approval (or finds the existing one) and long-polls it.
 func (p *Pipeline) awaitApproval(ctx context.Context, a *Admission, req *Request, wallet common.Address,
 	pay *fourmica.ClaimsV1, chash [32]byte, dec policyengine.Decision, base audit.Event) (ApprovalStatus, error) {
-	if p.o.Approvals == nil {
-		return ApprovalStatus{}, denied(http.StatusForbidden, CodeApprovalDenied, dec.Rule, "this request needs approval and approvals are not configured")
-	}
-	fp := approvalFingerprint(a.Agent, chash)
-	st, err := p.o.Approvals.Submit(ctx, ApprovalRequest{
-		Fingerprint: fp, Agent: a.Agent, Principal: a.Principal(), Wallet: wallet, Rule: dec.Rule,
+	st, err := p.submitApproval(ctx, ApprovalRequest{
+		Fingerprint: approvalFingerprint(a.Agent, chash), Agent: a.Agent, Principal: a.Principal(), Wallet: wallet, Rule: dec.Rule,
 		Group: dec.Group, Timeout: dec.Timeout,
 		Summary: map[string]string{
 			"amount": pay.Amount.Dec(), "asset": pay.Asset.Hex(), "recipient": pay.Recipient.Hex(),
 			"tab_id": pay.TabID.Dec(), "req_id": pay.ReqID.Dec(), "scheme": string(req.Scheme),
 			"resource": req.ResourceURL, "task_id": req.TaskID, "reason": dec.Reason,
 		},
-	})
+	}, dec)
+	if err != nil {
+		return st, err
+	}
+	if st.State == ApprovalWaiting {
+		if st, err = p.waitApproval(ctx, st); err != nil {
+			return st, err
+		}
+	}
+	return st, approvalOutcome(st, dec)
+}
+
+// submitApproval files r for approval, or finds the approval with its fingerprint.
+func (p *Pipeline) submitApproval(ctx context.Context, r ApprovalRequest, dec policyengine.Decision) (ApprovalStatus, error) {
+	if p.o.Approvals == nil {
+		return ApprovalStatus{}, denied(http.StatusForbidden, CodeApprovalDenied, dec.Rule, "this request needs approval and approvals are not configured")
+	}
+	st, err := p.o.Approvals.Submit(ctx, r)
 	if errors.Is(err, ErrApprovalsFull) {
 		e := fault(http.StatusServiceUnavailable, CodeOverloaded, "too many requests are waiting for approval; retry later", err)
 		e.Rule, e.RetryAfter = dec.Rule, ApprovalsFullRetryAfter
@@ -365,24 +378,37 @@ func (p *Pipeline) awaitApproval(ctx context.Context, a *Admission, req *Request
 	if err != nil {
 		return st, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the approval could not be filed", err)
 	}
-	if st.State == ApprovalWaiting && p.o.MaxWait > 0 {
-		wctx, cancel := context.WithCancel(ctx)
-		go func() {
-			select {
-			case <-p.stopping:
-				cancel()
-			case <-wctx.Done():
-			}
-		}()
-		st, err = p.o.Approvals.Wait(wctx, st.ID, p.o.MaxWait)
-		cancel()
-		if err != nil && st.ID == "" {
-			return st, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the approval could not be read", err)
-		}
+	return st, nil
+}
+
+// waitApproval long-polls a waiting approval for at most Options.MaxWait (ended early when
+// the pipeline stops).
+func (p *Pipeline) waitApproval(ctx context.Context, st ApprovalStatus) (ApprovalStatus, error) {
+	if p.o.MaxWait <= 0 {
+		return st, nil
 	}
+	wctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-p.stopping:
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	st, err := p.o.Approvals.Wait(wctx, st.ID, p.o.MaxWait)
+	cancel()
+	if err != nil && st.ID == "" {
+		return st, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the approval could not be read", err)
+	}
+	return st, nil
+}
+
+// approvalOutcome is nil for an approved request, 403 approval_denied for a denied or expired
+// one, and 202 approval_pending (with the approval id) while it waits.
+func approvalOutcome(st ApprovalStatus, dec policyengine.Decision) error {
 	switch st.State {
 	case ApprovalApproved:
-		return st, nil
+		return nil
 	case ApprovalDenied:
 		reason := "an operator denied this request, or its approval expired"
 		if st.Reason != "" {
@@ -390,9 +416,9 @@ func (p *Pipeline) awaitApproval(ctx context.Context, a *Admission, req *Request
 		}
 		e := denied(http.StatusForbidden, CodeApprovalDenied, dec.Rule, reason)
 		e.ApprovalID = st.ID
-		return st, e
+		return e
 	default:
-		return st, &Error{Kind: Pending, Status: http.StatusAccepted, Code: CodeApprovalPending, Rule: dec.Rule,
+		return &Error{Kind: Pending, Status: http.StatusAccepted, Code: CodeApprovalPending, Rule: dec.Rule,
 			ApprovalID: st.ID, Reason: "held for approval by group " + dec.Group + "; poll the approval and submit again once approved"}
 	}
 }

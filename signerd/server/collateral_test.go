@@ -118,6 +118,28 @@ func startCollateralDaemon(t *testing.T, editCore func(*corefake.Core)) *collate
 // chain, and with stateDir it keeps the ledger there (a restart of the same daemon).
 func restartCollateralDaemon(t *testing.T, editCore func(*corefake.Core), prev *collateralEnv, stateDir string) *collateralEnv {
 	t.Helper()
+	return launchCollateralDaemon(t, collateralLaunch{editCore: editCore, prev: prev, stateDir: stateDir})
+}
+
+// collateralLaunch tunes launchCollateralDaemon; the zero value is startCollateralDaemon's.
+type collateralLaunch struct {
+	editCore func(*corefake.Core)
+	prev     *collateralEnv
+	stateDir string
+	policy   string           // default collateralPolicy
+	maxWait  time.Duration    // approvals long poll; default 300 ms
+	clock    func() time.Time // the daemon's clock; default time.Now
+}
+
+func launchCollateralDaemon(t *testing.T, o collateralLaunch) *collateralEnv {
+	t.Helper()
+	editCore, prev, stateDir := o.editCore, o.prev, o.stateDir
+	if o.policy == "" {
+		o.policy = collateralPolicy
+	}
+	if o.maxWait == 0 {
+		o.maxWait = 300 * time.Millisecond
+	}
 	e := &collateralEnv{}
 	if prev != nil {
 		e.core, e.sim, e.chain = prev.core, prev.sim, prev.chain
@@ -139,18 +161,21 @@ func restartCollateralDaemon(t *testing.T, editCore func(*corefake.Core), prev *
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.testDaemon = launchDaemon(t, []byte(collateralPolicy), 300*time.Millisecond, func(c *config.Config) {
+	e.testDaemon = launchDaemon(t, []byte(o.policy), o.maxWait, func(c *config.Config) {
 		c.Protocol = config.Protocol{Network: "eip155:1337", EIP712Name: "4mica", EIP712Version: "1", ChainID: simChainID}
 		c.Core = config.Core{URL: e.core.URL(), SIWEDomain: "core.test", ReceiptTimeout: 10 * time.Second}
 		if stateDir != "" {
 			c.StateDir = stateDir
 		}
-	}, func(o *server.Options) {
+	}, func(so *server.Options) {
+		if o.clock != nil {
+			so.Clock = o.clock
+		}
 		if prev != nil {
-			o.CoreChain, o.CoreReceiptPoll = e.chain, 10*time.Millisecond
+			so.CoreChain, so.CoreReceiptPoll = e.chain, 10*time.Millisecond
 			return
 		}
-		keys, err := o.Backend.List(context.Background())
+		keys, err := so.Backend.List(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -161,7 +186,7 @@ func restartCollateralDaemon(t *testing.T, editCore func(*corefake.Core), prev *
 		e.sim = simulated.NewBackend(alloc)
 		t.Cleanup(func() { _ = e.sim.Close() })
 		e.chain = &countingChain{Chain: e.sim.Client(), hashes: map[common.Hash]bool{}}
-		o.CoreChain, o.CoreReceiptPoll = e.chain, 10*time.Millisecond
+		so.CoreChain, so.CoreReceiptPoll = e.chain, 10*time.Millisecond
 	})
 	if prev != nil {
 		return e // prev mines
