@@ -145,21 +145,16 @@ func startSimChain(t *testing.T, funded common.Address) *simChain {
 		nc.HTTPVirtualHosts = []string{"*"}
 	})
 	c := &simChain{sim: sim, url: fmt.Sprintf("http://127.0.0.1:%d", port)}
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
+	var stopped atomic.Bool
+	done := make(chan struct{})
+	go func() { // a block every 20 ms
 		defer close(done)
-		tk := time.NewTicker(20 * time.Millisecond)
-		defer tk.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tk.C:
-				sim.Commit()
-			}
+		for !stopped.Load() {
+			time.Sleep(20 * time.Millisecond)
+			sim.Commit()
 		}
 	}()
-	t.Cleanup(func() { close(stop); <-done; _ = sim.Close() })
+	t.Cleanup(func() { stopped.Store(true); <-done; _ = sim.Close() })
 	eth, err := ethclient.Dial(c.url)
 	if err != nil {
 		t.Fatal(err)
@@ -315,74 +310,73 @@ func TestCollateralCrashSafety(t *testing.T) {
 		codes    = map[string]int{}
 	)
 	const iterations, workers = 8, 4
+	var stop atomic.Bool
+	// agent w of iteration it sends deposits until stop.
+	agent := func(it, w int) {
+		c := e.agentClient()
+		defer c.close()
+		r := mrand.New(mrand.NewPCG(uint64(it), uint64(w)))
+		var again *depositReq // a request answered broadcast_failed: the agent sends it again
+		for !stop.Load() {
+			var d depositReq
+			mu.Lock()
+			switch p := r.IntN(10); {
+			case again != nil:
+				d, again = *again, nil
+			case p < 2 && len(tried) > 0: // an agent retry
+				d = tried[r.IntN(len(tried))]
+			case p < 3 && len(tried) > 0: // same request_id, another amount
+				d = tried[r.IntN(len(tried))]
+				d.amount = d.amount%1000 + 1
+			default:
+				d = depositReq{id: fmt.Sprintf("dep-%d-%d-%s", it, w, randHex(4)), amount: int64(r.IntN(900) + 1)}
+				tried = append(tried, d)
+			}
+			mu.Unlock()
+			st, a, ae, err := postCollateral(c, d.body(r.IntN(25) == 0))
+			if err != nil || st != 200 {
+				if err != nil && stop.Load() {
+					return
+				}
+				if err != nil {
+					time.Sleep(2 * time.Millisecond) // the daemon is down until the test restarts it
+				}
+				if ae.Code == "broadcast_failed" {
+					again = &d
+				}
+				mu.Lock()
+				if err != nil {
+					codes["transport error"]++
+				} else {
+					codes[fmt.Sprintf("%d %s", st, ae.Code)]++
+				}
+				mu.Unlock()
+				continue
+			}
+			if a.Status == "dropped" {
+				t.Errorf("request_id %s answered dropped (no other client uses the wallet): %+v", d.id, a)
+				return
+			}
+			mu.Lock()
+			answers++
+			if prev, ok := received[d.id]; ok && strings.Join(prev, ",") != strings.Join(a.TxHashes, ",") {
+				mu.Unlock()
+				t.Errorf("request_id %s answered %v, earlier %v", d.id, a.TxHashes, prev)
+				return
+			}
+			received[d.id] = a.TxHashes
+			mu.Unlock()
+		}
+	}
 	for it := 0; it < iterations; it++ {
 		e.start()
-		var stop atomic.Bool
-		var wg sync.WaitGroup
-		for w := 0; w < workers; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				c := e.agentClient()
-				defer c.close()
-				r := mrand.New(mrand.NewPCG(uint64(it), uint64(w)))
-				var again *depositReq // a request answered broadcast_failed: the agent sends it again
-				for !stop.Load() {
-					var d depositReq
-					mu.Lock()
-					switch p := r.IntN(10); {
-					case again != nil:
-						d, again = *again, nil
-					case p < 2 && len(tried) > 0: // an agent retry
-						d = tried[r.IntN(len(tried))]
-					case p < 3 && len(tried) > 0: // same request_id, another amount
-						d = tried[r.IntN(len(tried))]
-						d.amount = d.amount%1000 + 1
-					default:
-						d = depositReq{id: fmt.Sprintf("dep-%d-%d-%s", it, w, randHex(4)), amount: int64(r.IntN(900) + 1)}
-						tried = append(tried, d)
-					}
-					mu.Unlock()
-					st, a, ae, err := postCollateral(c, d.body(r.IntN(25) == 0))
-					if err != nil || st != 200 {
-						if err != nil && stop.Load() {
-							return
-						}
-						if err != nil {
-							time.Sleep(2 * time.Millisecond) // the daemon is down until the test restarts it
-						}
-						if ae.Code == "broadcast_failed" {
-							again = &d
-						}
-						mu.Lock()
-						if err != nil {
-							codes["transport error"]++
-						} else {
-							codes[fmt.Sprintf("%d %s", st, ae.Code)]++
-						}
-						mu.Unlock()
-						continue
-					}
-					if a.Status == "dropped" {
-						t.Errorf("request_id %s answered dropped (no other client uses the wallet): %+v", d.id, a)
-						return
-					}
-					mu.Lock()
-					answers++
-					if prev, ok := received[d.id]; ok && strings.Join(prev, ",") != strings.Join(a.TxHashes, ",") {
-						mu.Unlock()
-						t.Errorf("request_id %s answered %v, earlier %v", d.id, a.TxHashes, prev)
-						return
-					}
-					received[d.id] = a.TxHashes
-					mu.Unlock()
-				}
-			}()
-		}
+		stop.Store(false)
+		agents := make(chan struct{})
+		go func() { defer close(agents); parallel(workers, func(w int) { agent(it, w) }) }()
 		time.Sleep(time.Duration(150+rng.IntN(600)) * time.Millisecond)
 		e.kill()
 		stop.Store(true)
-		wg.Wait()
+		<-agents
 		if t.Failed() {
 			return
 		}
@@ -439,21 +433,18 @@ func checkCollateralCrash(t *testing.T, e *env, chain *simChain, wallet common.A
 	if spent > collateralBudgetLimit {
 		t.Fatalf("iteration %d: deposits signed for %d > budget %d", it, spent, collateralBudgetLimit)
 	}
-	out, _, code := e.ctl("ledger", "spend", "--json")
-	if code != 0 {
-		t.Fatalf("ledger spend: %s", out)
+	// The budget's own counters, through the admin API.
+	st, raw, err := e.adminClient().call("GET", "/v1/admin/ledger/spend", nil)
+	var windows struct {
+		Spend []map[string]any `json:"spend"`
 	}
-	var sp struct {
-		Spend []struct {
-			Key  string          `json:"key"`
-			Used json.RawMessage `json:"used"`
-		} `json:"spend"`
+	if err != nil || st != 200 || json.Unmarshal(raw, &windows) != nil {
+		t.Fatalf("iteration %d: spend: %d %v %s", it, st, err, raw)
 	}
-	json.Unmarshal([]byte(out), &sp)
-	for _, s := range sp.Spend {
-		if strings.HasPrefix(s.Key, "deposits-daily|") {
-			if u := amountOf(strings.Trim(string(s.Used), `"`)); u.Cmp(big.NewInt(collateralBudgetLimit)) > 0 {
-				t.Fatalf("iteration %d: budget window %s used %s > %d", it, s.Key, u, collateralBudgetLimit)
+	for _, w := range windows.Spend {
+		if key, _ := w["key"].(string); strings.HasPrefix(key, "deposits-daily|") {
+			if used := amountOf(fmt.Sprint(w["used"])); used.Cmp(big.NewInt(collateralBudgetLimit)) > 0 {
+				t.Fatalf("iteration %d: budget window %s used %s > %d", it, key, used, collateralBudgetLimit)
 			}
 		}
 	}
