@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -39,6 +40,9 @@ const (
 	// CodePendingBroadcast: the wallet has a signed transaction whose broadcast is not
 	// confirmed; a new transaction would take its nonce. Retry the named request_id first.
 	CodePendingBroadcast = "pending_broadcast"
+	// CodePolicyChanged: a retry would sign a transaction decided under another policy (a
+	// reload since): the unsigned part of the request is released; use a new request_id.
+	CodePolicyChanged = "policy_changed"
 )
 
 // Codes of the broadcast audit records (audit.KindBroadcast).
@@ -151,6 +155,57 @@ type collateralClaims struct {
 	Count   int                `json:"count"`
 	Kind    string             `json:"kind"`
 	Tx      string             `json:"tx"` // 0x RLP (typed envelope) of the unsigned transaction
+	// Calls (first record only, v 2) are every call of the request as decided: the later
+	// transactions are built from them, never from a new Core read.
+	Calls []storedCall `json:"calls,omitempty"`
+}
+
+// claimsVersion is the version of collateralClaims written now (v 2: the first record
+// carries the request's calls).
+const claimsVersion = 2
+
+// storedCall is a coreclient.Call as recorded at decision time.
+type storedCall struct {
+	Kind      string         `json:"kind"`
+	To        common.Address `json:"to"`
+	Value     *hexutil.Big   `json:"value"`
+	Data      hexutil.Bytes  `json:"data"`
+	Asset     common.Address `json:"asset"`
+	Amount    fourmica.U256  `json:"amount"`
+	TabID     fourmica.U256  `json:"tab_id"`
+	ReqID     fourmica.U256  `json:"req_id"`
+	Recipient common.Address `json:"recipient"`
+}
+
+func storeCalls(calls []coreclient.Call) []storedCall {
+	out := make([]storedCall, len(calls))
+	for i, c := range calls {
+		v := c.Value
+		if v == nil {
+			v = new(big.Int)
+		}
+		out[i] = storedCall{Kind: string(c.Kind), To: c.To, Value: (*hexutil.Big)(new(big.Int).Set(v)), Data: append(hexutil.Bytes(nil), c.Data...),
+			Asset: c.Asset, Amount: c.Amount, TabID: c.TabID, ReqID: c.ReqID, Recipient: c.Recipient}
+	}
+	return out
+}
+
+func loadCalls(sc []storedCall) []coreclient.Call {
+	out := make([]coreclient.Call, len(sc))
+	for i, c := range sc {
+		v := new(big.Int)
+		if c.Value != nil {
+			v.Set(c.Value.ToInt())
+		}
+		out[i] = coreclient.Call{Kind: coreclient.CallKind(c.Kind), To: c.To, Value: v, Data: append([]byte(nil), c.Data...),
+			Asset: c.Asset, Amount: c.Amount, TabID: c.TabID, ReqID: c.ReqID, Recipient: c.Recipient}
+	}
+	return out
+}
+
+// sameTx reports whether the unsigned transaction tx carries call (destination, value, data).
+func sameTx(tx *types.Transaction, call coreclient.Call) bool {
+	return tx.To() != nil && *tx.To() == call.To && tx.Value().Cmp(call.Value) == 0 && bytes.Equal(tx.Data(), call.Data)
 }
 
 // CollateralTabID is the ledger tab key of a request id: uint256(keccak256("signerd/collateral/v1:"
@@ -233,6 +288,28 @@ func (r *CollateralRequest) identity(wallet common.Address) collateralIdentity {
 	return id
 }
 
+// walletAllowed reports whether the policy lets agent use wallet, as the policy engine decides
+// it for a guarantee (policyengine Evaluate, step 3): a wallet the agent lists, or any wallet
+// for an agent declared with `wallets: any` and no wallet list. A policy that cannot say
+// whether an agent has `wallets: any` allows only the listed wallets (fail closed).
+func walletAllowed(pol Policy, agent string, wallet common.Address) bool {
+	if wallet == (common.Address{}) {
+		return false
+	}
+	ws := pol.Wallets(agent)
+	for _, w := range ws {
+		if w == wallet {
+			return true
+		}
+	}
+	if len(ws) == 0 {
+		if aw, ok := pol.(interface{ AnyWallet(agent string) bool }); ok && aw.AnyWallet(agent) {
+			return true
+		}
+	}
+	return false
+}
+
 // walletLocks serialise the collateral requests of one wallet in one pipeline: a transaction's
 // nonce is the wallet's pending nonce, and two requests building at once would take the same.
 var walletLocks sync.Map // lockKey → chan struct{} (capacity 1)
@@ -267,6 +344,9 @@ func parseStored(rec *ledger.PaymentRecord) (*storedTx, error) {
 	}
 	if err := json.Unmarshal(rec.Claims, &st.claims); err != nil {
 		return nil, fmt.Errorf("record %d: claims: %w", rec.ID, err)
+	}
+	if st.claims.V != 1 && st.claims.V != claimsVersion {
+		return nil, fmt.Errorf("record %d: claims version %d", rec.ID, st.claims.V)
 	}
 	raw, err := hexutil.Decode(st.claims.Tx)
 	if err != nil {
@@ -323,6 +403,18 @@ func (p *Pipeline) collateral(ctx context.Context, a *Admission, req *Collateral
 		}
 		wallet = ws[0]
 	}
+	if !walletAllowed(pol, a.Agent, wallet) {
+		// Before the ledger, Core or the chain is asked anything about this wallet: a Core read
+		// logs in with a SIWE message signed by the wallet's key, and a retry would resume
+		// another agent's request.
+		reason := "agent " + a.Agent + " may not use wallet " + hexAddr(wallet)
+		phash := pol.Hash()
+		p.auditAsync(ctx, audit.Event{Kind: audit.KindDecision, Principal: a.Principal(), Agent: a.Agent, Wallet: hexAddr(wallet),
+			PolicyHash: phash[:], Scheme: SchemeTx, Decision: "deny", Code: policyengine.CodeWalletNotAllowed,
+			Rule: "agents." + a.Agent + ".wallets", Reason: reason,
+			Attrs: map[string]string{"action": req.Action.String(), "request_id": req.RequestID}})
+		return nil, denied(http.StatusForbidden, policyengine.CodeWalletNotAllowed, "agents."+a.Agent+".wallets", reason)
+	}
 	id := req.identity(wallet)
 	idJSON, _ := json.Marshal(id)
 	idHash := sha256.Sum256(idJSON)
@@ -352,6 +444,16 @@ func (p *Pipeline) collateral(ctx context.Context, a *Admission, req *Collateral
 		if perr != nil {
 			return nil, fault(http.StatusInternalServerError, CodeInternal, "a stored collateral record is unreadable", perr)
 		}
+		if rec.Agent != a.Agent {
+			// Another agent's request on a shared wallet: its transactions and its reservation
+			// are not this caller's to see or resume (the request_id is taken on this wallet).
+			ev := base
+			ev.Decision, ev.Code, ev.RecordID = "deny", CodeReplayConflict, uint64(rec.ID)
+			ev.Reason = "request_id " + req.RequestID + " was used on this wallet by another agent"
+			p.auditAsync(ctx, ev)
+			return nil, &Error{Kind: Conflict, Status: http.StatusConflict, Code: CodeReplayConflict,
+				Reason: "request_id " + req.RequestID + " was already used on this wallet by another agent; choose another request_id"}
+		}
 		if st.claims.Request != id {
 			return nil, &Error{Kind: Conflict, Status: http.StatusConflict, Code: CodeReplayConflict, RecordID: uint64(rec.ID),
 				Reason: "request_id " + req.RequestID + " was already used for a different request"}
@@ -365,6 +467,24 @@ func (p *Pipeline) collateral(ctx context.Context, a *Admission, req *Collateral
 			return nil, fault(http.StatusInternalServerError, CodeInternal, "stored collateral records are inconsistent", fmt.Errorf("record %d: index %d of %d", rec.ID, st.claims.Index, st.claims.Count))
 		}
 		prior = append(prior, st)
+	}
+	if len(prior) > 0 {
+		first := prior[0]
+		if first.claims.Calls != nil {
+			// The recorded calls must be the ones the recorded transactions carry.
+			calls := loadCalls(first.claims.Calls)
+			ok := len(calls) == first.claims.Count
+			for i, st := range prior {
+				ok = ok && sameTx(st.tx, calls[i]) && string(calls[i].Kind) == st.claims.Kind
+			}
+			if !ok {
+				return nil, fault(http.StatusInternalServerError, CodeInternal, "stored collateral records are inconsistent",
+					fmt.Errorf("record %d: stored calls do not match the stored transactions", first.rec.ID))
+			}
+		}
+		if e := p.policyChanged(ctx, prior, phash, base); e != nil {
+			return nil, e
+		}
 	}
 
 	res = &CollateralResult{Action: req.Action, Wallet: wallet, Amount: req.Amount, Status: "sent"}
@@ -481,12 +601,15 @@ func (p *Pipeline) collateral(ctx context.Context, a *Admission, req *Collateral
 		} else {
 			if calls == nil {
 				// A retry that stopped between the two transactions: the decision was made (and
-				// charged) with the first one; build the rest.
-				if calls, err = ch.Calls(ctx, wallet, req); err != nil {
-					return res, CoreError(err)
+				// charged) with the first one, on the calls recorded with it; the rest is built
+				// from those calls, never from a new Core read.
+				if prior[0].claims.Calls == nil {
+					return res, &Error{Kind: Conflict, Status: http.StatusConflict, Code: CodeReplayConflict, RecordID: uint64(prior[0].rec.ID),
+						Reason: "request_id " + req.RequestID + " was recorded without its call list (older signerd); send it again with a new request_id"}
 				}
+				calls = loadCalls(prior[0].claims.Calls)
 				if len(calls) != count {
-					return res, fault(http.StatusBadGateway, CodeCoreRefused, "the request now needs another number of transactions", fmt.Errorf("%d calls, recorded %d", len(calls), count))
+					return res, fault(http.StatusInternalServerError, CodeInternal, "stored collateral records are inconsistent", fmt.Errorf("%d calls, recorded %d", len(calls), count))
 				}
 			}
 			if i > 0 {
@@ -507,7 +630,14 @@ func (p *Pipeline) collateral(ctx context.Context, a *Admission, req *Collateral
 				return res, fault(http.StatusInternalServerError, CodeInternal, "internal error", merr)
 			}
 			kind = string(calls[i].Kind)
-			claims, _ = json.Marshal(collateralClaims{V: 1, Request: id, Index: i, Count: count, Kind: kind, Tx: hexutil.Encode(raw)})
+			if !sameTx(prep.Tx, calls[i]) {
+				return res, fault(http.StatusInternalServerError, CodeInternal, "internal error", fmt.Errorf("prepared transaction %d is not the decided call", i))
+			}
+			cc := collateralClaims{V: claimsVersion, Request: id, Index: i, Count: count, Kind: kind, Tx: hexutil.Encode(raw)}
+			if i == 0 {
+				cc.Calls = storeCalls(calls)
+			}
+			claims, _ = json.Marshal(cc)
 			utx, digest = prep.Tx, prep.Hash
 		}
 		resv := ledger.Reservation{
@@ -588,6 +718,42 @@ func (p *Pipeline) collateral(ctx context.Context, a *Admission, req *Collateral
 		}
 	}
 	return res, nil
+}
+
+// policyChanged refuses a retry that would sign or build a transaction decided under another
+// policy than the one in force (a reload since the first attempt): the unsigned records of the
+// request are released (their charges with them), the denial is audited, and the agent is told
+// to use a new request_id, which the current policy decides afresh. Signed records are not
+// affected: their signature exists and they are only broadcast again.
+func (p *Pipeline) policyChanged(ctx context.Context, prior []*storedTx, phash [32]byte, base audit.Event) *Error {
+	decided := prior[0].rec.PolicyHash
+	stale := false
+	for _, st := range prior {
+		if st.rec.Status != ledger.StatusSigned && !bytes.Equal(st.rec.PolicyHash, phash[:]) {
+			stale = true
+		}
+	}
+	if !stale && prior[0].claims.Count > len(prior) && !bytes.Equal(decided, phash[:]) {
+		stale = true // the rest of the request would be built under the old decision
+	}
+	if !stale {
+		return nil
+	}
+	const reason = "policy changed since this request was reserved; use a new request_id"
+	var released []string
+	for _, st := range prior {
+		if st.rec.Status == ledger.StatusReserved {
+			p.release(st.rec.ID, CodePolicyChanged, reason)
+			released = append(released, fmt.Sprint(uint64(st.rec.ID)))
+		}
+	}
+	ev := base
+	ev.Decision, ev.Code, ev.Reason = "deny", CodePolicyChanged, reason
+	ev.RecordID = uint64(prior[0].rec.ID)
+	ev.Attrs = map[string]string{"action": base.Attrs["action"], "request_id": base.Attrs["request_id"],
+		"decided_policy": hexutil.Encode(decided), "released": strings.Join(released, ",")}
+	p.auditAsync(ctx, ev)
+	return denied(http.StatusForbidden, CodePolicyChanged, "", reason)
 }
 
 // state returns the ledger's state store; a ledger without one cannot track broadcasts, so

@@ -5,8 +5,8 @@ import (
 	"context"
 	"errors"
 	"math/big"
-	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -201,15 +201,6 @@ func rvPayTab(id string, amount int64) *pipeline.CollateralRequest {
 		ReqID: big.NewInt(3), RequestID: id, WaitTimeout: time.Second}
 }
 
-// skipFinding skips a test that shows an open finding of the review (it fails until the fix
-// in the report is made); SIGNERD_REVIEW_FINDINGS=1 runs it.
-func skipFinding(t *testing.T, msg string) {
-	t.Helper()
-	if os.Getenv("SIGNERD_REVIEW_FINDINGS") != "1" {
-		t.Skip(msg)
-	}
-}
-
 // payTabRecipient decodes the recipient (4th word) of a payTabInERC20Token calldata.
 func payTabRecipient(t *testing.T, data []byte) common.Address {
 	t.Helper()
@@ -353,7 +344,7 @@ func (c *failingBroadcast) Broadcast(ctx context.Context, w common.Address, tx *
 // wallet_not_allowed before Core or the chain is asked anything: for pay_tab, Calls reads the
 // tab from Core, which logs in with a SIWE message signed by that wallet's HSM key.
 func TestReviewForeignWalletDeniedBeforeCore(t *testing.T) {
-	skipFinding(t, "finding 1: pipeline.Collateral calls ch.Calls (Core read + SIWE login signed by the wallet's key for pay_tab) before the policy checks the wallet")
+
 	f := newRVFixture(t)
 	ctx := context.Background()
 	ch := &reviewChain{recipients: []common.Address{rvRecipient}}
@@ -375,7 +366,7 @@ func TestReviewForeignWalletDeniedBeforeCore(t *testing.T) {
 // (same request_id and fields, wallet a) resumes it: it gets a's transaction hashes, and a
 // reservation a left unsigned (commit failure) is signed and broadcast on b's request.
 func TestReviewRetryByAnotherAgent(t *testing.T) {
-	skipFinding(t, "finding 2: a retry (records found for wallet+request_id) never checks that the caller may use the wallet (or is the agent that reserved it)")
+
 	f := newRVFixture(t)
 	ctx := context.Background()
 	ch := &reviewChain{}
@@ -397,11 +388,52 @@ func TestReviewRetryByAnotherAgent(t *testing.T) {
 	}
 }
 
+// Finding 2 on a shared wallet: agent c may use wallet a too, but a request_id agent a used on
+// that wallet is not c's to resume or to see: 409 replay_conflict, nothing signed or sent.
+func TestReviewRetryByAnotherAgentSharedWallet(t *testing.T) {
+	f := newRVFixture(t)
+	ctx := context.Background()
+	src := strings.Replace(rvPolicyTmpl, "rules:", "  c: {callers: [{uid: 1002}], wallets: [\""+f.wa.Hex()+"\"]}\nrules:", 1)
+	src = strings.ReplaceAll(src, "WALLET_A", f.wa.Hex())
+	src = strings.ReplaceAll(src, "WALLET_B", f.wb.Hex())
+	src = strings.Replace(src, "agents: [a, b], networks", "agents: [a, b, c], networks", 1)
+	pol, err := policyengine.Compile(map[string][]byte{"p.yaml": []byte(src)}, policyengine.CompileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.p.SetPolicy(pol)
+	admA, _ := f.p.Admit(policyengine.Caller{UID: 1000})
+	admC, err := f.p.Admit(policyengine.Caller{UID: 1002})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := &reviewChain{}
+	f.l.commitErr = errors.New("disk full")
+	if _, err := f.p.Collateral(ctx, admA, depositReq("sw-1", common.Address{}, 10), ch); pipeline.AsError(err).Code != pipeline.CodeStoreUnavailable {
+		t.Fatalf("commit failure: %v", err)
+	}
+	f.l.commitErr = nil
+	sigs := f.signatures()
+	req := depositReq("sw-1", common.Address{}, 10)
+	req.Wallet = &f.wa
+	res, err := f.p.Collateral(ctx, admC, req, ch)
+	if e := pipeline.AsError(err); err == nil || e.Code != pipeline.CodeReplayConflict || e.Status != 409 || e.RecordID != 0 {
+		t.Fatalf("agent c resumed agent a's reservation: %+v %+v", res, e)
+	}
+	if f.signatures() != sigs || ch.distinct() != 0 {
+		t.Fatalf("agent c's request signed %d and sent %d transactions", f.signatures()-sigs, ch.distinct())
+	}
+	// Agent a itself resumes it.
+	if res, err := f.p.Collateral(ctx, admA, depositReq("sw-1", common.Address{}, 10), ch); err != nil || len(res.TxHashes) != 1 {
+		t.Fatalf("agent a's own retry: %+v %v", res, err)
+	}
+}
+
 // Finding 3: the policy is replaced (reload) between a failed commit and the retry; the new
 // policy no longer allows agent a's deposit. The retry signs the reserved transaction anyway:
 // nothing re-checks a reservation made under another policy hash before signing it.
 func TestReviewRetryAfterPolicyReload(t *testing.T) {
-	skipFinding(t, "finding 3: a reserved, unsigned collateral record is signed on retry under a policy that now denies it")
+
 	f := newRVFixture(t)
 	ctx := context.Background()
 	ch := &reviewChain{}
@@ -421,13 +453,26 @@ func TestReviewRetryAfterPolicyReload(t *testing.T) {
 	if err == nil || f.signatures() != sigs || ch.distinct() != 0 {
 		t.Fatalf("retry under a policy that denies: err %v, %d new signatures, %d sent", err, f.signatures()-sigs, ch.distinct())
 	}
+	e := pipeline.AsError(err)
+	if e.Kind != pipeline.Denied || e.Code != pipeline.CodePolicyChanged || e.Reason != "policy changed since this request was reserved; use a new request_id" {
+		t.Fatalf("retry under a reloaded policy: %+v", e)
+	}
+	recs, _ := f.l.ByTab(f.wa, pipeline.CollateralTabID("pr-1"))
+	if len(recs) != 1 || recs[0].Status != ledger.StatusReleased || recs[0].Code != pipeline.CodePolicyChanged {
+		t.Fatalf("the stale reservation is not released: %+v", recs)
+	}
+	// The same request_id again: released, so a new request_id is needed (nothing signed).
+	_, err = f.p.Collateral(ctx, adm, depositReq("pr-1", common.Address{}, 10), ch)
+	if e := pipeline.AsError(err); e.Code != pipeline.CodeReplayConflict || f.signatures() != sigs {
+		t.Fatalf("retry after the release: %+v", e)
+	}
 }
 
 // Finding 4: the second transaction of an ERC-20 pay_tab (approve, then payTabInERC20Token) is
 // built on retry from a new read of the tab, without the policy: if Core now names another
 // recipient, the payment goes to a recipient the policy never allowed.
 func TestReviewPayTabSecondTxRecipientPinned(t *testing.T) {
-	skipFinding(t, "finding 4: on retry the remaining transactions are rebuilt from a fresh Core read (ch.Calls) and only their count is compared")
+
 	f := newRVFixture(t)
 	ctx := context.Background()
 	ch := &reviewChain{recipients: []common.Address{rvRecipient, rvAttacker}}
@@ -436,11 +481,19 @@ func TestReviewPayTabSecondTxRecipientPinned(t *testing.T) {
 	if e := pipeline.AsError(err); e.Code != pipeline.CodeChainError || res == nil || len(res.TxHashes) != 1 {
 		t.Fatalf("second prepare fails: %+v %+v", e, res)
 	}
-	_, _ = f.p.Collateral(ctx, f.admA, rvPayTab("p2-1", 5_000_000), ch)
+	reads := ch.tabReads
+	res, err = f.p.Collateral(ctx, f.admA, rvPayTab("p2-1", 5_000_000), ch)
 	for _, tx := range ch.sent {
 		if len(tx.Data()) == 4+4*32 && payTabRecipient(t, tx.Data()) != rvRecipient {
 			t.Fatalf("payTabInERC20Token sent to %s, the policy allowed only %s", payTabRecipient(t, tx.Data()).Hex(), rvRecipient.Hex())
 		}
+	}
+	// The retry completes the request with the recorded calls, without reading the tab again.
+	if err != nil || !res.Replayed || len(res.TxHashes) != 2 || ch.tabReads != reads {
+		t.Fatalf("retry: %+v %v (%d new tab reads)", res, err, ch.tabReads-reads)
+	}
+	if last := ch.sent[len(ch.sent)-1]; payTabRecipient(t, last.Data()) != rvRecipient {
+		t.Fatalf("payTabInERC20Token not sent on retry")
 	}
 }
 
@@ -463,7 +516,6 @@ func (c *nonceTooLowChain) Wait(ctx context.Context, _ common.Address, _ common.
 // known" (the same hash) means the transaction got through; "nonce too low" needs the receipt.
 // Either an error or a status saying the transaction was dropped is acceptable.
 func TestReviewNonceTooLowIsNotSent(t *testing.T) {
-	skipFinding(t, "finding 9: signAndBroadcast treats 'nonce too low' as already broadcast without asking the chain for the transaction")
 	f := newRVFixture(t)
 	ch := &nonceTooLowChain{}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
