@@ -64,7 +64,8 @@ type Core struct {
 	// RPCURL is the Ethereum JSON-RPC endpoint for transactions and views (default: Core's
 	// public params ethereum_http_rpc_url).
 	RPCURL string `yaml:"rpc_url"`
-	// Contract pins the Core4Mica address; Core's public params must name the same one.
+	// Contract pins the Core4Mica address (required with url); Core's public params must name
+	// the same one. Deposits, approvals and ERC-20 tab payments go to it.
 	Contract string `yaml:"contract"`
 	// MaxFeePerGasWei refuses a transaction whose fee cap would exceed it (decimal wei).
 	MaxFeePerGasWei string `yaml:"max_fee_per_gas_wei"`
@@ -123,6 +124,9 @@ func (c Core) validate(bad func(string, ...any)) {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
 			bad("core.rpc_url: want an absolute http(s) or ws(s) URL")
 		}
+	}
+	if c.Contract == "" {
+		bad("core.contract is required with core.url (the Core4Mica address deposits, approvals and tab payments go to; Core's public params must name the same)")
 	}
 	if c.Contract != "" && (!common.IsHexAddress(c.Contract) || !strings.HasPrefix(c.Contract, "0x") || common.HexToAddress(c.Contract) == (common.Address{})) {
 		bad("core.contract %q: want a non-zero 0x-prefixed 20-byte hex address", c.Contract)

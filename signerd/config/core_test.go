@@ -26,19 +26,20 @@ func TestCoreSection(t *testing.T) {
 
 func TestCoreSectionRejects(t *testing.T) {
 	for name, tc := range map[string]struct{ yaml, want string }{
-		"no siwe domain":     {`core: {url: "https://core.example"}`, "core.siwe_domain is required"},
-		"siwe domain URL":    {`core: {url: "https://core.example", siwe_domain: "https://core.example/"}`, "core.siwe_domain"},
-		"url not http":       {`core: {url: "ftp://core.example", siwe_domain: core.example}`, "core.url"},
-		"url relative":       {`core: {url: "core.example", siwe_domain: core.example}`, "core.url"},
-		"url credentials":    {`core: {url: "https://u:p@core.example", siwe_domain: core.example}`, "core.url"},
-		"rpc url":            {`core: {url: "https://core.example", siwe_domain: core.example, rpc_url: "localhost:8545"}`, "core.rpc_url"},
+		"no siwe domain":     {`core: {url: "https://core.example", contract: "0x1111111111111111111111111111111111111111"}`, "core.siwe_domain is required"},
+		"siwe domain URL":    {`core: {url: "https://core.example", contract: "0x1111111111111111111111111111111111111111", siwe_domain: "https://core.example/"}`, "core.siwe_domain"},
+		"url not http":       {`core: {url: "ftp://core.example", siwe_domain: core.example, contract: "0x1111111111111111111111111111111111111111"}`, "core.url"},
+		"url relative":       {`core: {url: "core.example", siwe_domain: core.example, contract: "0x1111111111111111111111111111111111111111"}`, "core.url"},
+		"url credentials":    {`core: {url: "https://u:p@core.example", siwe_domain: core.example, contract: "0x1111111111111111111111111111111111111111"}`, "core.url"},
+		"rpc url":            {`core: {url: "https://core.example", siwe_domain: core.example, contract: "0x1111111111111111111111111111111111111111", rpc_url: "localhost:8545"}`, "core.rpc_url"},
 		"contract":           {`core: {url: "https://core.example", siwe_domain: core.example, contract: "0x12"}`, "core.contract"},
 		"contract zero":      {`core: {url: "https://core.example", siwe_domain: core.example, contract: "0x0000000000000000000000000000000000000000"}`, "core.contract"},
-		"fee cap":            {`core: {url: "https://core.example", siwe_domain: core.example, max_fee_per_gas_wei: "1.5"}`, "core.max_fee_per_gas_wei"},
-		"fee cap zero":       {`core: {url: "https://core.example", siwe_domain: core.example, max_fee_per_gas_wei: "0"}`, "core.max_fee_per_gas_wei"},
-		"negative timeout":   {`core: {url: "https://core.example", siwe_domain: core.example, receipt_timeout: -1s}`, "core.receipt_timeout"},
+		"fee cap":            {`core: {url: "https://core.example", siwe_domain: core.example, contract: "0x1111111111111111111111111111111111111111", max_fee_per_gas_wei: "1.5"}`, "core.max_fee_per_gas_wei"},
+		"fee cap zero":       {`core: {url: "https://core.example", siwe_domain: core.example, contract: "0x1111111111111111111111111111111111111111", max_fee_per_gas_wei: "0"}`, "core.max_fee_per_gas_wei"},
+		"negative timeout":   {`core: {url: "https://core.example", siwe_domain: core.example, contract: "0x1111111111111111111111111111111111111111", receipt_timeout: -1s}`, "core.receipt_timeout"},
+		"no contract":        {`core: {url: "https://core.example", siwe_domain: core.example}`, "core.contract is required with core.url"},
 		"fields without url": {`core: {siwe_domain: core.example}`, "core: url is required"},
-		"unknown field":      {`core: {url: "https://core.example", siwe_domain: core.example, bogus: 1}`, "bogus"},
+		"unknown field":      {`core: {url: "https://core.example", siwe_domain: core.example, contract: "0x1111111111111111111111111111111111111111", bogus: 1}`, "bogus"},
 	} {
 		_, err := Parse([]byte(sample+tc.yaml+"\n"), "/x")
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -109,6 +111,9 @@ func (c *Client) loginLocked(ctx context.Context) error {
 	}
 	if c.opts.SIWEDomain != "" && !strings.EqualFold(t.Domain, c.opts.SIWEDomain) {
 		return &DomainMismatchError{Field: "siwe.domain", Core: sanitize(t.Domain), Want: c.opts.SIWEDomain}
+	}
+	if err := checkSIWEFields(t, c.now()); err != nil {
+		return err
 	}
 	msg, err := BuildSIWEMessage(t, addr, na.Nonce)
 	if err != nil {
@@ -241,4 +246,49 @@ func (c *Client) Logout(ctx context.Context) (bool, error) {
 	err := c.do(ctx, request{method: http.MethodPost, path: "/auth/logout", in: map[string]string{"refresh_token": c.tok.refresh}}, &out)
 	c.tok = nil
 	return out.Revoked, err
+}
+
+// SIWE bounds on the template fields Core alone chooses (checked before anything is signed).
+const (
+	siweMaxSkew     = 5 * time.Minute // |Issued At − client clock|
+	siweMaxLifetime = time.Hour       // Expiration Time at most this far ahead of the client clock
+)
+
+// checkSIWEFields refuses a SIWE template whose URI is on another host than its domain, whose
+// Issued At is more than siweMaxSkew from now, or whose Expiration Time is missing, not after
+// Issued At or more than siweMaxLifetime ahead: a login message is signed only for the
+// checked host and for a short time (ResponseError naming the field; nothing is signed).
+func checkSIWEFields(t SIWETemplate, now time.Time) error {
+	bad := func(format string, args ...any) error {
+		return &ResponseError{Op: "POST /auth/nonce", Reason: "siwe " + fmt.Sprintf(format, args...)}
+	}
+	u, err := url.Parse(t.URI)
+	if err != nil || u.Host == "" {
+		return bad("uri %q: not an absolute URI", sanitize(t.URI))
+	}
+	dh, dp := t.Domain, ""
+	if h, p, err := net.SplitHostPort(t.Domain); err == nil {
+		dh, dp = h, p
+	}
+	if !strings.EqualFold(u.Hostname(), dh) || (dp != "" && u.Port() != dp) {
+		return bad("uri %q: host is not the domain %q", sanitize(t.URI), sanitize(t.Domain))
+	}
+	issued, err := time.Parse(time.RFC3339Nano, t.IssuedAt)
+	if err != nil {
+		return bad("issuedAt %q: not an RFC 3339 time", sanitize(t.IssuedAt))
+	}
+	if d := issued.Sub(now); d > siweMaxSkew || d < -siweMaxSkew {
+		return bad("issuedAt %s is more than %s from this client's clock (%s)", issued.UTC().Format(time.RFC3339), siweMaxSkew, now.UTC().Format(time.RFC3339))
+	}
+	exp, err := time.Parse(time.RFC3339Nano, t.Expiration)
+	if err != nil {
+		return bad("expiration %q: missing or not an RFC 3339 time (a login message must expire)", sanitize(t.Expiration))
+	}
+	if !exp.After(issued) {
+		return bad("expiration %s is not after issuedAt %s", exp.UTC().Format(time.RFC3339), issued.UTC().Format(time.RFC3339))
+	}
+	if exp.Sub(now) > siweMaxLifetime {
+		return bad("expiration %s is more than %s ahead of this client's clock", exp.UTC().Format(time.RFC3339), siweMaxLifetime)
+	}
+	return nil
 }

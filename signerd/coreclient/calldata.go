@@ -177,12 +177,13 @@ func GetUserAllAssetsCalldata(user common.Address) []byte {
 
 // DepositCalls returns the transactions that deposit amount of asset as collateral (§5.5):
 // [deposit()] with value for ETH (asset zero), or [approve(Core4Mica, amount),
-// depositStablecoin(asset, amount)] for a stablecoin, to be sent in that order.
+// depositStablecoin(asset, amount)] for a stablecoin, to be sent in that order. The contract
+// is Options.Domain.Contract; without one it refuses (ErrNoContract) and asks Core nothing.
 func (c *Client) DepositCalls(ctx context.Context, asset common.Address, amount U256) ([]Call, error) {
 	if amount.IsZero() {
 		return nil, invalidArg("deposit amount is 0 (the contract reverts)")
 	}
-	contract, err := c.Contract(ctx)
+	contract, err := c.PinnedContract(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -198,10 +199,15 @@ func (c *Client) DepositCalls(ctx context.Context, asset common.Address, amount 
 // payTabInERC20Token(tabId, asset, amount, recipient)]. Core attributes a payment to the tab
 // only if its sender is the tab's user, its recipient the tab's recipient and its asset the
 // tab's asset (§5.5), so a tab whose user is not this wallet is refused (ErrInvalidArgument),
-// as is a tab Core does not know.
+// as is a tab Core does not know. Without Options.Domain.Contract it refuses (ErrNoContract)
+// before reading the tab.
 func (c *Client) PayTabCalls(ctx context.Context, tabID, reqID, amount U256) ([]Call, error) {
 	if amount.IsZero() {
 		return nil, invalidArg("payment amount is 0")
+	}
+	contract, err := c.PinnedContract(ctx)
+	if err != nil {
+		return nil, err
 	}
 	tab, err := c.Tab(ctx, tabID)
 	if err != nil {
@@ -218,10 +224,6 @@ func (c *Client) PayTabCalls(ctx context.Context, tabID, reqID, amount U256) ([]
 	}
 	if tab.AssetAddress == (common.Address{}) {
 		return []Call{PayTabETH(tab.RecipientAddress, tabID, reqID, amount)}, nil
-	}
-	contract, err := c.Contract(ctx)
-	if err != nil {
-		return nil, err
 	}
 	return []Call{ApproveERC20(tab.AssetAddress, contract, amount),
 		PayTabERC20(contract, tabID, tab.AssetAddress, amount, tab.RecipientAddress)}, nil

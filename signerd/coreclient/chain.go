@@ -61,6 +61,18 @@ type Prepared struct {
 	ChainID *big.Int
 }
 
+// DefaultMaxFeePerGas is the fee cap Prepare applies when Options.MaxFeePerGas is nil:
+// 200 gwei per gas (far above Base's and Ethereum's usual fees, far below what a hostile RPC's
+// fee suggestion could cost).
+func DefaultMaxFeePerGas() *big.Int { return big.NewInt(200_000_000_000) }
+
+func callKindName(k CallKind) string {
+	if k == "" {
+		return "generic"
+	}
+	return string(k)
+}
+
 // Prepare builds call as an unsigned EIP-1559 transaction (types.DynamicFeeTx) from the wallet
 // on the configured chain, failing closed before anything is signed:
 //
@@ -68,7 +80,8 @@ type Prepared struct {
 //  2. Options.Authorize, when set, must allow the call (ErrDenied);
 //  3. nonce = PendingNonceAt(wallet) (or *nonce when given); gas = EstimateGas +
 //     GasMarginPercent; tip = SuggestGasTipCap; fee cap = 2 × base fee of the latest header +
-//     tip (at most Options.MaxFeePerGas);
+//     tip (at most Options.MaxFeePerGas, default DefaultMaxFeePerGas); value only on
+//     deposit() and the ETH tab transfer (ErrInvalidArgument otherwise);
 //  4. the signing hash is types.LatestSignerForChainID(chainID).Hash(tx).
 //
 // Two Prepare calls for the same wallet take the same pending nonce until the first
@@ -85,6 +98,9 @@ func (c *Client) Prepare(ctx context.Context, call Call, nonce *uint64) (*Prepar
 	}
 	if call.To == (common.Address{}) {
 		return nil, invalidArg("no destination (contract creation and sends to address 0 are not supported)")
+	}
+	if call.Value.Sign() > 0 && call.Kind != KindDeposit && call.Kind != KindPayTabETH {
+		return nil, invalidArg("a %s call carries no ETH (only deposit() and the ETH tab transfer do)", callKindName(call.Kind))
 	}
 	ch, err := c.chain(ctx)
 	if err != nil {
@@ -120,8 +136,12 @@ func (c *Client) Prepare(ctx context.Context, call Call, nonce *uint64) (*Prepar
 		return nil, &ChainError{Op: "HeaderByNumber", Err: errors.New("latest header has no base fee (chain without EIP-1559)")}
 	}
 	feeCap := new(big.Int).Add(new(big.Int).Mul(head.BaseFee, big.NewInt(2)), tip)
-	if m := c.opts.MaxFeePerGas; m != nil && feeCap.Cmp(m) > 0 {
-		return nil, fmt.Errorf("%w: fee cap %s wei/gas above MaxFeePerGas %s", ErrDenied, feeCap, m)
+	m, which := c.opts.MaxFeePerGas, "MaxFeePerGas"
+	if m == nil {
+		m, which = DefaultMaxFeePerGas(), "the default cap (DefaultMaxFeePerGas)"
+	}
+	if feeCap.Cmp(m) > 0 {
+		return nil, fmt.Errorf("%w: fee cap %s wei/gas above %s %s", ErrDenied, feeCap, which, m)
 	}
 	chainID := new(big.Int).SetUint64(c.opts.Domain.ChainID)
 	tx := types.NewTx(&types.DynamicFeeTx{

@@ -29,10 +29,12 @@ type Signer interface {
 // Domain is what signerd is configured to sign for. Core's public params and SIWE template
 // must match it (§1.1, §5.1); otherwise the client refuses with ErrDomainMismatch.
 type Domain struct {
-	ChainID       uint64         // EIP-712 chainId = Core's chain_id = the chain of every transaction
-	EIP712Name    string         // e.g. "4mica" (case-sensitive, §1.1)
-	EIP712Version string         // e.g. "1"
-	Contract      common.Address // Core4Mica address; zero = take it from Core's public params
+	ChainID       uint64 // EIP-712 chainId = Core's chain_id = the chain of every transaction
+	EIP712Name    string // e.g. "4mica" (case-sensitive, §1.1)
+	EIP712Version string // e.g. "1"
+	// Contract pins the Core4Mica address. Deposits, approvals and ERC-20 tab payments need it
+	// (ErrNoContract without); views (Contract, UserAssets) fall back to Core's public params.
+	Contract common.Address
 }
 
 // Options configure a Client. BaseURL and Domain are required.
@@ -61,7 +63,8 @@ type Options struct {
 	RefreshMargin time.Duration
 	// GasMarginPercent is added to eth_estimateGas; default 20.
 	GasMarginPercent uint64
-	// MaxFeePerGas, when set, refuses a transaction whose fee cap would exceed it.
+	// MaxFeePerGas refuses a transaction whose fee cap would exceed it (ErrDenied); nil means
+	// DefaultMaxFeePerGas (there is always a cap: the RPC alone never decides the fee).
 	MaxFeePerGas *big.Int
 	// ReceiptPoll is the receipt polling interval of Wait; default 1 s.
 	ReceiptPoll time.Duration

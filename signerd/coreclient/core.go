@@ -99,6 +99,16 @@ func (c *Client) Contract(ctx context.Context) (common.Address, error) {
 	return p.ContractAddress, nil
 }
 
+// PinnedContract returns Options.Domain.Contract, the Core4Mica address every value- or
+// allowance-moving call goes to (Discover checks that Core's public params name the same);
+// without a pinned contract it refuses with ErrNoContract and asks Core nothing.
+func (c *Client) PinnedContract(context.Context) (common.Address, error) {
+	if c.opts.Domain.Contract == (common.Address{}) {
+		return common.Address{}, ErrNoContract
+	}
+	return c.opts.Domain.Contract, nil
+}
+
 // Tokens fetches the supported ERC-20 collateral tokens (GET /core/tokens, public, §5.2).
 func (c *Client) Tokens(ctx context.Context) (*Tokens, error) {
 	var t *Tokens

@@ -304,7 +304,9 @@ func TestRefreshBeforeExpiry(t *testing.T) {
 	user := wallet.Address()
 	f.Set(assetPath(user, usdc), `null`)
 	var mu sync.Mutex
-	now := time.Unix(1_800_000_000, 0)
+	// The client's clock starts at the fake Core's (real) time: a SIWE issuedAt more than 5 min
+	// away from the client's clock is refused (finding 8).
+	now := time.Now()
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
 	c := newClient(t, f, func(o *coreclient.Options) { o.Now = clock }) // margin min(60 s, 50 s) = 50 s

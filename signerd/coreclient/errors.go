@@ -33,6 +33,9 @@ var (
 	// ErrNoSigner / ErrNoChain: the operation needs Options.Signer / Options.Chain.
 	ErrNoSigner = errors.New("coreclient: no signer configured")
 	ErrNoChain  = errors.New("coreclient: no chain configured")
+	// ErrNoContract: a call that moves value or grants an allowance needs the Core4Mica
+	// address pinned in Options.Domain.Contract; Core's public params alone are not trusted.
+	ErrNoContract = errors.New("coreclient: no Core4Mica contract pinned (Options.Domain.Contract)")
 	// ErrChain: the chain RPC failed or refused (nonce, gas estimate, fees, send, receipt, call).
 	// Matched by *ChainError.
 	ErrChain = errors.New("coreclient: chain RPC failed")

@@ -5,10 +5,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"math/big"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ethereum/go-ethereum"
 	"github.com/ethereum/go-ethereum/common"
@@ -21,14 +21,7 @@ import (
 
 // Adversarial review of coreclient: byte-exact calldata against §5.5, the personal_sign prefix,
 // chain binding of signed transactions, and what a malicious Core or RPC can make the wallet
-// sign. Tests that fail today are skipped with "finding N" (SIGNERD_REVIEW_FINDINGS=1 runs them).
-
-func skipFinding(t *testing.T, msg string) {
-	t.Helper()
-	if os.Getenv("SIGNERD_REVIEW_FINDINGS") != "1" {
-		t.Skip(msg)
-	}
-}
+// sign. The findings (5-8) are fixed; their tests run always.
 
 func w32(hexNoPrefix string) string { return strings.Repeat("0", 64-len(hexNoPrefix)) + hexNoPrefix }
 
@@ -193,7 +186,6 @@ func TestReviewPrepareChainID(t *testing.T) {
 // Core names its own contract: deposit() sends the ETH there and approve() lets it pull the
 // tokens. The wallet must not build a value- or allowance-moving call to an unpinned contract.
 func TestReviewUnpinnedContractFromCore(t *testing.T) {
-	skipFinding(t, "finding 5: DepositCalls/PayTabCalls use Core's contract_address when Options.Domain.Contract is zero")
 	f := newFakeCore(t, testChain)
 	attacker := common.HexToAddress("0x00000000000000000000000000000000000bad00")
 	f.PublicParams(testChain, "4mica", "1", attacker, "")
@@ -207,13 +199,27 @@ func TestReviewUnpinnedContractFromCore(t *testing.T) {
 		}
 		t.Fatal("deposit built without a pinned contract")
 	}
+	if !errors.Is(err, coreclient.ErrNoContract) {
+		t.Fatalf("unpinned deposit: %v, want ErrNoContract", err)
+	}
+	if _, err := c.PayTabCalls(context.Background(), fourmica.U256FromUint64(1), fourmica.U256FromUint64(0), fourmica.U256FromUint64(1)); !errors.Is(err, coreclient.ErrNoContract) {
+		t.Fatalf("unpinned pay_tab: %v, want ErrNoContract", err)
+	}
+	if n := f.Count("GET /core/tabs/0x1"); n != 0 {
+		t.Fatalf("unpinned pay_tab read the tab from Core (%d)", n)
+	}
+	// Pinned: the calls go to the pinned contract.
+	c2 := newClient(t, f, func(o *coreclient.Options) { o.Domain.Contract = contractAddr })
+	calls, err = c2.DepositCalls(context.Background(), usdc, fourmica.U256FromUint64(1_000_000))
+	if err != nil || len(calls) != 2 || calls[0].Recipient != contractAddr || calls[1].To != contractAddr {
+		t.Fatalf("pinned deposit: %+v %v", calls, err)
+	}
 }
 
 // Finding 6 (medium): with no MaxFeePerGas (core.max_fee_per_gas_wei unset) the RPC alone
 // decides the fee: a tip of 1,000,000 gwei is signed as asked. The RPC may be the one Core's
 // public params name (core.rpc_url unset).
 func TestReviewUncappedFee(t *testing.T) {
-	skipFinding(t, "finding 6: Prepare accepts any fee when Options.MaxFeePerGas is nil")
 	f := newFakeCore(t, testChain)
 	tip := new(big.Int).Mul(big.NewInt(1_000_000), big.NewInt(1e9)) // 1e15 wei/gas
 	c := newClient(t, f, func(o *coreclient.Options) {
@@ -225,18 +231,36 @@ func TestReviewUncappedFee(t *testing.T) {
 		t.Fatalf("prepared with tip %s and fee cap %s wei/gas (max fee %s wei) and no cap configured", p.Tx.GasTipCap(), p.Tx.GasFeeCap(),
 			new(big.Int).Mul(p.Tx.GasFeeCap(), new(big.Int).SetUint64(p.Tx.Gas())))
 	}
+	if !errors.Is(err, coreclient.ErrDenied) {
+		t.Fatalf("uncapped fee: %v, want ErrDenied", err)
+	}
+	// A configured cap replaces the default (here: higher, so the same fee is accepted).
+	c2 := newClient(t, f, func(o *coreclient.Options) {
+		o.Chain = stubChain{id: testChain, tip: tip, baseFee: big.NewInt(1e9)}
+		o.Domain.Contract = contractAddr
+		o.MaxFeePerGas = new(big.Int).Mul(big.NewInt(2), tip)
+	})
+	if _, err := c2.Prepare(context.Background(), coreclient.DepositETH(contractAddr, fourmica.U256FromUint64(1)), nil); err != nil {
+		t.Fatalf("fee under the configured cap: %v", err)
+	}
 }
 
 // Finding 7 (low): Prepare signs whatever Value a Call carries, also for kinds that must carry
 // none (approve, depositStablecoin, withdrawals, payTabInERC20Token). The builders set 0, but
 // nothing enforces it for a Call built elsewhere.
 func TestReviewValueOnNonPayableCall(t *testing.T) {
-	skipFinding(t, "finding 7: Prepare does not refuse value on non-payable call kinds")
 	f := newFakeCore(t, testChain)
 	c := newClient(t, f, func(o *coreclient.Options) {
 		o.Chain = stubChain{id: testChain, tip: big.NewInt(1), baseFee: big.NewInt(10)}
 		o.Domain.Contract = contractAddr
 	})
+	// deposit() and the ETH tab transfer carry value.
+	if _, err := c.Prepare(context.Background(), coreclient.DepositETH(contractAddr, fourmica.U256FromUint64(1e18)), nil); err != nil {
+		t.Fatalf("deposit() with value: %v", err)
+	}
+	if _, err := c.Prepare(context.Background(), coreclient.PayTabETH(contractAddr, fourmica.U256FromUint64(1), fourmica.U256FromUint64(0), fourmica.U256FromUint64(1e18)), nil); err != nil {
+		t.Fatalf("ETH tab transfer with value: %v", err)
+	}
 	for _, call := range []coreclient.Call{
 		coreclient.ApproveERC20(usdc, contractAddr, fourmica.U256FromUint64(1)),
 		coreclient.DepositStablecoin(contractAddr, usdc, fourmica.U256FromUint64(1)),
@@ -255,11 +279,15 @@ func TestReviewValueOnNonPayableCall(t *testing.T) {
 // Time decades away (a login message valid "forever") and a URI on another host than the
 // checked domain are accepted.
 func TestReviewSIWEFieldsBounded(t *testing.T) {
-	skipFinding(t, "finding 8: loginLocked checks chainId and domain only; expiration, issuedAt and uri are signed as Core sends them")
 	for name, edit := range map[string]func(map[string]any){
 		"expiration in 2099":   func(m map[string]any) { m["expiration"] = "2099-01-01T00:00:00Z" },
 		"uri on another host":  func(m map[string]any) { m["uri"] = "https://wallet-drainer.example/login" },
 		"issuedAt in the past": func(m map[string]any) { m["issuedAt"] = "2001-01-01T00:00:00Z" },
+		"no expiration":        func(m map[string]any) { m["expiration"] = "" },
+		"expiration before issuedAt": func(m map[string]any) {
+			m["expiration"] = time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
+		},
+		"uri with another port": func(m map[string]any) { m["domain"], m["uri"] = "core.test:3000", "http://core.test:4000" },
 	} {
 		t.Run(name, func(t *testing.T) {
 			f := newFakeCore(t, testChain)

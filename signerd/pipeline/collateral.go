@@ -1021,6 +1021,8 @@ func CoreError(err error) *Error {
 		return &Error{Kind: Invalid, Status: http.StatusBadRequest, Code: CodeInvalidRequest, Field: "tab_id", Reason: err.Error(), Cause: err}
 	case errors.As(err, &he) && he.Status == http.StatusNotFound && strings.Contains(he.Path, "/core/tabs/"):
 		return &Error{Kind: Invalid, Status: http.StatusBadRequest, Code: CodeInvalidRequest, Field: "tab_id", Reason: "Core knows no such tab", Cause: err}
+	case errors.Is(err, coreclient.ErrNoContract):
+		return fault(http.StatusServiceUnavailable, CodeCoreUnavailable, "no Core4Mica contract is pinned (core.contract); nothing was built or signed", err)
 	case errors.Is(err, coreclient.ErrUnreachable):
 		return fault(http.StatusServiceUnavailable, CodeCoreUnavailable, "4Mica Core is unreachable", err)
 	case errors.Is(err, coreclient.ErrDomainMismatch):

@@ -60,6 +60,9 @@ func (d *Daemon) openCore(ctx context.Context, opts Options) (*coreState, error)
 	if cs.poll == 0 {
 		cs.poll = time.Second
 	}
+	if cs.cfg.ContractAddress() == (common.Address{}) {
+		return nil, errors.New("core: refusing to start: core.contract is required with core.url (the Core4Mica address deposits, approvals and tab payments go to is pinned, never taken from Core)")
+	}
 	var err error
 	if cs.disc, err = coreclient.New(coreclient.Options{BaseURL: cs.baseURL, Domain: cs.domain(common.Address{}),
 		HTTPClient: &http.Client{Timeout: 10 * time.Second}, Logger: d.log}); err != nil {
@@ -181,11 +184,9 @@ func (cs *coreState) client(wallet common.Address) (*coreclient.Client, error) {
 	if c := cs.clients[wallet]; c != nil {
 		return c, nil
 	}
-	contract := common.Address{}
-	if cs.params != nil {
-		contract = cs.params.ContractAddress
-	}
-	c, err := coreclient.New(coreclient.Options{BaseURL: cs.baseURL, Domain: cs.domain(contract),
+	// The contract is the pinned one (core.contract), never Core's answer: deposits, approvals
+	// and ERC-20 tab payments go to it (discovery only checks that Core names the same).
+	c, err := coreclient.New(coreclient.Options{BaseURL: cs.baseURL, Domain: cs.domain(common.Address{}),
 		Signer: coreSigner{d: cs.d, wallet: wallet}, Chain: cs.chain, SIWEDomain: cs.cfg.SIWEDomain,
 		HTTPClient: &http.Client{Timeout: 30 * time.Second}, MaxFeePerGas: cs.cfg.MaxFeePerGas(), ReceiptPoll: cs.poll, Logger: cs.d.log})
 	if err != nil {
@@ -239,7 +240,7 @@ func (c collateralChain) Calls(ctx context.Context, wallet common.Address, req *
 	if req.Action == policyengine.ActionPayTab {
 		return cl.PayTabCalls(ctx, u256(req.TabID), u256(req.ReqID), u256(req.Amount))
 	}
-	contract, err := cl.Contract(ctx)
+	contract, err := cl.PinnedContract(ctx)
 	if err != nil {
 		return nil, err
 	}

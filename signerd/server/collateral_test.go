@@ -163,7 +163,7 @@ func launchCollateralDaemon(t *testing.T, o collateralLaunch) *collateralEnv {
 	}
 	e.testDaemon = launchDaemon(t, []byte(o.policy), o.maxWait, func(c *config.Config) {
 		c.Protocol = config.Protocol{Network: "eip155:1337", EIP712Name: "4mica", EIP712Version: "1", ChainID: simChainID}
-		c.Core = config.Core{URL: e.core.URL(), SIWEDomain: "core.test", ReceiptTimeout: 10 * time.Second}
+		c.Core = config.Core{URL: e.core.URL(), SIWEDomain: "core.test", Contract: core4mica.Hex(), ReceiptTimeout: 10 * time.Second}
 		if stateDir != "" {
 			c.StateDir = stateDir
 		}
@@ -420,8 +420,8 @@ func TestCollateralDomainMismatchRefusesStart(t *testing.T) {
 		edit        func(*corefake.Core)
 		pin         string
 	}{
-		{"name", "eip712_name", func(c *corefake.Core) { c.PublicParams(simChainID, "4Mica", "1", core4mica, "") }, ""},
-		{"chain", "chain_id", func(c *corefake.Core) { c.PublicParams(84532, "4mica", "1", core4mica, "") }, ""},
+		{"name", "eip712_name", func(c *corefake.Core) { c.PublicParams(simChainID, "4Mica", "1", core4mica, "") }, core4mica.Hex()},
+		{"chain", "chain_id", func(c *corefake.Core) { c.PublicParams(84532, "4mica", "1", core4mica, "") }, core4mica.Hex()},
 		{"contract", "contract_address", func(c *corefake.Core) { c.PublicParams(simChainID, "4mica", "1", core4mica, "") }, "0x00000000000000000000000000000000000000c0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
