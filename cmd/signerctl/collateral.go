@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"regexp"
 	"strings"
 
 	"github.com/signerd/signerd/signerd/client"
@@ -180,10 +181,17 @@ func cmdCollateral(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	}
 	var out collateralAnswer
 	if err := c.Do("POST", "/v1/collateral", body, &out); err != nil {
-		return af.fail(err, stdout, stderr)
+		code := af.fail(err, stdout, stderr)
+		if hint := collateralHint(err, *requestID); hint != "" && !*asJSON {
+			fmt.Fprintln(stderr, hint)
+		}
+		return code
 	}
 	if *asJSON {
 		printJSON(stdout, out)
+		if out.Status == "dropped" {
+			return exitRefused
+		}
 		return exitOK
 	}
 	what := out.Action
@@ -213,7 +221,43 @@ func cmdCollateral(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	if out.Note != "" {
 		fmt.Fprintln(stdout, "  "+out.Note)
 	}
+	if out.Status == "dropped" {
+		// Not done: the answer is 200, but nothing of this request will happen on chain.
+		fmt.Fprintf(stderr, "signerctl: request %s was DROPPED: its transaction can never be mined (another transaction took its nonce); "+
+			"nothing after it was sent. Send it again with a NEW --request-id.\n", *requestID)
+		return exitRefused
+	}
 	return exitOK
+}
+
+// requestIDInReason finds the request_id a collateral refusal names ("… request_id X …").
+var requestIDInReason = regexp.MustCompile(`request_id (\S+)\s`)
+
+// collateralHint says what to do after a collateral refusal that asks for a retry: "" when
+// the refusal needs no hint.
+func collateralHint(err error, requestID string) string {
+	var ae *client.Error
+	if !errors.As(err, &ae) {
+		return ""
+	}
+	rec := ""
+	if ae.RecordID != "" {
+		rec = " (record " + ae.RecordID + ")"
+	}
+	switch ae.Code {
+	case "pending_broadcast":
+		other := "the request named above"
+		if m := requestIDInReason.FindStringSubmatch(ae.Reason + " "); m != nil {
+			other = "request_id " + m[1]
+		}
+		return fmt.Sprintf("  this wallet has a signed transaction whose broadcast is not confirmed: %s%s.\n"+
+			"  Retry that request first (same command, same --request-id, amount and asset); then send this one again.", other, rec)
+	case "broadcast_failed", "receipt_timeout", "chain_error":
+		return fmt.Sprintf("  retry with the same --request-id %s: the same signed transaction is sent again (never a second one)%s.", requestID, rec)
+	case "policy_changed":
+		return "  the policy was reloaded since this request was reserved: send it again with a NEW --request-id."
+	}
+	return ""
 }
 
 func cmdCore(args []string, _ io.Reader, stdout, stderr io.Writer) int {

@@ -85,3 +85,36 @@ func TestCollateralRefusalAndCoreStatus(t *testing.T) {
 		t.Fatalf("unreachable: exit %d", code)
 	}
 }
+
+// TestCollateralDroppedAndPendingBroadcast: a 200 answer with status dropped prints the status,
+// its note and a clear "send it again with a new request id", and exits non-zero (the request
+// did not happen); a 409 pending_broadcast names the request_id to retry first.
+func TestCollateralDroppedAndPendingBroadcast(t *testing.T) {
+	dropped := `{"action":"deposit","wallet":"0x00000000000000000000000000000000000000a1","asset":"0x0000000000000000000000000000000000000000","amount":"5",` +
+		`"tx_hashes":["0xdead"],"record_ids":["4"],"status":"dropped","replayed":true,"note":"transaction 0xdead can never be mined: its nonce was used by another transaction of the wallet"}`
+	pending := `{"error":{"code":"pending_broadcast","reason":"transaction 0 of request_id dep-7 (record 12) is signed but its broadcast is not confirmed; send that request again (same request_id) first: a new transaction would take its nonce","record_id":"12"}}`
+	f := newFake(t, map[string]func(http.ResponseWriter, string){
+		"POST /v1/collateral": func(w http.ResponseWriter, body string) {
+			if strings.Contains(body, `"request_id":"dep-8"`) {
+				reply(409, pending)(w, body)
+				return
+			}
+			reply(200, dropped)(w, body)
+		},
+	})
+	t.Setenv("SIGNERD_AGENT_SOCKET", f.sock)
+	out, errOut, code := ctl("collateral", "deposit", "--asset", "0x0000000000000000000000000000000000000000", "--amount", "5", "--request-id", "dep-6")
+	if code != exitRefused || !strings.Contains(out, ": dropped") || !strings.Contains(out, "tx 0xdead record 4") ||
+		!strings.Contains(out, "can never be mined") || !strings.Contains(errOut, "DROPPED") || !strings.Contains(errOut, "NEW --request-id") {
+		t.Fatalf("dropped: exit %d\nstdout %q\nstderr %q", code, out, errOut)
+	}
+	if _, _, code := ctl("collateral", "deposit", "--json", "--asset", "0x0000000000000000000000000000000000000000", "--amount", "5", "--request-id", "dep-6"); code != exitRefused {
+		t.Fatalf("dropped --json: exit %d", code)
+	}
+	_, errOut, code = ctl("collateral", "deposit", "--asset", "0x0000000000000000000000000000000000000000", "--amount", "5", "--request-id", "dep-8")
+	if code != exitRefused || !strings.Contains(errOut, "HTTP 409") || !strings.Contains(errOut, "pending_broadcast") ||
+		!strings.Contains(errOut, "request_id dep-7 (record 12)") || !strings.Contains(errOut, "Retry that request first") {
+		t.Fatalf("pending_broadcast: exit %d\nstderr %q", code, errOut)
+	}
+	t.Logf("pending_broadcast output:\n%s", errOut)
+}

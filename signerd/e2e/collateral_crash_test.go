@@ -191,7 +191,7 @@ func newCollateralEnv(t *testing.T, policy string, flaky bool) (*env, *simChain)
 	if cfg == string(b) {
 		t.Fatal("harness config changed: protocol line not found")
 	}
-	cfg += fmt.Sprintf("core:\n  url: %s\n  siwe_domain: core.test\n  rpc_url: %s\n  receipt_timeout: 10s\n", core.URL(), chain.rpc)
+	cfg += fmt.Sprintf("core:\n  url: %s\n  siwe_domain: core.test\n  contract: \"%s\"\n  rpc_url: %s\n  receipt_timeout: 10s\n", core.URL(), crashContract.Hex(), chain.rpc)
 	if err := os.WriteFile(e.cfg, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
