@@ -133,6 +133,10 @@ type CollateralResult struct {
 	Replayed  bool   // the transactions were signed by an earlier attempt with this request_id
 	Blocks    []uint64
 	Note      string
+	// PaymentSigned (pay_tab): the payment transaction (the request's last) was signed in this
+	// call (also when its broadcast then failed): the daemon feeds Amount of Asset to the
+	// kill switch's spend-velocity trips. Also set on a result returned with an error.
+	PaymentSigned bool
 }
 
 // collateralIdentity is what makes two requests "the same request": every field the agent
@@ -670,6 +674,10 @@ func (p *Pipeline) collateral(ctx context.Context, a *Admission, req *Collateral
 		}
 		hash, status, e := p.signAndBroadcast(ctx, ch, getSigner, wallet, rr.RecordID, fmt.Sprint(i), utx, digest, stored, kind, base)
 		res.RecordIDs = append(res.RecordIDs, rr.RecordID)
+		if req.Action == policyengine.ActionPayTab && i == count-1 && stored == nil &&
+			(e == nil || e.Code == CodeBroadcastFailed || e.Code == CodeChainError) {
+			res.PaymentSigned = true // signed and committed in this call (errors after the commit only)
+		}
 		if e != nil {
 			return res, e
 		}

@@ -403,6 +403,14 @@ func (d *Daemon) handleCollateralPost(w http.ResponseWriter, r *http.Request) {
 		ch = collateralChain{d.core}
 	}
 	res, err := d.pipe.Collateral(r.Context(), adm, req, ch)
+	if res != nil && res.PaymentSigned && res.Amount != nil {
+		// A tab payment is money leaving the wallet, as a guarantee is: the same spend trips.
+		v := ^uint64(0)
+		if res.Amount.IsUint64() {
+			v = res.Amount.Uint64()
+		}
+		d.ks.ObserveAssetSpend(res.Asset, v)
+	}
 	if err != nil {
 		d.fail(w, r, err)
 		return
