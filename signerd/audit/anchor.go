@@ -369,6 +369,9 @@ func CheckAnchors(anchors []Anchor, head uint64, get RecordLookup) ([]AnchorResu
 		r, ok, err := get(a.Seq)
 		var ce *CorruptError
 		switch {
+		case errors.Is(err, errPruned):
+			res.Status = AnchorPruned
+			res.Problem = fmt.Sprintf("record %d was pruned (archived): check this anchor against the archive (signerctl audit verify --archive FILE)", a.Seq)
 		case errors.As(err, &ce):
 			res.Status = AnchorMismatch
 			res.Problem = fmt.Sprintf("record %d is unreadable (%s): it is not the anchored record; the log was altered after the anchor was taken", a.Seq, ce.Problem)
@@ -394,7 +397,7 @@ func (rep *Report) AddAnchors(results []AnchorResult) error {
 	rep.Anchors = append(rep.Anchors, results...)
 	var ae *AnchorError
 	for _, r := range results {
-		if r.Status == AnchorOK {
+		if r.Status == AnchorOK || r.Status == AnchorPruned {
 			continue
 		}
 		if ae == nil {
@@ -425,7 +428,11 @@ func VerifyAnchoredTx(tx *bolt.Tx, anchors []Anchor) (Report, error) {
 	if seq, _, err := Head(tx); err == nil {
 		head = seq
 	}
-	res, err := CheckAnchors(anchors, head, func(s uint64) (Record, bool, error) { return Get(tx, s) })
+	cp, err := CheckpointTx(tx)
+	if err != nil {
+		return rep, err
+	}
+	res, err := CheckAnchorsAfter(anchors, head, cp, func(s uint64) (Record, bool, error) { return Get(tx, s) })
 	if err != nil {
 		return rep, err
 	}

@@ -81,11 +81,14 @@ const (
 	// or its state learned afterwards (pending before signing, sent, failed, mined, dropped);
 	// code says which, attrs carry tx_hash, nonce and request_id.
 	KindBroadcast Kind = "broadcast"
+	// KindRetention is a retention run: records up to a checkpoint archived and pruned (see
+	// checkpoint.go).
+	KindRetention Kind = "retention"
 )
 
 // Kinds lists every known kind.
 var Kinds = []Kind{KindDecision, KindSignature, KindSigningFailed, KindReservationReleased,
-	KindKillSwitch, KindPolicyReload, KindKeyOp, KindApproval, KindBroadcast}
+	KindKillSwitch, KindPolicyReload, KindKeyOp, KindApproval, KindBroadcast, KindRetention}
 
 // Valid reports whether k is a known kind.
 func (k Kind) Valid() bool {
@@ -280,11 +283,15 @@ func Get(tx *bolt.Tx, seq uint64) (r Record, ok bool, err error) {
 
 // Report is the outcome of a verification.
 type Report struct {
-	OK       bool          `json:"ok"`
-	Records  uint64        `json:"records"`             // records checked and found good
-	HeadSeq  uint64        `json:"head_seq"`            // last good seq
-	HeadHash string        `json:"head_hash"`           // 0x-hex hash of the last good record
-	FirstBad *CorruptError `json:"first_bad,omitempty"` // nil when the chain is unbroken
+	OK       bool   `json:"ok"`
+	Records  uint64 `json:"records"`   // records checked and found good
+	HeadSeq  uint64 `json:"head_seq"`  // last good seq
+	HeadHash string `json:"head_hash"` // 0x-hex hash of the last good record
+	// PrunedThrough is the prune checkpoint's seq (0: nothing pruned): records up to it were
+	// archived and deleted, and the chain is verified from CheckpointHash.
+	PrunedThrough  uint64        `json:"pruned_through,omitempty"`
+	CheckpointHash string        `json:"checkpoint_hash,omitempty"`
+	FirstBad       *CorruptError `json:"first_bad,omitempty"` // nil when the chain is unbroken
 	// Anchors holds the result of each anchor checked (VerifyAnchored); OK is false if any failed.
 	Anchors []AnchorResult `json:"anchors,omitempty"`
 }
@@ -318,8 +325,23 @@ func VerifyTx(tx *bolt.Tx) (Report, error) {
 	if rb == nil || tx.Bucket(BucketHead) == nil {
 		return fail(&CorruptError{Seq: 1, Problem: "audit buckets missing"})
 	}
-	var prev, prevPrev [32]byte
-	want := uint64(1)
+	cp, err := CheckpointTx(tx)
+	if err != nil {
+		var ce *CorruptError
+		if errors.As(err, &ce) {
+			return fail(ce)
+		}
+		return rep, err
+	}
+	// After a prune the chain starts at the checkpoint: the first remaining record's prev hash
+	// must be the checkpoint's hash.
+	prev, prevPrev := cp.Hash, [32]byte{}
+	want := cp.Seq + 1
+	rep.HeadSeq = cp.Seq
+	rep.HeadHash = "0x" + hex.EncodeToString(prev[:])
+	if cp.Seq > 0 {
+		rep.PrunedThrough, rep.CheckpointHash = cp.Seq, rep.HeadHash
+	}
 	c := rb.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
 		if len(k) != 8 {
@@ -339,11 +361,14 @@ func VerifyTx(tx *bolt.Tx) (Report, error) {
 			if want == 1 {
 				return fail(&CorruptError{Seq: 1, Problem: "first record's prev hash is not zero"})
 			}
+			if want == cp.Seq+1 {
+				return fail(&CorruptError{Seq: want, Problem: fmt.Sprintf("first record after the prune checkpoint (seq %d) does not link to the checkpoint hash", cp.Seq)})
+			}
 			// The link want-1 → want is broken: either record want-1 was altered, or record
 			// want was (its prev field, or it was replaced). If want's own forward link holds,
 			// want is consistent with the rest of the chain and want-1 is the altered one.
 			if forwardLinkHolds(tx, r) {
-				rep.Records, rep.HeadSeq = want-2, want-2
+				rep.Records, rep.HeadSeq = want-2-cp.Seq, want-2
 				if want-2 > 0 {
 					rep.HeadHash = "0x" + hex.EncodeToString(prevPrev[:])
 				} else {
@@ -357,7 +382,7 @@ func VerifyTx(tx *bolt.Tx) (Report, error) {
 			return fail(&CorruptError{Seq: want, Problem: fmt.Sprintf("unknown kind %q", r.Event.Kind)})
 		}
 		prevPrev, prev = prev, r.Hash
-		rep.Records, rep.HeadSeq = want, want
+		rep.Records, rep.HeadSeq = want-cp.Seq, want
 		rep.HeadHash = "0x" + hex.EncodeToString(prev[:])
 		want++
 	}
@@ -373,12 +398,18 @@ func VerifyTx(tx *bolt.Tx) (Report, error) {
 	if seq > rep.HeadSeq {
 		return fail(&CorruptError{Seq: rep.HeadSeq + 1, Problem: fmt.Sprintf("head says seq %d but the chain ends at %d (records missing at the end)", seq, rep.HeadSeq)})
 	}
+	if seq < cp.Seq {
+		return fail(&CorruptError{Seq: seq, Problem: fmt.Sprintf("head says seq %d, before the prune checkpoint (seq %d)", seq, cp.Seq)})
+	}
 	if seq < rep.HeadSeq {
-		rep.Records, rep.HeadSeq = seq, seq
+		rep.Records, rep.HeadSeq = seq-cp.Seq, seq
 		return fail(&CorruptError{Seq: seq + 1, Problem: fmt.Sprintf("record %d is beyond the head (seq %d): appended outside the log", seq+1, seq)})
 	}
 	if h != prev {
-		rep.Records, rep.HeadSeq = rep.HeadSeq-1, rep.HeadSeq-1
+		if rep.Records == 0 { // nothing after the checkpoint, and the head disagrees with it
+			return fail(&CorruptError{Seq: seq, Problem: "head does not match the prune checkpoint"})
+		}
+		rep.Records, rep.HeadSeq = rep.Records-1, rep.HeadSeq-1
 		rep.HeadHash = "0x" + hex.EncodeToString(prevPrev[:])
 		return fail(&CorruptError{Seq: seq, Problem: "last record does not match the head hash (altered)"})
 	}

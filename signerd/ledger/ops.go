@@ -234,6 +234,13 @@ func (o *reserveOp) apply(tx *bolt.Tx, now time.Time) error {
 			o.err = err
 			return nil
 		}
+		if e.status == replayPruned {
+			// Signed long ago and pruned (archived, see prune.go): never signed or charged again.
+			o.res.Outcome, o.res.RecordID, ev.RecordID = Conflict, e.id, uint64(e.id)
+			ev.Decision, ev.Code = "deny", CodeReplayConflict
+			ev.Reason = fmt.Sprintf("(wallet, tab_id, req_id) was used by record %d, signed and since pruned (archived): it is not signed again", e.id)
+			return o.audit(tx, now, ev)
+		}
 		if e.status != StatusReleased.byte() {
 			rec, err := getRecord(tx, e.id)
 			if err != nil {

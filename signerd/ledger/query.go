@@ -189,6 +189,9 @@ func (l *Ledger) ByTab(wallet common.Address, tab *big.Int) ([]*PaymentRecord, e
 			if err != nil {
 				return err
 			}
+			if e.status == replayPruned {
+				continue // pruned (archived), see prune.go
+			}
 			r, err := getRecord(tx, e.id)
 			if err != nil {
 				if errors.Is(err, ErrNotFound) {
