@@ -525,3 +525,44 @@ func TestReviewNonceTooLowIsNotSent(t *testing.T) {
 		t.Fatalf("answered %q with hashes %v for a transaction whose nonce is taken", res.Status, res.TxHashes)
 	}
 }
+
+// Finding 3, the rest of a request: the approve of an ERC-20 pay_tab is sent, the payment is
+// not built yet (its prepare failed), and the policy is reloaded. The payment is not built under
+// the old decision: 403 policy_changed, nothing more signed or sent (the agent sends a new
+// request_id, which the current policy decides). Without a reload the retry completes and
+// reports the payment as signed in this call (for the spend trips).
+func TestReviewPolicyReloadBeforeSecondTx(t *testing.T) {
+	for _, reload := range []bool{true, false} {
+		f := newRVFixture(t)
+		ctx := context.Background()
+		ch := &reviewChain{recipients: []common.Address{rvRecipient}}
+		ch.failPrepare = map[int]error{1: &coreclient.ChainError{Op: "EstimateGas", Err: errors.New("connection reset")}}
+		res, err := f.p.Collateral(ctx, f.admA, rvPayTab("rl-1", 5_000_000), ch)
+		if e := pipeline.AsError(err); e.Code != pipeline.CodeChainError || res == nil || len(res.TxHashes) != 1 || res.PaymentSigned {
+			t.Fatalf("second prepare fails: %+v %+v", e, res)
+		}
+		adm := f.admA
+		if reload {
+			f.p.SetPolicy(f.polDenyA) // pay_tab still allowed, but another policy hash
+			if adm, err = f.p.Admit(policyengine.Caller{UID: 1000}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		sigs, sent := f.signatures(), ch.distinct()
+		res, err = f.p.Collateral(ctx, adm, rvPayTab("rl-1", 5_000_000), ch)
+		if reload {
+			if e := pipeline.AsError(err); e.Code != pipeline.CodePolicyChanged || f.signatures() != sigs || ch.distinct() != sent {
+				t.Fatalf("rest of the request after a reload: %+v (%d signed, %d sent)", e, f.signatures()-sigs, ch.distinct()-sent)
+			}
+			continue
+		}
+		if err != nil || len(res.TxHashes) != 2 || !res.PaymentSigned || f.signatures() != sigs+1 {
+			t.Fatalf("rest of the request: %+v %v", res, err)
+		}
+		// A replay signs nothing and reports no payment signed.
+		res, err = f.p.Collateral(ctx, adm, rvPayTab("rl-1", 5_000_000), ch)
+		if err != nil || !res.Replayed || res.PaymentSigned {
+			t.Fatalf("replay: %+v %v", res, err)
+		}
+	}
+}
