@@ -6,6 +6,7 @@ package main
 // and reason; a usage error exits 2; a daemon that cannot be reached exits 3.
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -14,6 +15,7 @@ import (
 	"math/big"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -24,6 +26,7 @@ import (
 
 	"github.com/signerd/signerd/signerd/audit"
 	"github.com/signerd/signerd/signerd/client"
+	"github.com/signerd/signerd/signerd/ledger"
 )
 
 // Exit codes of the admin commands.
@@ -41,7 +44,7 @@ func init() {
 	register("reload-policy", "reload the policy of a running daemon (atomic; a bad policy is refused)", cmdReloadPolicy)
 	register("approvals", "list, show, approve or deny held requests", cmdApprovals)
 	register("audit", "verify, export or anchor the audit log (audit verify|export|head)", cmdAudit)
-	register("ledger", "query budget spend and payment records (ledger spend|records)", cmdLedger)
+	register("ledger", "query budget spend and payment records, archive and prune old history (ledger spend|records|prune)", cmdLedger)
 }
 
 // adminFlags are the flags every admin command takes.
@@ -556,10 +559,12 @@ func cmdAudit(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	var from *uint64
 	var anchorArgs stringList
 	var anchorsFile *string
+	var archives stringList
 	switch sub {
 	case "verify":
 		a.fs.Var(&anchorArgs, "anchor", "check that record SEQ still has hash HASH (SEQ:0xHASH or a head line; repeatable)")
 		anchorsFile = a.fs.String("anchors", "", "check every anchor in FILE ('-' for stdin)")
+		a.fs.Var(&archives, "archive", "verify an archive written by ledger prune and that it joins the live chain (repeatable, oldest first)")
 	case "export":
 		out = a.fs.String("out", "", "write JSON lines to FILE (default stdout)")
 		from = a.fs.Uint64("from", 0, "first sequence number to export")
@@ -577,7 +582,7 @@ func cmdAudit(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "signerctl audit verify: %v\n", err)
 			return exitUsage
 		}
-		return auditVerify(a, *db, anchors, stdout, stderr)
+		return auditVerify(a, *db, anchors, archives, stdout, stderr)
 	case "head":
 		return auditHead(a, *db, stdout, stderr)
 	}
@@ -675,7 +680,15 @@ func verifyViaDaemon(a *adminFlags, anchors []audit.Anchor) (audit.Report, error
 	return rep, nil
 }
 
-func auditVerify(a *adminFlags, dbPath string, anchors []audit.Anchor, stdout, stderr io.Writer) int {
+func auditVerify(a *adminFlags, dbPath string, anchors []audit.Anchor, archives []string, stdout, stderr io.Writer) int {
+	var arch *archiveChain
+	if len(archives) > 0 {
+		var err error
+		if arch, err = verifyArchives(archives); err != nil {
+			fmt.Fprintf(stdout, "archive BROKEN: %v\n", err)
+			return exitRefused
+		}
+	}
 	var rep audit.Report
 	if dbPath != "" {
 		db, err := openLedgerReadOnly(dbPath)
@@ -699,9 +712,19 @@ func auditVerify(a *adminFlags, dbPath string, anchors []audit.Anchor, stdout, s
 			return code
 		}
 	}
-	var failed []audit.AnchorResult
+	if arch != nil {
+		if err := arch.join(&rep); err != nil {
+			fmt.Fprintf(stdout, "archive does NOT join the live chain: %v\n", err)
+			return exitRefused
+		}
+	}
+	var failed, pruned []audit.AnchorResult
 	for _, r := range rep.Anchors {
-		if r.Status != audit.AnchorOK {
+		switch r.Status {
+		case audit.AnchorOK:
+		case audit.AnchorPruned:
+			pruned = append(pruned, r)
+		default:
 			failed = append(failed, r)
 		}
 	}
@@ -710,8 +733,19 @@ func auditVerify(a *adminFlags, dbPath string, anchors []audit.Anchor, stdout, s
 		printJSON(stdout, rep)
 	case rep.FirstBad == nil && len(failed) == 0 && rep.OK:
 		fmt.Fprintf(stdout, "audit log OK: %d records, chain unbroken, head seq %d hash %s\n", rep.Records, rep.HeadSeq, rep.HeadHash)
-		if len(anchors) > 0 {
+		if rep.PrunedThrough > 0 {
+			fmt.Fprintf(stdout, "records 1..%d were pruned (archived); the chain is verified from the checkpoint seq %d hash %s\n",
+				rep.PrunedThrough, rep.PrunedThrough, rep.CheckpointHash)
+		}
+		if arch != nil {
+			fmt.Fprintf(stdout, "archives OK: %d archive(s), records %d..%d, chain unbroken, joins the live chain at the checkpoint\n",
+				len(archives), arch.from.Seq+1, arch.through.Seq)
+		}
+		if len(anchors) > 0 && len(pruned) == 0 {
 			fmt.Fprintf(stdout, "anchors OK: all %d match (%s)\n", len(anchors), anchorSeqs(rep.Anchors))
+		} else if len(anchors) > 0 {
+			fmt.Fprintf(stdout, "anchors OK: %d match; %d are in the pruned part and were NOT checked (%s): give their archive with --archive FILE\n",
+				len(anchors)-len(pruned), len(pruned), anchorSeqs(pruned))
 		}
 	default:
 		if rep.FirstBad != nil {
@@ -846,6 +880,7 @@ func cmdLedger(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	usage := func() int {
 		fmt.Fprintln(stderr, "usage: signerctl ledger spend [--key BUDGET_KEY --window minute|hour|day|30d|DURATION|0]\n"+
 			"       signerctl ledger records [--wallet ADDRESS [--tab TAB_ID]] [--id RECORD_ID] [--limit N]\n"+
+			"       signerctl ledger prune --before RFC3339|AGE --archive FILE   (archive, then prune; see docs/ledger.md)\n"+
 			"  common flags: [--socket PATH] [--json]")
 		return exitUsage
 	}
@@ -853,6 +888,9 @@ func cmdLedger(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 		return usage()
 	}
 	sub := args[0]
+	if sub == "prune" {
+		return cmdLedgerPrune(args[1:], stdout, stderr)
+	}
 	a := newAdminFlags("ledger "+sub, stderr)
 	q := url.Values{}
 	var key, window, wallet, tab, id *string
@@ -1028,4 +1066,192 @@ func claimsAmount(claims string) string {
 		return v
 	}
 	return n.String()
+}
+
+// ---- retention: ledger prune, audit verify --archive ----
+
+// archiveChain is one or more archives verified in order (each starts where the previous
+// ended).
+type archiveChain struct {
+	from, through audit.Checkpoint
+	hashes        map[uint64][32]byte
+}
+
+// verifyArchives verifies each archive completely (ledger.VerifyArchive) and that they chain.
+func verifyArchives(paths []string) (*archiveChain, error) {
+	ac := &archiveChain{hashes: map[uint64][32]byte{}}
+	for i, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			return nil, err
+		}
+		sum, err := ledger.VerifyArchive(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		if i == 0 {
+			ac.from = sum.From
+		} else if sum.From != ac.through {
+			return nil, fmt.Errorf("%s starts after seq %d, but the previous archive ends at seq %d: give the archives oldest first, none missing", p, sum.From.Seq, ac.through.Seq)
+		}
+		ac.through = sum.Through
+		for _, h := range sum.Hashes {
+			ac.hashes[h.Seq] = h.Hash
+		}
+	}
+	return ac, nil
+}
+
+// join checks that the archives end exactly at the live log's checkpoint, and checks the
+// report's pruned anchors against the archived records.
+func (ac *archiveChain) join(rep *audit.Report) error {
+	if rep.PrunedThrough == 0 {
+		return errors.New("the live audit log was never pruned")
+	}
+	cp := "0x" + hex.EncodeToString(ac.through.Hash[:])
+	if ac.through.Seq != rep.PrunedThrough || cp != rep.CheckpointHash {
+		return fmt.Errorf("the archives end at seq %d hash %s, the live log's checkpoint is seq %d hash %s", ac.through.Seq, cp, rep.PrunedThrough, rep.CheckpointHash)
+	}
+	for i, r := range rep.Anchors {
+		if r.Status != audit.AnchorPruned {
+			continue
+		}
+		h, ok := ac.hashes[r.Seq]
+		if !ok {
+			continue // before the first archive given: still unchecked
+		}
+		a, err := audit.ParseAnchor(r.Anchor)
+		if err != nil {
+			return err
+		}
+		r.Problem = ""
+		if h == a.Hash {
+			r.Status = audit.AnchorOK
+		} else {
+			r.Status, r.Found = audit.AnchorMismatch, "0x"+hex.EncodeToString(h[:])
+			r.Problem = fmt.Sprintf("archived record %d has hash %s, the anchor says 0x%s: the archive or the log was rewritten after the anchor was taken", r.Seq, r.Found, hex.EncodeToString(a.Hash[:]))
+			rep.OK = false
+		}
+		rep.Anchors[i] = r
+	}
+	return nil
+}
+
+// parseBefore reads --before: an RFC 3339 time, or an age (90d, 2160h, 30m) counted back from now.
+func parseBefore(s string, now time.Time) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	var d time.Duration
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		v, err := strconv.Atoi(n)
+		if err != nil || v <= 0 {
+			return time.Time{}, fmt.Errorf("--before %q: want RFC 3339 or an age like 90d or 2160h", s)
+		}
+		d = time.Duration(v) * 24 * time.Hour
+	} else {
+		v, err := time.ParseDuration(s)
+		if err != nil || v <= 0 {
+			return time.Time{}, fmt.Errorf("--before %q: want RFC 3339 or an age like 90d or 2160h", s)
+		}
+		d = v
+	}
+	return now.Add(-d).UTC(), nil
+}
+
+// archiveWriter wraps the archive file while it is written (tests inject a failing writer).
+var archiveWriter = func(f *os.File) io.Writer { return f }
+
+// cmdLedgerPrune archives, then prunes (docs/ledger.md#retention):
+//
+//  1. GET /v1/admin/ledger/prune/export?before=T streams the archive into FILE.partial
+//     (created exclusively, mode 0600, next to FILE); nothing is changed in the daemon;
+//  2. the file is fsynced, closed, read back and verified completely (ledger.VerifyArchive:
+//     trailer present, SHA-256, audit chain) — the daemon's stream may have been cut short;
+//  3. it is renamed to FILE (never overwriting) and the directory is fsynced;
+//  4. only then POST /v1/admin/ledger/prune {before, plan, archive_sha256}: the daemon deletes
+//     exactly the archived selection, or nothing if it changed (409 prune_plan_changed).
+//
+// A failure at any step before 4 leaves the ledger untouched (and removes the partial file).
+func cmdLedgerPrune(args []string, stdout, stderr io.Writer) int {
+	a := newAdminFlags("ledger prune", stderr)
+	beforeS := a.fs.String("before", "", "prune history older than this: RFC 3339 time, or an age like 90d (at least 24h)")
+	archive := a.fs.String("archive", "", "write the archive to FILE (must not exist) before anything is pruned")
+	if pos, err := a.parse(args); err != nil || len(pos) != 0 || *beforeS == "" || *archive == "" {
+		fmt.Fprintln(stderr, "usage: signerctl ledger prune --before RFC3339|AGE --archive FILE [--socket PATH] [--json]")
+		return exitUsage
+	}
+	before, err := parseBefore(*beforeS, time.Now())
+	if err != nil {
+		fmt.Fprintf(stderr, "signerctl ledger prune: %v\n", err)
+		return exitUsage
+	}
+	if _, err := os.Lstat(*archive); err == nil {
+		fmt.Fprintf(stderr, "signerctl ledger prune: %s exists: an archive is never overwritten\n", *archive)
+		return exitUsage
+	}
+	partial := *archive + ".partial"
+	f, err := os.OpenFile(partial, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		fmt.Fprintf(stderr, "signerctl ledger prune: %v (nothing pruned)\n", err)
+		return exitRefused
+	}
+	defer os.Remove(partial) // after success FILE is a second link to it
+	q := url.Values{"before": {before.Format(time.RFC3339Nano)}}
+	err = a.client().Stream("GET", "/v1/admin/ledger/prune/export?"+q.Encode(), archiveWriter(f))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "signerctl ledger prune: the archive was not written: nothing pruned")
+		return a.fail(err, stdout, stderr)
+	}
+	rf, err := os.Open(partial)
+	if err != nil {
+		fmt.Fprintf(stderr, "signerctl ledger prune: %v (nothing pruned)\n", err)
+		return exitRefused
+	}
+	sum, err := ledger.VerifyArchive(rf)
+	rf.Close()
+	if err != nil {
+		fmt.Fprintf(stderr, "signerctl ledger prune: the archive written does not verify: %v (nothing pruned)\n", err)
+		return exitRefused
+	}
+	if sum.AuditRecords == 0 && sum.PaymentRecords == 0 {
+		fmt.Fprintf(stdout, "nothing to prune before %s (no archive written)\n", before.Format(time.RFC3339))
+		return exitOK
+	}
+	if err := os.Link(partial, *archive); err != nil { // link: fails if FILE appeared meanwhile
+		fmt.Fprintf(stderr, "signerctl ledger prune: %v (nothing pruned)\n", err)
+		return exitRefused
+	}
+	if d, err := os.Open(filepath.Dir(*archive)); err == nil {
+		err = d.Sync()
+		d.Close()
+		if err != nil {
+			fmt.Fprintf(stderr, "signerctl ledger prune: syncing the archive's directory: %v (nothing pruned)\n", err)
+			return exitRefused
+		}
+	}
+	var res map[string]any
+	body := map[string]string{"before": before.Format(time.RFC3339Nano),
+		"plan": "0x" + hex.EncodeToString(sum.Plan[:]), "archive_sha256": "0x" + hex.EncodeToString(sum.SHA256[:])}
+	if err := a.client().Do("POST", "/v1/admin/ledger/prune", body, &res); err != nil {
+		fmt.Fprintf(stderr, "signerctl ledger prune: the archive %s is complete but NOTHING was pruned\n", *archive)
+		return a.fail(err, stdout, stderr)
+	}
+	if *a.json {
+		printJSON(stdout, res)
+		return exitOK
+	}
+	fmt.Fprintf(stdout, "archived and pruned %d audit records and %d payment records older than %s\n",
+		sum.AuditRecords, sum.PaymentRecords, before.Format(time.RFC3339))
+	fmt.Fprintf(stdout, "archive %s sha256 0x%x\n", *archive, sum.SHA256)
+	fmt.Fprintf(stdout, "checkpoint seq=%d hash=0x%x  (keep it with the archive; check with: signerctl audit verify --archive %s)\n",
+		sum.Through.Seq, sum.Through.Hash, *archive)
+	return exitOK
 }

@@ -61,6 +61,8 @@ func (d *Daemon) adminRoutes() http.Handler {
 	mux.HandleFunc("GET /v1/admin/audit/export", op("audit_export", d.handleAuditExport))
 	mux.HandleFunc("GET /v1/admin/ledger/spend", op("ledger_spend", d.handleSpend))
 	mux.HandleFunc("GET /v1/admin/ledger/records", op("ledger_records", d.handleRecords))
+	mux.HandleFunc("GET /v1/admin/ledger/prune/export", op("ledger_prune_export", d.handlePruneExport))
+	mux.HandleFunc("POST /v1/admin/ledger/prune", op("ledger_prune", d.handlePrune))
 	mux.HandleFunc("GET /v1/admin/keys", op("keys", d.handleKeys))
 	mux.HandleFunc("POST /v1/admin/keys/generate", op("keys_generate", d.handleKeyGenerate))
 	mux.HandleFunc("POST /v1/admin/keys/import", op("keys_import", d.handleKeyImport))
@@ -311,7 +313,12 @@ func (d *Daemon) handleAuditVerify(w http.ResponseWriter, r *http.Request, _ con
 		if seq, _, err := d.ledger.AuditHead(); err == nil {
 			head = seq
 		}
-		res, err := audit.CheckAnchors(anchors, head, d.ledger.AuditRecord)
+		cp, err := d.ledger.AuditCheckpoint()
+		if err != nil {
+			adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeStoreUnavailable, err)
+			return
+		}
+		res, err := audit.CheckAnchorsAfter(anchors, head, cp, d.ledger.AuditRecord)
 		if err != nil {
 			adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeStoreUnavailable, err)
 			return
@@ -677,4 +684,118 @@ func (d *Daemon) handleReady(w http.ResponseWriter, r *http.Request, _ config.Op
 		status = http.StatusServiceUnavailable
 	}
 	writeValue(w, r, status, st)
+}
+
+// ---- retention (see ledger/prune.go and docs/ledger.md#retention) ----
+
+// pruneBody is the body of both retention steps.
+type pruneBody struct {
+	Before        string `json:"before"`                   // RFC 3339
+	Plan          string `json:"plan,omitempty"`           // 0x-hex, from the archive's trailer (prune only)
+	ArchiveSHA256 string `json:"archive_sha256,omitempty"` // 0x-hex, from the archive's trailer (prune only)
+}
+
+func parseHash32(field, s string) ([32]byte, *pipeline.Error) {
+	var h [32]byte
+	b, err := hex.DecodeString(strings.TrimPrefix(s, "0x"))
+	if err != nil || len(b) != 32 {
+		return h, pipeline.Invalidf(field, "want 32 bytes as 0x-hex")
+	}
+	copy(h[:], b)
+	return h, nil
+}
+
+func (d *Daemon) pruneRequest(w http.ResponseWriter, r *http.Request) (pruneBody, time.Time, bool) {
+	var body pruneBody
+	if e := decodeBody(r, d.cfg.Limits.MaxBodyBytes, &body); e != nil {
+		writeError(w, r, e)
+		return body, time.Time{}, false
+	}
+	before, err := time.Parse(time.RFC3339Nano, body.Before)
+	if err != nil {
+		writeError(w, r, pipeline.Invalidf("before", "want an RFC 3339 time"))
+		return body, time.Time{}, false
+	}
+	return body, before, true
+}
+
+// writtenTracker notes whether anything was written, so an error before the first byte can
+// still be answered as an error.
+type writtenTracker struct {
+	w       http.ResponseWriter
+	written bool
+}
+
+func (t *writtenTracker) Write(p []byte) (int, error) {
+	if !t.written {
+		t.w.Header().Set("Content-Type", "application/x-ndjson")
+		t.w.WriteHeader(http.StatusOK)
+		t.written = true
+	}
+	return t.w.Write(p)
+}
+
+// handlePruneExport (GET ?before=RFC3339) is step 1 of retention: it streams the archive of
+// what a prune at "before" would delete (ledger.ExportArchive) and changes nothing. A stream cut short lacks
+// the trailer, which the CLI requires before it confirms.
+func (d *Daemon) handlePruneExport(w http.ResponseWriter, r *http.Request, _ config.Operator) {
+	before, err := time.Parse(time.RFC3339Nano, r.URL.Query().Get("before"))
+	if err != nil {
+		writeError(w, r, pipeline.Invalidf("before", "want an RFC 3339 time"))
+		return
+	}
+	tw := &writtenTracker{w: w}
+	_, err = d.ledger.ExportArchive(tw, before)
+	switch {
+	case err == nil:
+	case tw.written:
+		d.log.Error("archive export failed midway (nothing pruned)", "err", err)
+	case errors.Is(err, ledger.ErrInvalid):
+		writeError(w, r, pipeline.Invalidf("before", "%s", strings.TrimPrefix(err.Error(), "ledger: invalid argument: ")))
+	case errors.Is(err, ledger.ErrCorrupt):
+		adminError(w, r, http.StatusInternalServerError, "audit_corrupt", err)
+	default:
+		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeStoreUnavailable, err)
+	}
+}
+
+// handlePrune is step 2 of retention, once the operator's archive is written and synced: it
+// deletes what the archive holds if the selection is still the archive's plan (409
+// prune_plan_changed otherwise: nothing deleted), with a retention audit record naming the
+// operator and the archive's SHA-256.
+func (d *Daemon) handlePrune(w http.ResponseWriter, r *http.Request, o config.Operator) {
+	body, before, ok := d.pruneRequest(w, r)
+	if !ok {
+		return
+	}
+	plan, e := parseHash32("plan", body.Plan)
+	if e != nil {
+		writeError(w, r, e)
+		return
+	}
+	sha, e := parseHash32("archive_sha256", body.ArchiveSHA256)
+	if e != nil {
+		writeError(w, r, e)
+		return
+	}
+	sum, err := d.ledger.Prune(r.Context(), ledger.PruneRequest{Before: before, Plan: plan, ArchiveSHA256: sha, Operator: o.Name})
+	switch {
+	case errors.Is(err, ledger.ErrPlanChanged):
+		adminError(w, r, http.StatusConflict, "prune_plan_changed", err)
+	case errors.Is(err, ledger.ErrInvalid):
+		writeError(w, r, pipeline.Invalidf("before", "%s", strings.TrimPrefix(err.Error(), "ledger: invalid argument: ")))
+	case errors.Is(err, ledger.ErrCorrupt):
+		adminError(w, r, http.StatusInternalServerError, "audit_corrupt", err)
+	case err != nil:
+		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeStoreUnavailable, err)
+	default:
+		d.log.Info("ledger pruned", "operator", o.Name, "pruned_through", sum.Through.Seq,
+			"audit_records", sum.AuditRecords, "payment_records", sum.PaymentRecords)
+		writeValue(w, r, http.StatusOK, map[string]any{
+			"before": before.UTC().Format(time.RFC3339Nano), "pruned_through": sum.Through.Seq,
+			"checkpoint_hash": "0x" + hex.EncodeToString(sum.Through.Hash[:]),
+			"audit_records":   sum.AuditRecords, "payment_records": sum.PaymentRecords,
+			"plan": "0x" + hex.EncodeToString(sum.Plan[:]), "archive_sha256": "0x" + hex.EncodeToString(sum.SHA256[:]),
+		})
+	}
 }
