@@ -1,16 +1,21 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,8 +23,12 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/signerd/signerd/hsm"
+	"github.com/signerd/signerd/hsm/pkcs11/softhsmtest"
 	"github.com/signerd/signerd/signerd/audit"
+	"github.com/signerd/signerd/signerd/config"
 	"github.com/signerd/signerd/signerd/ledger"
+	"github.com/signerd/signerd/signerd/server"
 )
 
 // fakeDaemon serves canned admin answers on a Unix socket and records the requests.
@@ -635,5 +644,297 @@ func TestReloadPolicyWarnings(t *testing.T) {
 	out, _, code = ctl("status", "--socket", f.sock)
 	if code != 0 || !strings.Contains(out, `policy warning  approval "treasury-hold": no operator is in group "treasury"`) {
 		t.Fatalf("status policy warnings:\n%s", out)
+	}
+}
+
+// TestMain runs a real daemon instead of the tests when re-executed by startRealDaemon (a
+// separate process: SoftHSM2 is initialised once per process, with one configuration, and the
+// keys tests use another).
+func TestMain(m *testing.M) {
+	if dir := os.Getenv("SIGNERD_CTL_TEST_DAEMON"); dir != "" {
+		os.Exit(daemonMain(dir))
+	}
+	os.Exit(m.Run())
+}
+
+// daemonMain serves a daemon from dir (made by startRealDaemon) until stdin closes. Its clock
+// is the real time plus the offset in dir/offset (nanoseconds; absent means 0).
+func daemonMain(dir string) int {
+	fail := func(err error) int { fmt.Fprintln(os.Stderr, "daemon:", err); return 1 }
+	env, err := softhsmtest.Prepare(filepath.Join(dir, "hsm"), "ctl")
+	if err != nil {
+		return fail(err)
+	}
+	cfg := &config.Config{
+		StateDir: filepath.Join(dir, "state"),
+		Sockets: config.Sockets{
+			Agent: config.Socket{Path: filepath.Join(dir, "agent.sock"), Mode: 0o660},
+			Admin: config.Socket{Path: filepath.Join(dir, "admin.sock"), Mode: 0o600},
+		},
+		HSM:       env.Options("ctl"),
+		Policy:    filepath.Join(dir, "policy.yaml"),
+		Protocol:  config.Protocol{Network: "eip155:84532", EIP712Name: "4mica", EIP712Version: "1", ChainID: 84532},
+		Operators: []config.Operator{{Name: "alice", UID: uint32(os.Getuid())}},
+	}
+	cfg.Defaults()
+	ctx := context.Background()
+	b, err := hsm.Open(ctx, cfg.HSM)
+	if err != nil {
+		return fail(err)
+	}
+	if _, err := b.Generate(ctx, hsm.GenerateOptions{Label: "w"}); err != nil {
+		return fail(err)
+	}
+	clock := func() time.Time {
+		v, _ := os.ReadFile(filepath.Join(dir, "offset"))
+		n, _ := strconv.ParseInt(string(v), 10, 64)
+		return time.Now().Add(time.Duration(n))
+	}
+	d, err := server.Open(ctx, server.Options{Config: cfg, Backend: b, Clock: clock,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		return fail(err)
+	}
+	d.Start()
+	fmt.Println("ready", d.Wallets()[0])
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.Shutdown(sctx); err != nil {
+		return fail(err)
+	}
+	return 0
+}
+
+// realDaemon is a signerd process on a SoftHSM2 token in a temp dir, with a clock the test
+// can move (an offset from the real time).
+type realDaemon struct {
+	dir    string
+	admin  string // admin socket
+	agent  *http.Client
+	wallet string
+}
+
+func (rd *realDaemon) setOffset(t *testing.T, d time.Duration) {
+	if err := os.WriteFile(filepath.Join(rd.dir, "offset"), []byte(strconv.FormatInt(int64(d), 10)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (rd *realDaemon) offset() time.Duration {
+	v, _ := os.ReadFile(filepath.Join(rd.dir, "offset"))
+	n, _ := strconv.ParseInt(string(v), 10, 64)
+	return time.Duration(n)
+}
+
+func startRealDaemon(t *testing.T) *realDaemon {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ctld") // short: Unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	pol, err := os.ReadFile("../../signerd/server/testdata/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), pol, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "SIGNERD_CTL_TEST_DAEMON="+dir)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("daemon exit: %v\n%s", err, stderr.String())
+		}
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	wallet, ok := strings.CutPrefix(strings.TrimSpace(line), "ready ")
+	if err != nil || !ok {
+		t.Fatalf("daemon did not start: %q %v\n%s", line, err, stderr.String())
+	}
+	rd := &realDaemon{dir: dir, admin: filepath.Join(dir, "admin.sock"), wallet: strings.ToLower(wallet)}
+	rd.agent = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var dl net.Dialer
+		return dl.DialContext(ctx, "unix", filepath.Join(dir, "agent.sock"))
+	}}}
+	return rd
+}
+
+// records counts the daemon's payment records (signerctl ledger records --json).
+func (rd *realDaemon) records(t *testing.T) int {
+	t.Helper()
+	out, errs, code := ctl("ledger", "records", "--limit", "100", "--json", "--socket", rd.admin)
+	var v struct {
+		Records []json.RawMessage `json:"records"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &v) != nil {
+		t.Fatalf("ledger records: %d %s %s", code, out, errs)
+	}
+	return len(v.Records)
+}
+
+// sign asks for one guarantee and fails the test unless it is signed.
+func (rd *realDaemon) sign(t *testing.T, tab, req uint64) {
+	t.Helper()
+	claims := map[string]any{"version": "v1", "user_address": rd.wallet,
+		"recipient_address": "0x1234567890123456789012345678901234567890",
+		"tab_id":            fmt.Sprintf("0x%x", tab), "req_id": fmt.Sprint(req), "amount": "5",
+		"asset_address": "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+		"timestamp":     time.Now().Add(rd.offset()).Unix()}
+	b, _ := json.Marshal(map[string]any{"claims": claims})
+	resp, err := rd.agent.Post("http://signerd/v1/guarantees", "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		body, _ := io.ReadAll(resp.Body)
+		t.Fatalf("sign %d/%d: %d %s", tab, req, resp.StatusCode, body)
+	}
+}
+
+type failingFile struct{ n int }
+
+func (f *failingFile) Write(p []byte) (int, error) {
+	if f.n += len(p); f.n > 200 {
+		return 0, errors.New("no space left on device")
+	}
+	return len(p), nil
+}
+
+// TestLedgerPruneCLI runs signerctl ledger prune and audit verify --archive against a real
+// daemon: a failed archive write prunes nothing; an existing archive is never overwritten; the
+// real run archives then prunes; the archive verifies and joins the live chain; anchors in the
+// pruned part are checked against the archive (and a wrong one fails); an altered archive is
+// refused; a second run has nothing to prune.
+func TestLedgerPruneCLI(t *testing.T) {
+	rd := startRealDaemon(t)
+	for req := uint64(1); req <= 3; req++ {
+		rd.sign(t, 1, req)
+	}
+	start := time.Now()
+	rd.setOffset(t, 48*time.Hour)
+	rd.sign(t, 2, 1)
+	dir := t.TempDir()
+	archive := filepath.Join(dir, "a1.jsonl")
+	before := start.Add(time.Minute).UTC().Format(time.RFC3339Nano)
+	sock := []string{"--socket", rd.admin}
+	verifyOut := func(args ...string) (string, int) {
+		out, errs, code := ctl(append(append([]string{"audit", "verify"}, sock...), args...)...)
+		return out + errs, code
+	}
+
+	// The archive cannot be written: nothing pruned, no file left.
+	archiveWriter = func(f *os.File) io.Writer { return &failingFile{} }
+	out, errs, code := ctl(append([]string{"ledger", "prune", "--before", before, "--archive", archive}, sock...)...)
+	archiveWriter = func(f *os.File) io.Writer { return f }
+	if code != exitRefused || !strings.Contains(errs, "nothing pruned") {
+		t.Fatalf("failing write: %d %s %s", code, out, errs)
+	}
+	if _, err := os.Stat(archive); err == nil {
+		t.Fatal("archive left after a failed write")
+	}
+	if _, err := os.Stat(archive + ".partial"); err == nil {
+		t.Fatal("partial archive left after a failed write")
+	}
+	if out, code := verifyOut(); code != 0 || strings.Contains(out, "pruned") {
+		t.Fatalf("after a failed prune: %d %s", code, out)
+	}
+	if n := rd.records(t); n != 4 {
+		t.Fatalf("%d records after a failed prune", n)
+	}
+	// Too recent for the daemon's clock (48 h ahead): refused; nothing written.
+	recent := time.Now().Add(47 * time.Hour).UTC().Format(time.RFC3339)
+	if _, errs, code := ctl(append([]string{"ledger", "prune", "--before", recent, "--archive", archive}, sock...)...); code != exitRefused || !strings.Contains(errs, "invalid_request") {
+		t.Fatalf("too recent: %d %s", code, errs)
+	}
+
+	out, errs, code = ctl(append([]string{"ledger", "prune", "--before", before, "--archive", archive}, sock...)...)
+	if code != 0 || !strings.Contains(out, "archived and pruned") || !strings.Contains(out, "3 payment records") {
+		t.Fatalf("prune: %d %s %s", code, out, errs)
+	}
+	if st, err := os.Stat(archive); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("archive: %v %v", st, err)
+	}
+	if n := rd.records(t); n != 1 {
+		t.Fatalf("%d records after prune, want 1", n)
+	}
+	// Never overwrite an archive.
+	if _, errs, code := ctl(append([]string{"ledger", "prune", "--before", before, "--archive", archive}, sock...)...); code != exitUsage || !strings.Contains(errs, "never overwritten") {
+		t.Fatalf("existing archive: %d %s", code, errs)
+	}
+
+	f, err := os.Open(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := ledger.VerifyArchive(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq2 := sum.Hashes[1].String()
+	wrong := sum.Hashes[1]
+	wrong.Hash[5] ^= 1
+	if out, code := verifyOut(); code != 0 || !strings.Contains(out, fmt.Sprintf("records 1..%d were pruned", sum.Through.Seq)) {
+		t.Fatalf("verify after prune: %d %s", code, out)
+	}
+	if out, code := verifyOut("--anchor", seq2); code != 0 || !strings.Contains(out, "NOT checked") {
+		t.Fatalf("pruned anchor without archive: %d %s", code, out)
+	}
+	if out, code := verifyOut("--anchor", seq2, "--archive", archive); code != 0 || !strings.Contains(out, "archives OK") || !strings.Contains(out, "anchors OK: all 1 match") {
+		t.Fatalf("pruned anchor with archive: %d %s", code, out)
+	}
+	if out, code := verifyOut("--anchor", wrong.String(), "--archive", archive); code != exitRefused || !strings.Contains(out, "MISMATCH") {
+		t.Fatalf("wrong pruned anchor with archive: %d %s", code, out)
+	}
+	// Offline too (daemon's file is locked, so check a copy).
+	raw, _ := os.ReadFile(archive)
+	bad := filepath.Join(dir, "bad.jsonl")
+	os.WriteFile(bad, bytes.Replace(raw, []byte(`"req_id":"2"`), []byte(`"req_id":"7"`), 1), 0o600)
+	if out, code := verifyOut("--archive", bad); code != exitRefused || !strings.Contains(out, "archive BROKEN") {
+		t.Fatalf("altered archive: %d %s", code, out)
+	}
+
+	// Twice: nothing to prune, no file written.
+	a2 := filepath.Join(dir, "a2.jsonl")
+	if out, errs, code := ctl(append([]string{"ledger", "prune", "--before", before, "--archive", a2}, sock...)...); code != 0 || !strings.Contains(out, "nothing to prune") {
+		t.Fatalf("second prune: %d %s %s", code, out, errs)
+	}
+	if _, err := os.Stat(a2); err == nil {
+		t.Fatal("second prune wrote an archive")
+	}
+}
+
+func TestParseBefore(t *testing.T) {
+	now := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+	for in, want := range map[string]string{
+		"90d": "2026-08-23T12:00:00Z", "36h": "2026-11-20T00:00:00Z",
+		"2026-01-02T03:04:05Z": "2026-01-02T03:04:05Z", "2026-01-02T05:04:05+02:00": "2026-01-02T03:04:05Z",
+	} {
+		got, err := parseBefore(in, now)
+		if err != nil || got.UTC().Format(time.RFC3339) != want {
+			t.Errorf("%s: %v %v, want %s", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "0d", "-3h", "yesterday", "12", "2026-01-02"} {
+		if _, err := parseBefore(bad, now); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
 	}
 }
