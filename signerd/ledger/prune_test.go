@@ -268,3 +268,39 @@ func TestVerifyArchiveDetects(t *testing.T) {
 }
 
 func hexs(b [32]byte) string { return strings.TrimPrefix(hash32(b), "0x") }
+
+// TestPruneFailedTransaction: a prune whose transaction fails (I/O at commit) deletes nothing:
+// after a reopen every record and the whole chain are still there, and the same archive's
+// plan still prunes.
+func TestPruneFailedTransaction(t *testing.T) {
+	l, clk, path := pruneFixture(t)
+	before := t0.Add(time.Hour)
+	var arch bytes.Buffer
+	sum, err := l.ExportArchive(&arch, before)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, _ := l.VerifyAudit()
+	l.testHookAfterApply = func() error { return errors.New("injected fsync failure") }
+	var se *StoreError
+	if _, err := l.Prune(context.Background(), PruneRequest{Before: before, Plan: sum.Plan}); !errors.As(err, &se) {
+		t.Fatalf("failed prune: %v", err)
+	}
+	l.Close()
+	l2, err := Open(Options{Path: path, Clock: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	if rep, err := l2.VerifyAudit(); err != nil || rep.Records != full.Records || rep.PrunedThrough != 0 {
+		t.Fatalf("after a failed prune: %+v %v", rep, err)
+	}
+	for id := RecordID(1); id <= 6; id++ {
+		if _, err := l2.Record(id); err != nil {
+			t.Fatalf("record %d: %v", id, err)
+		}
+	}
+	if _, err := l2.Prune(context.Background(), PruneRequest{Before: before, Plan: sum.Plan}); err != nil {
+		t.Fatal(err)
+	}
+}
