@@ -65,7 +65,8 @@
 // the bucket of its window at the committer's clock, and usage is the sum of the window's
 // buckets and of any later bucket (charged while the clock was ahead, before a step back).
 // Buckets older than their window are pruned by the committer (Options.PruneEvery, never on a
-// clock that stepped back, and no faster than monotonic time passes), so usage state is bounded; payment records and the audit log are history and are kept.
+// clock that stepped back, and no faster than monotonic time passes), so usage state is bounded; payment records and the audit log are history, deleted only by an operator's
+// archive-then-prune run (ExportArchive, Prune; see prune.go).
 // See docs/ledger.md for the data model and the durability guarantees.
 package ledger
 
