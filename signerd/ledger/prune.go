@@ -60,9 +60,10 @@ const ArchiveVersion = 1
 // replayPruned is the replay status byte of a key whose signed record was pruned.
 const replayPruned byte = 'p'
 
-// collateralMarkPrefix is the state prefix of pending-broadcast marks (package pipeline):
-// records they name are never pruned.
-const collateralMarkPrefix = "collateral/unbroadcast/"
+// UnbroadcastPrefix is the state-key prefix of pending-broadcast marks: package pipeline writes
+// one (UnbroadcastPrefix + wallet + "/" + record id) before it signs a transaction and removes
+// it once the RPC took it. Records such a mark names are never pruned.
+const UnbroadcastPrefix = "collateral/unbroadcast/"
 
 // ErrPlanChanged means what a prune would delete is no longer what the archive holds (the
 // selection changed between export and prune): nothing was deleted; export again.
@@ -147,7 +148,7 @@ func selectPrune(tx *bolt.Tx, before time.Time) (*prunePlan, error) {
 	}
 	marked := map[RecordID]bool{}
 	sc := tx.Bucket(bucketState).Cursor()
-	for k, _ := sc.Seek([]byte(collateralMarkPrefix)); k != nil && bytes.HasPrefix(k, []byte(collateralMarkPrefix)); k, _ = sc.Next() {
+	for k, _ := sc.Seek([]byte(UnbroadcastPrefix)); k != nil && bytes.HasPrefix(k, []byte(UnbroadcastPrefix)); k, _ = sc.Next() {
 		s := string(k)
 		if id, err := strconv.ParseUint(s[strings.LastIndexByte(s, '/')+1:], 10, 64); err == nil {
 			marked[RecordID(id)] = true

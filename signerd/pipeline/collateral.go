@@ -57,7 +57,7 @@ const (
 
 // pendingPrefix is the ledger state prefix of the transactions signed (or about to be) whose
 // broadcast is not confirmed: pendingPrefix + lowercase wallet + "/" + record id (20 digits).
-const pendingPrefix = "collateral/unbroadcast/"
+const pendingPrefix = ledger.UnbroadcastPrefix
 
 // receiptLookup bounds the receipt lookup after a rebroadcast answered "nonce too low".
 const receiptLookup = 3 * time.Second
