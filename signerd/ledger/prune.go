@@ -88,11 +88,21 @@ type prunePlan struct {
 	from    audit.Checkpoint
 	through audit.Checkpoint
 	ids     []RecordID
+	sums    [][32]byte // SHA-256 of each selected record's archive form (its JSON), as ids
 }
 
+// recordSum is the SHA-256 of a payment record's archive form: the plan binds what is deleted
+// to the bytes archived, not only to the ids.
+func recordSum(recJSON []byte) [32]byte { return sha256.Sum256(recJSON) }
+
+// digest is the plan: SHA-256 over before, the checkpoint the archive starts from and the one
+// it ends at (seq and hash: through's hash binds every archived audit record by the chain),
+// and every selected payment record's id and content hash, in id order. Recomputed by
+// VerifyArchive from the archive's own lines, and by Prune from the ledger inside the deleting
+// transaction: equal digests mean the ledger deletes exactly what the archive holds.
 func (p *prunePlan) digest() [32]byte {
 	h := sha256.New()
-	h.Write([]byte("signerd-prune-v1\x00"))
+	h.Write([]byte("signerd-prune-v2\x00"))
 	var b [8]byte
 	for _, v := range []uint64{uint64(p.before.UnixNano()), p.from.Seq, p.through.Seq, uint64(len(p.ids))} {
 		binary.BigEndian.PutUint64(b[:], v)
@@ -100,8 +110,9 @@ func (p *prunePlan) digest() [32]byte {
 	}
 	h.Write(p.from.Hash[:])
 	h.Write(p.through.Hash[:])
-	for _, id := range p.ids {
+	for i, id := range p.ids {
 		h.Write(id.key())
+		h.Write(p.sums[i][:])
 	}
 	var out [32]byte
 	h.Sum(out[:0])
@@ -167,7 +178,12 @@ func selectPrune(tx *bolt.Tx, before time.Time) (*prunePlan, error) {
 		if rec.Status == StatusReserved || !rec.Updated.Before(before) || marked[id] || isPending(tx, id) {
 			continue
 		}
+		b, err := json.Marshal(rec)
+		if err != nil {
+			return nil, err
+		}
 		p.ids = append(p.ids, id)
+		p.sums = append(p.sums, recordSum(b))
 	}
 	return p, nil
 }
@@ -249,7 +265,7 @@ func (l *Ledger) ExportArchive(w io.Writer, before time.Time) (ArchiveSummary, e
 				return err
 			}
 		}
-		for _, id := range p.ids {
+		for i, id := range p.ids {
 			rec, err := getRecord(tx, id)
 			if err != nil {
 				return err
@@ -257,6 +273,9 @@ func (l *Ledger) ExportArchive(w io.Writer, before time.Time) (ArchiveSummary, e
 			b, err := json.Marshal(rec)
 			if err != nil {
 				return err
+			}
+			if recordSum(b) != p.sums[i] {
+				return fmt.Errorf("ledger: internal: record %d's archive form is not the one selected", id)
 			}
 			if err := line(archiveRecord{Type: "payment_record", Record: b}); err != nil {
 				return err
@@ -279,10 +298,20 @@ func (l *Ledger) ExportArchive(w io.Writer, before time.Time) (ArchiveSummary, e
 const MaxArchiveLine = 1 << 20
 
 // VerifyArchive reads an archive written by ExportArchive and checks it completely: the
-// header, every audit record's hash recomputed from its content, the chain from the header's
-// checkpoint to its through hash, the payment record count, and the trailer (present, last,
-// SHA-256 of everything before it). Errors: a *audit.CorruptError for a bad audit record,
-// ErrCorrupt-matching errors for a malformed or truncated archive, or the reader's error.
+// header, every audit record's hash recomputed from its content and its time before the
+// header's before, the chain from the header's checkpoint to its through hash, every payment
+// record (final, last updated before before, ids ascending), the counts, the plan recomputed
+// from the archive's own lines (header, through hash, ids and content hashes) against the
+// trailer's, and the trailer (present, last, SHA-256 of everything before it). Summary.Plan is
+// the recomputed plan: a prune confirmed with it deletes exactly what the archive holds.
+//
+// What an archive alone proves is only that it is complete and consistent: anyone can write
+// lines that chain and recompute the hashes. Its audit part is tied to the ledger by its
+// through hash being the live checkpoint (signerctl audit verify --archive), and its payment
+// records by its plan and SHA-256 being those of the retention audit record of the prune.
+//
+// Errors: a *audit.CorruptError for a bad audit record, ErrCorrupt-matching errors for a
+// malformed, inconsistent or truncated archive, or the reader's error.
 func VerifyArchive(r io.Reader) (ArchiveSummary, error) {
 	var sum ArchiveSummary
 	bad := func(n int, format string, a ...any) error {
@@ -294,6 +323,7 @@ func VerifyArchive(r io.Reader) (ArchiveSummary, error) {
 		hdr   archiveHeader
 		chain *audit.ChainCheck
 		done  bool
+		plan  prunePlan
 	)
 	for n := 1; ; n++ {
 		line, err := readLine(br)
@@ -324,13 +354,14 @@ func VerifyArchive(r io.Reader) (ArchiveSummary, error) {
 			if sum.Before, err = time.Parse(time.RFC3339Nano, hdr.Before); err != nil {
 				return sum, bad(n, "header before")
 			}
-			if sum.From, err = audit.ParseAnchor(fmt.Sprintf("%d:%s", hdr.FromSeq, hdr.FromHash)); err != nil && hdr.FromSeq != 0 {
+			if sum.From, err = parseArchiveCheckpoint(hdr.FromSeq, hdr.FromHash); err != nil {
 				return sum, bad(n, "header from: %v", err)
 			}
-			if sum.Through, err = audit.ParseAnchor(fmt.Sprintf("%d:%s", hdr.ThroughSeq, hdr.ThroughHash)); err != nil && hdr.ThroughSeq != 0 {
+			if sum.Through, err = parseArchiveCheckpoint(hdr.ThroughSeq, hdr.ThroughHash); err != nil {
 				return sum, bad(n, "header through: %v", err)
 			}
 			chain = audit.NewChainCheck(sum.From)
+			plan = prunePlan{before: sum.Before, from: sum.From, through: sum.Through}
 		case typ.Type == "":
 			rec, err := audit.ParseJSONRecord(line)
 			if err != nil {
@@ -339,16 +370,30 @@ func VerifyArchive(r io.Reader) (ArchiveSummary, error) {
 			if err := chain.Add(rec); err != nil {
 				return sum, err
 			}
+			if rec.Time >= sum.Before.UnixNano() {
+				return sum, bad(n, "audit record %d is not older than the archive's before", rec.Seq)
+			}
 			sum.AuditRecords++
 			sum.Hashes = append(sum.Hashes, audit.Anchor{Seq: rec.Seq, Hash: rec.Hash})
 		case typ.Type == "payment_record":
 			var pr archiveRecord
-			var id struct {
-				ID RecordID `json:"record_id"`
+			var rec struct {
+				ID      RecordID `json:"record_id"`
+				Status  Status   `json:"status"`
+				Updated string   `json:"updated"`
 			}
-			if json.Unmarshal(line, &pr) != nil || json.Unmarshal(pr.Record, &id) != nil || id.ID == 0 {
+			if json.Unmarshal(line, &pr) != nil || json.Unmarshal(pr.Record, &rec) != nil || rec.ID == 0 {
 				return sum, bad(n, "payment record malformed")
 			}
+			if len(plan.ids) > 0 && rec.ID <= plan.ids[len(plan.ids)-1] {
+				return sum, bad(n, "payment record %d out of order or repeated", rec.ID)
+			}
+			up, err := time.Parse(time.RFC3339Nano, rec.Updated)
+			if err != nil || !up.Before(sum.Before) || (rec.Status != StatusSigned && rec.Status != StatusReleased) {
+				return sum, bad(n, "payment record %d is not final and older than the archive's before", rec.ID)
+			}
+			plan.ids = append(plan.ids, rec.ID)
+			plan.sums = append(plan.sums, recordSum(pr.Record))
 			sum.PaymentRecords++
 		case typ.Type == "end":
 			var tr archiveTrailer
@@ -366,11 +411,10 @@ func VerifyArchive(r io.Reader) (ArchiveSummary, error) {
 			if chain.Last != sum.Through {
 				return sum, bad(n, "the audit records end at seq %d, the header says %d", chain.Last.Seq, sum.Through.Seq)
 			}
-			plan, err := hex.DecodeString(strings.TrimPrefix(tr.Plan, "0x"))
-			if err != nil || len(plan) != 32 {
-				return sum, bad(n, "trailer plan")
+			sum.Plan = plan.digest()
+			if tr.Plan != hash32(sum.Plan) {
+				return sum, bad(n, "the trailer's plan is not the plan of the archive's content (altered, or not what the daemon selected)")
 			}
-			copy(sum.Plan[:], plan)
 			done = true
 			continue
 		default:
@@ -379,6 +423,20 @@ func VerifyArchive(r io.Reader) (ArchiveSummary, error) {
 		h.Write(line)
 		h.Write([]byte{'\n'})
 	}
+}
+
+// parseArchiveCheckpoint reads a header checkpoint: seq 0 must come with the zero hash.
+func parseArchiveCheckpoint(seq uint64, h string) (audit.Checkpoint, error) {
+	cp := audit.Checkpoint{Seq: seq}
+	b, err := hex.DecodeString(strings.TrimPrefix(h, "0x"))
+	if err != nil || len(b) != 32 || !strings.HasPrefix(h, "0x") {
+		return cp, fmt.Errorf("hash %q: want 0x and 32 bytes of hex", h)
+	}
+	copy(cp.Hash[:], b)
+	if seq == 0 && cp.Hash != ([32]byte{}) {
+		return cp, errors.New("seq 0 (genesis) with a non-zero hash")
+	}
+	return cp, nil
 }
 
 // readLine reads one '\n'-terminated line (without it), bounded by MaxArchiveLine.
