@@ -1160,6 +1160,20 @@ func parseBefore(s string, now time.Time) (time.Time, error) {
 	return now.Add(-d).UTC(), nil
 }
 
+// syncDir fsyncs a directory (so a link just made in it survives a crash); failing to open it
+// is a failure too.
+var syncDir = func(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
 // archiveWriter wraps the archive file while it is written (tests inject a failing writer).
 var archiveWriter = func(f *os.File) io.Writer { return f }
 
@@ -1169,7 +1183,7 @@ var archiveWriter = func(f *os.File) io.Writer { return f }
 //     (created exclusively, mode 0600, next to FILE); nothing is changed in the daemon;
 //  2. the file is fsynced, closed, read back and verified completely (ledger.VerifyArchive:
 //     trailer present, SHA-256, audit chain) — the daemon's stream may have been cut short;
-//  3. it is renamed to FILE (never overwriting) and the directory is fsynced;
+//  3. it is linked to FILE (never overwriting) and the directory is fsynced;
 //  4. only then POST /v1/admin/ledger/prune {before, plan, archive_sha256}: the daemon deletes
 //     exactly the archived selection, or nothing if it changed (409 prune_plan_changed).
 //
@@ -1221,6 +1235,10 @@ func cmdLedgerPrune(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "signerctl ledger prune: the archive written does not verify: %v (nothing pruned)\n", err)
 		return exitRefused
 	}
+	if !sum.Before.Equal(before) {
+		fmt.Fprintf(stderr, "signerctl ledger prune: the archive is for before %s, not %s (nothing pruned)\n", sum.Before.Format(time.RFC3339Nano), before.Format(time.RFC3339Nano))
+		return exitRefused
+	}
 	if sum.AuditRecords == 0 && sum.PaymentRecords == 0 {
 		fmt.Fprintf(stdout, "nothing to prune before %s (no archive written)\n", before.Format(time.RFC3339))
 		return exitOK
@@ -1229,19 +1247,23 @@ func cmdLedgerPrune(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "signerctl ledger prune: %v (nothing pruned)\n", err)
 		return exitRefused
 	}
-	if d, err := os.Open(filepath.Dir(*archive)); err == nil {
-		err = d.Sync()
-		d.Close()
-		if err != nil {
-			fmt.Fprintf(stderr, "signerctl ledger prune: syncing the archive's directory: %v (nothing pruned)\n", err)
-			return exitRefused
-		}
+	if err := syncDir(filepath.Dir(*archive)); err != nil {
+		fmt.Fprintf(stderr, "signerctl ledger prune: syncing the archive's directory: %v (nothing pruned; %s is complete but may not survive a crash)\n", err, *archive)
+		return exitRefused
 	}
 	var res map[string]any
 	body := map[string]string{"before": before.Format(time.RFC3339Nano),
 		"plan": "0x" + hex.EncodeToString(sum.Plan[:]), "archive_sha256": "0x" + hex.EncodeToString(sum.SHA256[:])}
 	if err := a.client().Do("POST", "/v1/admin/ledger/prune", body, &res); err != nil {
-		fmt.Fprintf(stderr, "signerctl ledger prune: the archive %s is complete but NOTHING was pruned\n", *archive)
+		var ae *client.Error
+		if errors.As(err, &ae) {
+			fmt.Fprintf(stderr, "signerctl ledger prune: the archive %s is complete but NOTHING was pruned\n", *archive)
+		} else {
+			// The request may have reached the daemon and committed: only its answer is known
+			// lost. Never tell the operator nothing was pruned when that is not known.
+			fmt.Fprintf(stderr, "signerctl ledger prune: no answer from signerd: the prune MAY HAVE HAPPENED; KEEP the archive %s "+
+				"and check with: signerctl audit verify --archive %s (it joins the live chain only if it did)\n", *archive, *archive)
+		}
 		return a.fail(err, stdout, stderr)
 	}
 	if *a.json {

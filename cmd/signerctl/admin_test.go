@@ -938,3 +938,93 @@ func TestParseBefore(t *testing.T) {
 		}
 	}
 }
+
+// dropPruneAnswerProxy serves a Unix socket in front of the daemon's admin socket: every
+// request is forwarded, but the answer to POST /v1/admin/ledger/prune is dropped (the
+// connection closed after the daemon answered), as a CLI killed or a connection lost at that
+// moment would see it.
+func dropPruneAnswerProxy(t *testing.T, admin string) string {
+	t.Helper()
+	sock := filepath.Join(filepath.Dir(admin), "proxy.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", admin)
+	}}}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		req, _ := http.NewRequestWithContext(context.Background(), r.Method, "http://signerd"+r.URL.RequestURI(), r.Body)
+		req.Header = r.Header.Clone()
+		resp, err := up.Do(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		if r.Method == "POST" && r.URL.Path == "/v1/admin/ledger/prune" {
+			_, _ = io.Copy(io.Discard, resp.Body) // the daemon answered (and committed)
+			c, _, err := w.(http.Hijacker).Hijack()
+			if err == nil {
+				c.Close()
+			}
+			return
+		}
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return sock
+}
+
+// TestLedgerPruneAnswerLost: the daemon prunes but its answer never reaches the CLI. The CLI
+// used to print "the archive is complete but NOTHING was pruned" — an operator believing it
+// could discard the only copy of what was deleted. Now it says the prune may have happened
+// and to keep the archive, and audit verify --archive shows it did. Also: a directory fsync
+// that fails (or a directory that cannot be opened, which was silently skipped) stops before
+// anything is pruned.
+func TestLedgerPruneAnswerLost(t *testing.T) {
+	rd := startRealDaemon(t)
+	for req := uint64(1); req <= 2; req++ {
+		rd.sign(t, 1, req)
+	}
+	start := time.Now()
+	rd.setOffset(t, 48*time.Hour)
+	rd.sign(t, 2, 1)
+	dir := t.TempDir()
+	before := start.Add(time.Minute).UTC().Format(time.RFC3339Nano)
+
+	archive := filepath.Join(dir, "nosync.jsonl")
+	syncDir = func(string) error { return errors.New("injected EIO") }
+	_, errs, code := ctl("ledger", "prune", "--before", before, "--archive", archive, "--socket", rd.admin)
+	syncDir = syncDirReal
+	if code != exitRefused || !strings.Contains(errs, "nothing pruned") {
+		t.Fatalf("dir sync failure: %d %s", code, errs)
+	}
+	if n := rd.records(t); n != 3 {
+		t.Fatalf("%d records after a failed dir sync", n)
+	}
+
+	archive = filepath.Join(dir, "lost.jsonl")
+	proxy := dropPruneAnswerProxy(t, rd.admin)
+	out, errs, code := ctl("ledger", "prune", "--before", before, "--archive", archive, "--socket", proxy)
+	if code == 0 || strings.Contains(errs, "NOTHING was pruned") || !strings.Contains(errs, "MAY HAVE HAPPENED") || !strings.Contains(errs, "KEEP the archive") {
+		t.Fatalf("answer lost: %d %s %s", code, out, errs)
+	}
+	if n := rd.records(t); n != 1 {
+		t.Fatalf("%d records: the daemon should have pruned 2", n)
+	}
+	if _, err := os.Stat(archive); err != nil {
+		t.Fatal(err)
+	}
+	if out, errs, code := ctl("audit", "verify", "--archive", archive, "--socket", rd.admin); code != 0 || !strings.Contains(out, "joins the live chain") {
+		t.Fatalf("verify the kept archive: %d %s %s", code, out, errs)
+	}
+}
+
+var syncDirReal = syncDir
