@@ -6,6 +6,7 @@ package main
 // and reason; a usage error exits 2; a daemon that cannot be reached exits 3.
 
 import (
+	"bytes"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -713,7 +714,12 @@ func auditVerify(a *adminFlags, dbPath string, anchors []audit.Anchor, archives 
 		}
 	}
 	if arch != nil {
-		if err := arch.join(&rep); err != nil {
+		live, err := liveRetention(a, dbPath, rep.PrunedThrough)
+		if err != nil {
+			fmt.Fprintf(stderr, "signerctl: reading the live log's retention records: %v\n", err)
+			return exitRefused
+		}
+		if err := arch.join(&rep, live); err != nil {
 			fmt.Fprintf(stdout, "archive does NOT join the live chain: %v\n", err)
 			return exitRefused
 		}
@@ -1075,6 +1081,9 @@ func claimsAmount(claims string) string {
 type archiveChain struct {
 	from, through audit.Checkpoint
 	hashes        map[uint64][32]byte
+	paths         []string
+	sums          []ledger.ArchiveSummary
+	retention     []audit.Record // retention records inside the archives
 }
 
 // verifyArchives verifies each archive completely (ledger.VerifyArchive) and that they chain.
@@ -1096,6 +1105,8 @@ func verifyArchives(paths []string) (*archiveChain, error) {
 			return nil, fmt.Errorf("%s starts after seq %d, but the previous archive ends at seq %d: give the archives oldest first, none missing", p, sum.From.Seq, ac.through.Seq)
 		}
 		ac.through = sum.Through
+		ac.paths, ac.sums = append(ac.paths, p), append(ac.sums, sum)
+		ac.retention = append(ac.retention, sum.Retention...)
 		for _, h := range sum.Hashes {
 			ac.hashes[h.Seq] = h.Hash
 		}
@@ -1103,15 +1114,32 @@ func verifyArchives(paths []string) (*archiveChain, error) {
 	return ac, nil
 }
 
-// join checks that the archives end exactly at the live log's checkpoint, and checks the
+// join checks that the archives end exactly at the live log's checkpoint, that each archive
+// is the one its prune recorded (a retention record, in a later archive or in live — the live
+// log's retention records after the checkpoint — names its plan and SHA-256: this ties the
+// archived payment records to the ledger, which the checkpoint alone does not), and checks the
 // report's pruned anchors against the archived records.
-func (ac *archiveChain) join(rep *audit.Report) error {
+func (ac *archiveChain) join(rep *audit.Report, live []audit.Record) error {
 	if rep.PrunedThrough == 0 {
 		return errors.New("the live audit log was never pruned")
 	}
 	cp := "0x" + hex.EncodeToString(ac.through.Hash[:])
 	if ac.through.Seq != rep.PrunedThrough || cp != rep.CheckpointHash {
 		return fmt.Errorf("the archives end at seq %d hash %s, the live log's checkpoint is seq %d hash %s", ac.through.Seq, cp, rep.PrunedThrough, rep.CheckpointHash)
+	}
+	recorded := append(append([]audit.Record(nil), ac.retention...), live...)
+	for i, sum := range ac.sums {
+		found := false
+		for _, r := range recorded {
+			if r.Seq > sum.Through.Seq && sum.RecordedBy(r) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return fmt.Errorf("%s: no retention record names this archive's plan 0x%x and SHA-256 0x%x: it is not the archive the prune recorded (payment records altered?)",
+				ac.paths[i], sum.Plan, sum.SHA256)
+		}
 	}
 	for i, r := range rep.Anchors {
 		if r.Status != audit.AnchorPruned {
@@ -1136,6 +1164,61 @@ func (ac *archiveChain) join(rep *audit.Report) error {
 		rep.Anchors[i] = r
 	}
 	return nil
+}
+
+// liveRetention reads the retention records of the live log after seq (from the file with
+// --db, else from the daemon's audit export), each rebuilt and checked against its hash.
+func liveRetention(a *adminFlags, dbPath string, after uint64) ([]audit.Record, error) {
+	rw := &retentionWriter{}
+	if dbPath != "" {
+		db, err := openLedgerReadOnly(dbPath)
+		if err != nil {
+			return nil, err
+		}
+		defer db.Close()
+		if err := audit.Export(db, rw, after+1); err != nil {
+			return nil, err
+		}
+	} else if err := a.client().Stream("GET", "/v1/admin/audit/export?from="+strconv.FormatUint(after+1, 10), rw); err != nil {
+		return nil, err
+	}
+	if rw.err == nil && len(rw.buf) > 0 {
+		rw.err = errors.New("audit export ends in the middle of a line")
+	}
+	return rw.recs, rw.err
+}
+
+// retentionWriter collects the retention records of an audit export as it streams.
+type retentionWriter struct {
+	buf  []byte
+	recs []audit.Record
+	err  error
+}
+
+func (w *retentionWriter) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			break
+		}
+		line := w.buf[:i]
+		if bytes.Contains(line, []byte(`"kind":"`+string(audit.KindRetention)+`"`)) {
+			r, err := audit.ParseJSONRecord(line)
+			if err != nil {
+				w.err = err
+				return 0, err
+			}
+			if r.Event.Kind == audit.KindRetention {
+				w.recs = append(w.recs, r)
+			}
+		}
+		w.buf = w.buf[i+1:]
+	}
+	return len(p), nil
 }
 
 // parseBefore reads --before: an RFC 3339 time, or an age (90d, 2160h, 30m) counted back from now.

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -1028,3 +1030,120 @@ func TestLedgerPruneAnswerLost(t *testing.T) {
 }
 
 var syncDirReal = syncDir
+
+// forgeArchive alters the first payment record of an archive (one hex digit of its signature)
+// and reseals it as anyone knowing the format can: the plan (docs/ledger.md: SHA-256 over
+// "signerd-prune-v2\0", before, from/through seq, count, from/through hash, then each id and
+// the SHA-256 of its record JSON) and the SHA-256 recomputed.
+func forgeArchive(t *testing.T, raw []byte) []byte {
+	t.Helper()
+	lines := strings.SplitAfter(string(raw), "\n")
+	lines = lines[:len(lines)-1]
+	var hdr struct {
+		Before      string `json:"before"`
+		FromSeq     uint64 `json:"from_seq"`
+		FromHash    string `json:"from_hash"`
+		ThroughSeq  uint64 `json:"through_seq"`
+		ThroughHash string `json:"through_hash"`
+	}
+	if err := json.Unmarshal([]byte(lines[0]), &hdr); err != nil {
+		t.Fatal(err)
+	}
+	const prefix = `{"type":"payment_record","record":`
+	var recs [][]byte
+	altered := false
+	for i, l := range lines[:len(lines)-1] {
+		if !strings.HasPrefix(l, prefix) {
+			continue
+		}
+		if !altered {
+			j := strings.Index(l, `"signature":"0x`) + len(`"signature":"0x`)
+			c := byte('a')
+			if l[j] == 'a' {
+				c = 'b'
+			}
+			l = l[:j] + string(c) + l[j+1:]
+			lines[i], altered = l, true
+		}
+		recs = append(recs, []byte(strings.TrimSuffix(strings.TrimPrefix(l, prefix), "}\n")))
+	}
+	if !altered {
+		t.Fatal("no payment record to forge")
+	}
+	before, _ := time.Parse(time.RFC3339Nano, hdr.Before)
+	h := sha256.New()
+	h.Write([]byte("signerd-prune-v2\x00"))
+	for _, v := range []uint64{uint64(before.UnixNano()), hdr.FromSeq, hdr.ThroughSeq, uint64(len(recs))} {
+		h.Write(binary.BigEndian.AppendUint64(nil, v))
+	}
+	for _, s := range []string{hdr.FromHash, hdr.ThroughHash} {
+		b, _ := hex.DecodeString(strings.TrimPrefix(s, "0x"))
+		h.Write(b)
+	}
+	for _, r := range recs {
+		var id struct {
+			ID string `json:"record_id"`
+		}
+		n, err := uint64(0), json.Unmarshal(r, &id)
+		if err == nil {
+			n, err = strconv.ParseUint(id.ID, 10, 64)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Write(binary.BigEndian.AppendUint64(nil, n))
+		s := sha256.Sum256(r)
+		h.Write(s[:])
+	}
+	body := strings.Join(lines[:len(lines)-1], "")
+	var tr map[string]any
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &tr); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte(body))
+	tr["plan"] = "0x" + hex.EncodeToString(h.Sum(nil))
+	tr["sha256"] = "0x" + hex.EncodeToString(sum[:])
+	tb, _ := json.Marshal(map[string]any{"type": "end", "plan": tr["plan"], "sha256": tr["sha256"],
+		"audit_records": tr["audit_records"], "payment_records": tr["payment_records"]})
+	return []byte(body + string(tb) + "\n")
+}
+
+// TestArchiveForgedPaymentRecord: an archive whose payment record was altered and resealed
+// (plan and SHA-256 recomputed) is internally consistent — VerifyArchive cannot tell — and its
+// audit part still ends at the live checkpoint. audit verify --archive used to say "archives
+// OK"; now it also requires the retention record of the prune to name the archive's plan and
+// SHA-256, so the forgery is refused (and the genuine archive still passes).
+func TestArchiveForgedPaymentRecord(t *testing.T) {
+	rd := startRealDaemon(t)
+	rd.sign(t, 1, 1)
+	rd.sign(t, 1, 2)
+	start := time.Now()
+	rd.setOffset(t, 48*time.Hour)
+	rd.sign(t, 2, 1)
+	dir := t.TempDir()
+	archive := filepath.Join(dir, "a.jsonl")
+	before := start.Add(time.Minute).UTC().Format(time.RFC3339Nano)
+	if out, errs, code := ctl("ledger", "prune", "--before", before, "--archive", archive, "--socket", rd.admin); code != 0 {
+		t.Fatalf("prune: %d %s %s", code, out, errs)
+	}
+	raw, err := os.ReadFile(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := filepath.Join(dir, "forged.jsonl")
+	if err := os.WriteFile(forged, forgeArchive(t, raw), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, _ := os.Open(forged)
+	fs, err := ledger.VerifyArchive(f)
+	f.Close()
+	if err != nil || fs.PaymentRecords != 2 {
+		t.Fatalf("the forgery should be internally consistent: %+v %v", fs, err)
+	}
+	if out, errs, code := ctl("audit", "verify", "--archive", forged, "--socket", rd.admin); code != exitRefused || !strings.Contains(out, "no retention record names this archive") {
+		t.Fatalf("forged archive: %d %s %s", code, out, errs)
+	}
+	if out, errs, code := ctl("audit", "verify", "--archive", archive, "--socket", rd.admin); code != 0 || !strings.Contains(out, "archives OK") {
+		t.Fatalf("genuine archive: %d %s %s", code, out, errs)
+	}
+}

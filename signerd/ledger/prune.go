@@ -54,8 +54,9 @@ import (
 // bucket in which a record's charges could still be refunded.
 const MinPruneAge = 24 * time.Hour
 
-// ArchiveVersion is the archive format version ExportArchive writes.
-const ArchiveVersion = 1
+// ArchiveVersion is the archive format version ExportArchive writes: 2 (the plan binds each
+// payment record's content). VerifyArchive still reads version 1 archives (plan over ids only).
+const ArchiveVersion = 2
 
 // replayPruned is the replay status byte of a key whose signed record was pruned.
 const replayPruned byte = 'p'
@@ -80,6 +81,9 @@ type ArchiveSummary struct {
 	SHA256         [32]byte // SHA-256 of the archive bytes before the trailer line
 	// Hashes holds every archived audit record's (seq, hash), in order (VerifyArchive only).
 	Hashes []audit.Anchor
+	// Retention holds the archived retention audit records (VerifyArchive only): the records
+	// of earlier prunes, which name their archives' plan and SHA-256.
+	Retention []audit.Record
 }
 
 // prunePlan is a selection.
@@ -89,6 +93,7 @@ type prunePlan struct {
 	through audit.Checkpoint
 	ids     []RecordID
 	sums    [][32]byte // SHA-256 of each selected record's archive form (its JSON), as ids
+	version int        // archive version the digest is for (0: ArchiveVersion)
 }
 
 // recordSum is the SHA-256 of a payment record's archive form: the plan binds what is deleted
@@ -102,7 +107,12 @@ func recordSum(recJSON []byte) [32]byte { return sha256.Sum256(recJSON) }
 // transaction: equal digests mean the ledger deletes exactly what the archive holds.
 func (p *prunePlan) digest() [32]byte {
 	h := sha256.New()
-	h.Write([]byte("signerd-prune-v2\x00"))
+	v1 := p.version == 1 // ids only: archives written before the content was bound
+	if v1 {
+		h.Write([]byte("signerd-prune-v1\x00"))
+	} else {
+		h.Write([]byte("signerd-prune-v2\x00"))
+	}
 	var b [8]byte
 	for _, v := range []uint64{uint64(p.before.UnixNano()), p.from.Seq, p.through.Seq, uint64(len(p.ids))} {
 		binary.BigEndian.PutUint64(b[:], v)
@@ -112,7 +122,9 @@ func (p *prunePlan) digest() [32]byte {
 	h.Write(p.through.Hash[:])
 	for i, id := range p.ids {
 		h.Write(id.key())
-		h.Write(p.sums[i][:])
+		if !v1 {
+			h.Write(p.sums[i][:])
+		}
 	}
 	var out [32]byte
 	h.Sum(out[:0])
@@ -347,8 +359,8 @@ func VerifyArchive(r io.Reader) (ArchiveSummary, error) {
 		}
 		switch {
 		case n == 1:
-			if typ.Type != "signerd_archive" || json.Unmarshal(line, &hdr) != nil || hdr.Version != ArchiveVersion {
-				return sum, bad(n, "not a signerd archive header (version %d)", ArchiveVersion)
+			if typ.Type != "signerd_archive" || json.Unmarshal(line, &hdr) != nil || hdr.Version < 1 || hdr.Version > ArchiveVersion {
+				return sum, bad(n, "not a signerd archive header (versions 1..%d)", ArchiveVersion)
 			}
 			var err error
 			if sum.Before, err = time.Parse(time.RFC3339Nano, hdr.Before); err != nil {
@@ -361,7 +373,7 @@ func VerifyArchive(r io.Reader) (ArchiveSummary, error) {
 				return sum, bad(n, "header through: %v", err)
 			}
 			chain = audit.NewChainCheck(sum.From)
-			plan = prunePlan{before: sum.Before, from: sum.From, through: sum.Through}
+			plan = prunePlan{before: sum.Before, from: sum.From, through: sum.Through, version: hdr.Version}
 		case typ.Type == "":
 			rec, err := audit.ParseJSONRecord(line)
 			if err != nil {
@@ -372,6 +384,9 @@ func VerifyArchive(r io.Reader) (ArchiveSummary, error) {
 			}
 			if rec.Time >= sum.Before.UnixNano() {
 				return sum, bad(n, "audit record %d is not older than the archive's before", rec.Seq)
+			}
+			if rec.Event.Kind == audit.KindRetention {
+				sum.Retention = append(sum.Retention, rec)
 			}
 			sum.AuditRecords++
 			sum.Hashes = append(sum.Hashes, audit.Anchor{Seq: rec.Seq, Hash: rec.Hash})
@@ -573,4 +588,15 @@ func (l *Ledger) AuditCheckpoint() (cp audit.Checkpoint, err error) {
 		return err
 	})
 	return cp, err
+}
+
+// RecordedBy reports whether r is the retention audit record of the prune this archive was
+// confirmed for: same checkpoint (seq and hash), plan and archive SHA-256. An archive's payment
+// records are tied to the ledger only this way (its audit records also by the checkpoint).
+func (s ArchiveSummary) RecordedBy(r audit.Record) bool {
+	a := r.Event.Attrs
+	return r.Event.Kind == audit.KindRetention &&
+		a["pruned_through"] == strconv.FormatUint(s.Through.Seq, 10) &&
+		a["checkpoint_hash"] == hash32(s.Through.Hash) &&
+		a["plan"] == hash32(s.Plan) && a["archive_sha256"] == hash32(s.SHA256)
 }

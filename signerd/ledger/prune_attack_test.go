@@ -235,3 +235,27 @@ func TestPruneClockSteppedBack(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifyArchiveVersion1: an archive written before the plan bound content (version 1, plan
+// over the ids only) still verifies, its plan recomputed the version 1 way; altered, it fails.
+func TestVerifyArchiveVersion1(t *testing.T) {
+	l, _, _ := pruneFixture(t)
+	var arch bytes.Buffer
+	if _, err := l.ExportArchive(&arch, t0.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	lines := archiveLines(arch.Bytes())
+	lines[0] = strings.Replace(lines[0], `"version":2`, `"version":1`, 1)
+	v2, err := VerifyArchive(strings.NewReader(reseal(t, lines, "")))
+	if err == nil {
+		t.Fatal("a version 1 header with a version 2 plan verified")
+	}
+	var ids []RecordID
+	for id := RecordID(1); id <= 4; id++ {
+		ids = append(ids, id)
+	}
+	p := prunePlan{before: t0.Add(time.Hour), through: v2.Through, ids: ids, version: 1}
+	if _, err := VerifyArchive(strings.NewReader(reseal(t, lines, hash32(p.digest())))); err != nil {
+		t.Fatalf("version 1 archive: %v", err)
+	}
+}
