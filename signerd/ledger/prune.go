@@ -173,9 +173,12 @@ func selectPrune(tx *bolt.Tx, before time.Time) (*prunePlan, error) {
 	sc := tx.Bucket(bucketState).Cursor()
 	for k, _ := sc.Seek([]byte(UnbroadcastPrefix)); k != nil && bytes.HasPrefix(k, []byte(UnbroadcastPrefix)); k, _ = sc.Next() {
 		s := string(k)
-		if id, err := strconv.ParseUint(s[strings.LastIndexByte(s, '/')+1:], 10, 64); err == nil {
-			marked[RecordID(id)] = true
+		id, err := strconv.ParseUint(s[strings.LastIndexByte(s, '/')+1:], 10, 64)
+		if err != nil || id == 0 {
+			// Fail closed: a mark naming no record id could protect any record.
+			return nil, corruptf("pending-broadcast mark %q names no record id: nothing is pruned while it is there", s)
 		}
+		marked[RecordID(id)] = true
 	}
 	rc := tx.Bucket(bucketRecords).Cursor()
 	for k, v := rc.First(); k != nil; k, v = rc.Next() {

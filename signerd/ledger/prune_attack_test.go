@@ -259,3 +259,29 @@ func TestVerifyArchiveVersion1(t *testing.T) {
 		t.Fatalf("version 1 archive: %v", err)
 	}
 }
+
+// TestPruneUnreadableMark: a pending-broadcast mark whose record id does not parse used to be
+// ignored, so the record it was meant to protect could be pruned while its transaction was
+// unbroadcast. Now export and prune refuse (corrupt) until it is cleared.
+func TestPruneUnreadableMark(t *testing.T) {
+	l, _, _ := pruneFixture(t)
+	before := t0.Add(time.Hour)
+	var arch bytes.Buffer
+	sum, err := l.ExportArchive(&arch, before)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mark := []byte(UnbroadcastPrefix + wallet.Hex() + "/0000000000000000000x")
+	if err := l.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketState).Put(mark, []byte{1}) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.ExportArchive(&bytes.Buffer{}, before); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("export with an unreadable mark: %v", err)
+	}
+	if _, err := l.Prune(context.Background(), PruneRequest{Before: before, Plan: sum.Plan}); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("prune with an unreadable mark: %v", err)
+	}
+	if _, err := l.Record(1); err != nil {
+		t.Fatal(err)
+	}
+}
