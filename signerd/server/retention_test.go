@@ -137,3 +137,59 @@ func TestLedgerPruneTwoStep(t *testing.T) {
 		t.Fatalf("verify at the end: %s", v.Raw)
 	}
 }
+
+// TestLedgerPruneRacesHTTP: through a real daemon, the daemon clock stepped back after the
+// export refuses the prune (400, nothing deleted); two prunes of the same archive at once:
+// exactly one deletes (200), the other is 409 prune_plan_changed; a pruned record id is 404.
+func TestLedgerPruneRacesHTTP(t *testing.T) {
+	pol, err := os.ReadFile("testdata/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var offset atomic.Int64
+	clock := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	d := launchDaemon(t, pol, 300*time.Millisecond, nil, func(o *server.Options) { o.Clock = clock })
+	for req := uint64(1); req <= 2; req++ {
+		d.checkSigned(t, d.agent.do(t, "POST", "/v1/guarantees", map[string]any{"claims": d.claims(1, req, 5, nil)}))
+	}
+	start := time.Now()
+	offset.Store(int64(48 * time.Hour))
+	d.checkSigned(t, d.agent.do(t, "POST", "/v1/guarantees", map[string]any{"claims": d.claims(2, 1, 5, func(c map[string]any) {
+		c["timestamp"] = clock().Unix()
+	})}))
+	before := start.Add(time.Minute).UTC().Format(time.RFC3339Nano)
+	st, arch := getRaw(t, d.admin, "/v1/admin/ledger/prune/export?"+url.Values{"before": {before}}.Encode())
+	if st != 200 {
+		t.Fatalf("export: %d %s", st, arch)
+	}
+	sum, err := ledger.VerifyArchive(bytes.NewReader(arch))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hx := func(b [32]byte) string { return "0x" + hex.EncodeToString(b[:]) }
+	body := map[string]any{"before": before, "plan": hx(sum.Plan), "archive_sha256": hx(sum.SHA256)}
+
+	offset.Store(int64(12 * time.Hour)) // the daemon clock stepped back 36 h
+	if r := d.admin.do(t, "POST", "/v1/admin/ledger/prune", body); r.Status != 400 {
+		t.Fatalf("prune with the clock stepped back: %d %s", r.Status, r.Raw)
+	}
+	if recs := d.admin.do(t, "GET", "/v1/admin/ledger/records?limit=100", nil); len(recs.Body["records"].([]any)) != 3 {
+		t.Fatalf("records after a refused prune: %s", recs.Raw)
+	}
+	offset.Store(int64(48 * time.Hour))
+
+	codes := make(chan int, 2)
+	for range 2 {
+		go func() { codes <- d.admin.do(t, "POST", "/v1/admin/ledger/prune", body).Status }()
+	}
+	a, b := <-codes, <-codes
+	if a+b != 200+409 {
+		t.Fatalf("two prunes at once: %d and %d", a, b)
+	}
+	if r := d.admin.do(t, "GET", "/v1/admin/ledger/records?id=1", nil); r.Status != 404 {
+		t.Fatalf("pruned record: %d %s", r.Status, r.Raw)
+	}
+	if v := d.admin.do(t, "GET", "/v1/admin/audit/verify", nil); v.Body["ok"] != true || v.Body["pruned_through"] != float64(sum.Through.Seq) {
+		t.Fatalf("verify: %s", v.Raw)
+	}
+}
