@@ -1229,8 +1229,8 @@ func parseBefore(s string, now time.Time) (time.Time, error) {
 	var d time.Duration
 	if n, ok := strings.CutSuffix(s, "d"); ok {
 		v, err := strconv.Atoi(n)
-		if err != nil || v <= 0 {
-			return time.Time{}, fmt.Errorf("--before %q: want RFC 3339 or an age like 90d or 2160h", s)
+		if err != nil || v <= 0 || v > 100*366 { // beyond: Duration overflows (and nothing is that old)
+			return time.Time{}, fmt.Errorf("--before %q: want RFC 3339 or an age like 90d or 2160h (at most 100 years)", s)
 		}
 		d = time.Duration(v) * 24 * time.Hour
 	} else {

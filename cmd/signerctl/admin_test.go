@@ -934,7 +934,7 @@ func TestParseBefore(t *testing.T) {
 			t.Errorf("%s: %v %v, want %s", in, got, err, want)
 		}
 	}
-	for _, bad := range []string{"", "0d", "-3h", "yesterday", "12", "2026-01-02"} {
+	for _, bad := range []string{"", "0d", "-3h", "yesterday", "12", "2026-01-02", "200000d", "9999999999d"} {
 		if _, err := parseBefore(bad, now); err == nil {
 			t.Errorf("%q accepted", bad)
 		}

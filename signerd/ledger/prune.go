@@ -131,8 +131,15 @@ func (p *prunePlan) digest() [32]byte {
 	return out
 }
 
+// minBefore is the earliest before accepted: audit record times are compared in int64
+// nanoseconds, which wrap before 1678 (year 1000's UnixNano is in 2169); nothing is older.
+var minBefore = time.Unix(0, 0)
+
 func checkBefore(before, now time.Time) error {
-	if before.IsZero() || before.After(now.Add(-MinPruneAge)) {
+	if before.Before(minBefore) {
+		return fmt.Errorf("%w: prune before %s: before 1970 (nothing is that old)", ErrInvalid, before.UTC().Format(time.RFC3339))
+	}
+	if before.After(now.Add(-MinPruneAge)) {
 		return fmt.Errorf("%w: prune before %s: must be at least %s before the appliance time %s", ErrInvalid,
 			before.UTC().Format(time.RFC3339), MinPruneAge, now.UTC().Format(time.RFC3339))
 	}
@@ -366,7 +373,7 @@ func VerifyArchive(r io.Reader) (ArchiveSummary, error) {
 				return sum, bad(n, "not a signerd archive header (versions 1..%d)", ArchiveVersion)
 			}
 			var err error
-			if sum.Before, err = time.Parse(time.RFC3339Nano, hdr.Before); err != nil {
+			if sum.Before, err = time.Parse(time.RFC3339Nano, hdr.Before); err != nil || sum.Before.Before(minBefore) {
 				return sum, bad(n, "header before")
 			}
 			if sum.From, err = parseArchiveCheckpoint(hdr.FromSeq, hdr.FromHash); err != nil {

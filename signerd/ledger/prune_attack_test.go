@@ -285,3 +285,25 @@ func TestPruneUnreadableMark(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPruneBeforeOutOfRange: a before outside int64 nanoseconds (a typo like year 1000, whose
+// UnixNano wraps to year 2169) selected every audit record but the head — records newer than
+// before and than MinPruneAge — while payment records (compared as times) were not. Now a
+// before earlier than 1970 is refused (ErrInvalid), on export, prune and in VerifyArchive.
+func TestPruneBeforeOutOfRange(t *testing.T) {
+	l, _, _ := pruneFixture(t)
+	for _, y := range []int{1000, 1500, 1969} {
+		before := time.Date(y, 1, 1, 0, 0, 0, 0, time.UTC)
+		var arch bytes.Buffer
+		sum, err := l.ExportArchive(&arch, before)
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("export before %d: %+v %v", y, sum, err)
+		}
+		if _, err := l.Prune(context.Background(), PruneRequest{Before: before, Plan: sum.Plan}); !errors.Is(err, ErrInvalid) {
+			t.Errorf("prune before %d: %v", y, err)
+		}
+	}
+	if rep, err := l.VerifyAudit(); err != nil || rep.PrunedThrough != 0 {
+		t.Fatalf("%+v %v", rep, err)
+	}
+}
