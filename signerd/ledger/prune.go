@@ -238,82 +238,131 @@ type archiveRecord struct {
 
 func hash32(b [32]byte) string { return "0x" + hex.EncodeToString(b[:]) }
 
+// exportChunk is how many records ExportArchive reads per read transaction.
+const exportChunk = 256
+
 // ExportArchive writes the archive of what a prune at before would delete to w (see the file
 // comment for the format) and returns its summary; Summary.Plan and Summary.SHA256 are what
 // Prune takes. It changes nothing. before must be at least MinPruneAge behind the clock
 // (ErrInvalid). A write error is returned as it is (nothing was pruned, nothing will be).
+//
+// No transaction is open while w is written (w is the operator's connection, which may stall,
+// and an open bbolt read transaction blocks the remap a growing file needs, so every write
+// would wait): the selection is made in one read transaction, then the records are read in
+// short ones, exportChunk at a time, each checked against the selection (audit records by the
+// chain up to the selection's through hash, payment records by their content hash). A record
+// pruned or changed meanwhile fails the export (ErrPlanChanged); nothing is pruned.
 func (l *Ledger) ExportArchive(w io.Writer, before time.Time) (ArchiveSummary, error) {
 	now := l.clock()
 	if err := checkBefore(before, now); err != nil {
 		return ArchiveSummary{}, err
 	}
-	var sum ArchiveSummary
-	err := l.view("export_archive", func(tx *bolt.Tx) error {
-		p, err := selectPrune(tx, before)
+	var p *prunePlan
+	if err := l.view("export_archive", func(tx *bolt.Tx) (err error) {
+		p, err = selectPrune(tx, before)
+		return err
+	}); err != nil {
+		return ArchiveSummary{}, err
+	}
+	sum := ArchiveSummary{Before: before, From: p.from, Through: p.through,
+		AuditRecords: int(p.through.Seq - p.from.Seq), PaymentRecords: len(p.ids), Plan: p.digest()}
+	h := sha256.New()
+	bw := bufio.NewWriterSize(io.MultiWriter(w, h), 64<<10)
+	line := func(v any) error {
+		b, err := json.Marshal(v)
 		if err != nil {
 			return err
 		}
-		sum = ArchiveSummary{Before: before, From: p.from, Through: p.through,
-			AuditRecords: int(p.through.Seq - p.from.Seq), PaymentRecords: len(p.ids), Plan: p.digest()}
-		h := sha256.New()
-		bw := bufio.NewWriterSize(io.MultiWriter(w, h), 64<<10)
-		line := func(v any) error {
-			b, err := json.Marshal(v)
-			if err != nil {
-				return err
+		_, err = bw.Write(append(b, '\n'))
+		return err
+	}
+	if err := line(archiveHeader{Type: "signerd_archive", Version: ArchiveVersion,
+		Before: before.UTC().Format(time.RFC3339Nano), Created: now.UTC().Format(time.RFC3339Nano),
+		FromSeq: p.from.Seq, FromHash: hash32(p.from.Hash), ThroughSeq: p.through.Seq,
+		ThroughHash: hash32(p.through.Hash), AuditRecords: sum.AuditRecords, PaymentRecords: sum.PaymentRecords}); err != nil {
+		return sum, err
+	}
+	var chunk bytes.Buffer
+	last := p.from
+	for seq := p.from.Seq + 1; seq <= p.through.Seq; {
+		chunk.Reset()
+		end := min(seq+exportChunk-1, p.through.Seq)
+		if err := l.view("export_archive", func(tx *bolt.Tx) error {
+			for s := seq; s <= end; s++ {
+				r, ok, err := audit.Get(tx, s)
+				if err != nil {
+					return err
+				}
+				if !ok {
+					return fmt.Errorf("%w: audit record %d was pruned during the export", ErrPlanChanged, s)
+				}
+				if !bytes.Equal(r.Prev, last.Hash[:]) {
+					return &audit.CorruptError{Seq: s, Problem: "audit chain broken: run audit verify"}
+				}
+				last = audit.Checkpoint{Seq: s, Hash: r.Hash}
+				b, err := r.JSON()
+				if err != nil {
+					return err
+				}
+				chunk.Write(b)
+				chunk.WriteByte('\n')
 			}
-			_, err = bw.Write(append(b, '\n'))
-			return err
+			return nil
+		}); err != nil {
+			return sum, err
 		}
-		if err := line(archiveHeader{Type: "signerd_archive", Version: ArchiveVersion,
-			Before: before.UTC().Format(time.RFC3339Nano), Created: now.UTC().Format(time.RFC3339Nano),
-			FromSeq: p.from.Seq, FromHash: hash32(p.from.Hash), ThroughSeq: p.through.Seq,
-			ThroughHash: hash32(p.through.Hash), AuditRecords: sum.AuditRecords, PaymentRecords: sum.PaymentRecords}); err != nil {
-			return err
+		if _, err := bw.Write(chunk.Bytes()); err != nil {
+			return sum, err
 		}
-		for seq := p.from.Seq + 1; seq <= p.through.Seq; seq++ {
-			r, ok, err := audit.Get(tx, seq)
-			if err == nil && !ok {
-				err = &audit.CorruptError{Seq: seq, Problem: "record missing"}
+		seq = end + 1
+	}
+	if last != p.through {
+		return sum, &audit.CorruptError{Seq: p.through.Seq, Problem: "audit records do not end at the selected hash"}
+	}
+	for i := 0; i < len(p.ids); {
+		chunk.Reset()
+		end := min(i+exportChunk, len(p.ids))
+		if err := l.view("export_archive", func(tx *bolt.Tx) error {
+			for j := i; j < end; j++ {
+				rec, err := getRecord(tx, p.ids[j])
+				if errors.Is(err, ErrNotFound) {
+					return fmt.Errorf("%w: record %d was pruned during the export", ErrPlanChanged, p.ids[j])
+				}
+				if err != nil {
+					return err
+				}
+				b, err := json.Marshal(rec)
+				if err != nil {
+					return err
+				}
+				if recordSum(b) != p.sums[j] {
+					return fmt.Errorf("%w: record %d changed during the export", ErrPlanChanged, p.ids[j])
+				}
+				b, err = json.Marshal(archiveRecord{Type: "payment_record", Record: b})
+				if err != nil {
+					return err
+				}
+				chunk.Write(b)
+				chunk.WriteByte('\n')
 			}
-			if err != nil {
-				return err
-			}
-			b, err := r.JSON()
-			if err != nil {
-				return err
-			}
-			if _, err := bw.Write(append(b, '\n')); err != nil {
-				return err
-			}
+			return nil
+		}); err != nil {
+			return sum, err
 		}
-		for i, id := range p.ids {
-			rec, err := getRecord(tx, id)
-			if err != nil {
-				return err
-			}
-			b, err := json.Marshal(rec)
-			if err != nil {
-				return err
-			}
-			if recordSum(b) != p.sums[i] {
-				return fmt.Errorf("ledger: internal: record %d's archive form is not the one selected", id)
-			}
-			if err := line(archiveRecord{Type: "payment_record", Record: b}); err != nil {
-				return err
-			}
+		if _, err := bw.Write(chunk.Bytes()); err != nil {
+			return sum, err
 		}
-		if err := bw.Flush(); err != nil {
-			return err
-		}
-		h.Sum(sum.SHA256[:0])
-		if err := line(archiveTrailer{Type: "end", Plan: hash32(sum.Plan), SHA256: hash32(sum.SHA256),
-			AuditRecords: sum.AuditRecords, PaymentRecords: sum.PaymentRecords}); err != nil {
-			return err
-		}
-		return bw.Flush()
-	})
-	return sum, err
+		i = end
+	}
+	if err := bw.Flush(); err != nil {
+		return sum, err
+	}
+	h.Sum(sum.SHA256[:0])
+	if err := line(archiveTrailer{Type: "end", Plan: hash32(sum.Plan), SHA256: hash32(sum.SHA256),
+		AuditRecords: sum.AuditRecords, PaymentRecords: sum.PaymentRecords}); err != nil {
+		return sum, err
+	}
+	return sum, bw.Flush()
 }
 
 // MaxArchiveLine bounds one line of an archive (a payment record with its claims).

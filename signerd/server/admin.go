@@ -750,6 +750,8 @@ func (d *Daemon) handlePruneExport(w http.ResponseWriter, r *http.Request, _ con
 	case err == nil:
 	case tw.written:
 		d.log.Error("archive export failed midway (nothing pruned)", "err", err)
+	case errors.Is(err, ledger.ErrPlanChanged):
+		adminError(w, r, http.StatusConflict, "prune_plan_changed", err)
 	case errors.Is(err, ledger.ErrInvalid):
 		writeError(w, r, pipeline.Invalidf("before", "%s", strings.TrimPrefix(err.Error(), "ledger: invalid argument: ")))
 	case errors.Is(err, ledger.ErrCorrupt):
