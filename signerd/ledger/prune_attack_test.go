@@ -307,3 +307,32 @@ func TestPruneBeforeOutOfRange(t *testing.T) {
 		t.Fatalf("%+v %v", rep, err)
 	}
 }
+
+// TestPrunedKeyAllReservePaths: a retry of a pruned signed request is refused on every
+// reservation path (Reserve, ReserveEarly, ReserveDeferred), same claims or not, and charges
+// nothing.
+func TestPrunedKeyAllReservePaths(t *testing.T) {
+	l, clk, _ := pruneFixture(t)
+	ctx := context.Background()
+	var arch bytes.Buffer
+	sum, err := l.ExportArchive(&arch, t0.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Prune(ctx, PruneRequest{Before: sum.Before, Plan: sum.Plan}); err != nil {
+		t.Fatal(err)
+	}
+	used, _ := l.Usage("life/agent-a", 0, clk.Now())
+	for name, reserve := range map[string]func(context.Context, Reservation) (Result, error){
+		"Reserve": l.Reserve, "ReserveEarly": l.ReserveEarly, "ReserveDeferred": l.ReserveDeferred} {
+		for _, claims := range []string{`{"n":1}`, `{"n":"other"}`} {
+			res, err := reserve(ctx, resv(1, 1, claims, charge("life", 0, 1000, 10)))
+			if err != nil || res.Outcome != Conflict {
+				t.Errorf("%s %s of a pruned signed key: %+v %v", name, claims, res.Outcome, err)
+			}
+		}
+	}
+	if u, _ := l.Usage("life/agent-a", 0, clk.Now()); u.Cmp(used) != 0 {
+		t.Fatalf("usage %s after refused retries, was %s", u, used)
+	}
+}
