@@ -314,17 +314,50 @@ func walletAllowed(pol Policy, agent string, wallet common.Address) bool {
 	return false
 }
 
-// walletLocks serialise the collateral requests of one wallet in one pipeline: a transaction's
-// nonce is the wallet's pending nonce, and two requests building at once would take the same.
+// walletLocks serialise the nonce-taking sections of the collateral requests of one wallet
+// in one pipeline: from the pending-broadcast check and the read of the wallet's pending nonce
+// (Prepare) through the reservation, the durable commit and the broadcast (until the RPC took
+// the transaction or its failure is recorded). Two requests building at once would take the
+// same nonce. Receipt waits are never made under it.
 var walletLocks sync.Map // lockKey → chan struct{} (capacity 1)
+
+// requestLocks serialise the attempts of one request_id on one wallet: a retry sent while
+// an attempt is still running (between the two transactions of an approve + call, say) waits
+// for it, then continues from the records it left. Taken before the wallet lock, never while
+// holding it.
+var requestLocks sync.Map // requestKey → chan struct{} (capacity 1)
+
+// allowanceLocks serialise, per wallet, the requests made of an ERC-20 approve and a call that
+// spends the allowance (stablecoin deposit, ERC-20 pay_tab): held from before the approve is
+// built until the call is broadcast, across the wait for the approve's receipt. approve sets
+// the allowance (it does not add to it): another approve of the wallet mined between a
+// request's approve and its call would change the allowance the call spends. Requests of one
+// call never touch an allowance and do not take it. Taken after the request's lock and before
+// the wallet's.
+var allowanceLocks sync.Map // lockKey → chan struct{} (capacity 1)
+
+// lookups names the pending-broadcast marks whose transaction the RPC answered "nonce too low"
+// and whose receipt is being looked up without the wallet lock (lookupKey → struct{}).
+var lookups sync.Map
 
 type lockKey struct {
 	p *Pipeline
 	w common.Address
 }
 
-func (p *Pipeline) lockWallet(ctx context.Context, w common.Address) (func(), error) {
-	v, _ := walletLocks.LoadOrStore(lockKey{p, w}, make(chan struct{}, 1))
+type requestKey struct {
+	p   *Pipeline
+	w   common.Address
+	tab string
+}
+
+type lookupKey struct {
+	p   *Pipeline
+	key string // pending-broadcast state key
+}
+
+func acquire(ctx context.Context, m *sync.Map, key any) (func(), error) {
+	v, _ := m.LoadOrStore(key, make(chan struct{}, 1))
 	ch := v.(chan struct{})
 	select {
 	case ch <- struct{}{}:
@@ -332,6 +365,50 @@ func (p *Pipeline) lockWallet(ctx context.Context, w common.Address) (func(), er
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// hold is a lock a request takes and gives back, possibly several times; release is
+// idempotent.
+type hold struct {
+	take   func(context.Context) (func(), error)
+	unlock func() // nil while not held
+}
+
+func (h *hold) lock(ctx context.Context) error {
+	if h.unlock != nil {
+		return nil
+	}
+	u, err := h.take(ctx)
+	if err != nil {
+		return err
+	}
+	h.unlock = u
+	return nil
+}
+
+func (h *hold) release() {
+	if h.unlock != nil {
+		h.unlock()
+		h.unlock = nil
+	}
+}
+
+func (p *Pipeline) walletHold(w common.Address) *hold {
+	return &hold{take: func(ctx context.Context) (func(), error) { return acquire(ctx, &walletLocks, lockKey{p, w}) }}
+}
+
+func (p *Pipeline) allowanceHold(w common.Address) *hold {
+	return &hold{take: func(ctx context.Context) (func(), error) { return acquire(ctx, &allowanceLocks, lockKey{p, w}) }}
+}
+
+func (p *Pipeline) requestHold(w common.Address, tab *big.Int) *hold {
+	return &hold{take: func(ctx context.Context) (func(), error) {
+		return acquire(ctx, &requestLocks, requestKey{p, w, tab.String()})
+	}}
+}
+
+func errWalletBusy(err error) *Error {
+	return fault(http.StatusServiceUnavailable, CodeOverloaded, "another collateral request of this wallet is in progress", err)
 }
 
 // storedTx is a collateral record read back from the ledger.
@@ -430,12 +507,19 @@ func (p *Pipeline) collateral(ctx context.Context, a *Admission, req *Collateral
 		Attrs: map[string]string{"action": req.Action.String(), "request_id": req.RequestID},
 	}
 
-	unlock, lerr := p.lockWallet(ctx, wallet)
-	if lerr != nil {
-		return nil, fault(http.StatusServiceUnavailable, CodeOverloaded, "another collateral request of this wallet is in progress", lerr)
+	// Lock order: the request's lock, then the wallet's. The wallet lock is given back for
+	// every receipt wait (between the two transactions of an approve + call, and for wait);
+	// the request lock for the approval long poll and the final receipt wait.
+	reqHold, allowHold, walletHold := p.requestHold(wallet, tab), p.allowanceHold(wallet), p.walletHold(wallet)
+	defer reqHold.release()
+	defer allowHold.release()
+	defer walletHold.release()
+	if err := reqHold.lock(ctx); err != nil {
+		return nil, fault(http.StatusServiceUnavailable, CodeOverloaded, "another attempt of this request_id is in progress", err)
 	}
-	var unlockOnce sync.Once
-	defer unlockOnce.Do(unlock)
+	if err := walletHold.lock(ctx); err != nil {
+		return nil, errWalletBusy(err)
+	}
 
 	// A request_id already recorded: the same request continues where it stopped.
 	recs, rerr := p.o.Ledger.ByTab(wallet, tab)
@@ -545,8 +629,9 @@ func (p *Pipeline) collateral(ctx context.Context, a *Admission, req *Collateral
 				return nil, aerr
 			}
 			if st.State == ApprovalWaiting && mayWait && p.o.MaxWait > 0 {
-				// Wait without holding the wallet; once approved, start over.
-				unlockOnce.Do(unlock)
+				// Wait without holding the wallet or the request; once approved, start over.
+				walletHold.release()
+				reqHold.release()
 				if st, aerr = p.waitApproval(ctx, st); aerr != nil {
 					return nil, aerr
 				}
@@ -566,6 +651,20 @@ func (p *Pipeline) collateral(ctx context.Context, a *Admission, req *Collateral
 			ev.Decision, ev.Code, ev.Rule, ev.Reason = "deny", dec.Code, dec.Rule, dec.Reason
 			p.auditAsync(ctx, ev)
 			return nil, denied(http.StatusForbidden, dec.Code, dec.Rule, dec.Reason)
+		}
+	}
+
+	if count == 2 && len(prior) < count {
+		// approve + call with the call still to build: the wallet's other approve + call
+		// requests wait until the call is broadcast (allowanceLocks). Lock order: give the
+		// wallet back, take the allowance, take the wallet again (the decision above holds:
+		// budgets are enforced again by the reservation, nonces are read below).
+		walletHold.release()
+		if err := allowHold.lock(ctx); err != nil {
+			return nil, fault(http.StatusServiceUnavailable, CodeOverloaded, "another approve + call request of this wallet is in progress", err)
+		}
+		if err := walletHold.lock(ctx); err != nil {
+			return nil, errWalletBusy(err)
 		}
 	}
 
@@ -617,9 +716,17 @@ func (p *Pipeline) collateral(ctx context.Context, a *Admission, req *Collateral
 				}
 			}
 			if i > 0 {
-				// The call after an ERC-20 approve can only be estimated once the approve is mined.
+				// The call after an ERC-20 approve can only be estimated once the approve is
+				// mined. The wait takes no nonce: other requests of the wallet go on meanwhile
+				// (this request's lock keeps its own retries out). One of them may take the
+				// nonce after the approve's; this call then takes the next one when it is
+				// built below: nothing needs the two nonces to be consecutive.
+				walletHold.release()
 				if e := p.waitMined(ctx, ch, wallet, req, res.TxHashes[i-1]); e != nil {
 					return res, e
+				}
+				if err := walletHold.lock(ctx); err != nil {
+					return res, errWalletBusy(err)
 				}
 			}
 			if e := p.checkPending(ctx, wallet, base); e != nil {
@@ -651,6 +758,9 @@ func (p *Pipeline) collateral(ctx context.Context, a *Admission, req *Collateral
 		if i == 0 && len(prior) == 0 {
 			resv.Charges = dec.Charges
 		}
+		if err := walletHold.lock(ctx); err != nil {
+			return res, errWalletBusy(err)
+		}
 		rr, rerr := p.o.Ledger.Reserve(ctx, resv)
 		if rerr != nil {
 			return res, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the ledger could not record the request", rerr)
@@ -672,7 +782,8 @@ func (p *Pipeline) collateral(ctx context.Context, a *Admission, req *Collateral
 		default:
 			return res, fault(http.StatusInternalServerError, CodeInternal, "internal error", errors.New("unknown reserve outcome "+rr.Outcome.String()))
 		}
-		hash, status, e := p.signAndBroadcast(ctx, ch, getSigner, wallet, rr.RecordID, fmt.Sprint(i), utx, digest, stored, kind, base)
+		hash, status, e := p.signAndBroadcast(ctx, ch, getSigner, walletHold, wallet, rr.RecordID, fmt.Sprint(i), utx, digest, stored, kind, base)
+		walletHold.release() // broadcast (or its failure) recorded: the nonce is settled
 		res.RecordIDs = append(res.RecordIDs, rr.RecordID)
 		if req.Action == policyengine.ActionPayTab && i == count-1 && stored == nil &&
 			(e == nil || e.Code == CodeBroadcastFailed || e.Code == CodeChainError) {
@@ -690,6 +801,7 @@ func (p *Pipeline) collateral(ctx context.Context, a *Admission, req *Collateral
 			return res, nil
 		}
 	}
+	allowHold.release() // every transaction is broadcast: the allowance is spent by the call
 	if !req.Wait && len(known) == count {
 		// A rebroadcast that found every transaction already mined says so.
 		st := "mined"
@@ -708,6 +820,10 @@ func (p *Pipeline) collateral(ctx context.Context, a *Admission, req *Collateral
 	}
 
 	if req.Wait {
+		// Every transaction is broadcast: the receipts are awaited without the wallet (its
+		// other requests go on) and without the request (a retry rebroadcasts and waits too).
+		walletHold.release()
+		reqHold.release()
 		res.Status = "mined"
 		for _, h := range res.TxHashes {
 			wctx, cancel := context.WithTimeout(ctx, req.WaitTimeout)
@@ -792,6 +908,12 @@ func (p *Pipeline) checkPending(ctx context.Context, wallet common.Address, base
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
+		if _, busy := lookups.Load(lookupKey{p, k}); busy {
+			// The RPC answered "nonce too low" for that transaction and its receipt is being
+			// looked up: its nonce is used on chain, below the pending nonce the next
+			// transaction takes. The mark goes (or stays, on a failed lookup) when that ends.
+			continue
+		}
 		var m pendingMark
 		tab, ok := new(big.Int), false
 		if json.Unmarshal(marks[k], &m) == nil {
@@ -859,7 +981,11 @@ func (p *Pipeline) waitMined(ctx context.Context, ch CollateralChain, wallet com
 // the mark is removed, with the broadcast's audit record, once the RPC took it. status is
 // "sent", or what a rebroadcast answered "nonce too low" found: "mined", "reverted" or
 // "dropped".
-func (p *Pipeline) signAndBroadcast(ctx context.Context, ch CollateralChain, getSigner func() (hsm.Signer, *Error), wallet common.Address,
+//
+// walletHold is held on entry; it is given back during the receipt lookup after "nonce too
+// low" (that transaction's nonce is used on chain, so a new transaction of the wallet cannot
+// take it: checkPending lets other requests past its mark meanwhile).
+func (p *Pipeline) signAndBroadcast(ctx context.Context, ch CollateralChain, getSigner func() (hsm.Signer, *Error), walletHold *hold, wallet common.Address,
 	id ledger.RecordID, index string, utx *types.Transaction, digest [32]byte, stored []byte, kind string, base audit.Event) (hash common.Hash, status string, e *Error) {
 	st, e := p.state()
 	if e != nil {
@@ -955,7 +1081,12 @@ func (p *Pipeline) signAndBroadcast(ctx context.Context, ch CollateralChain, get
 	case alreadyKnown(berr):
 		ev.Code, ev.Reason = BroadcastSent, "transaction already known to the RPC ("+safeChainCause(berr)+")"
 	case nonceTooLow(berr):
-		// Its nonce is used: either by this very transaction (mined) or by another one.
+		// Its nonce is used: either by this very transaction (mined) or by another one. The
+		// wallet's pending nonce is past it, so the lookup needs no wallet lock.
+		lk := lookupKey{p, key}
+		lookups.Store(lk, struct{}{})
+		defer lookups.Delete(lk) // after the mark's removal below (or the error return)
+		walletHold.release()
 		lctx, cancel := context.WithTimeout(ctx, receiptLookup)
 		r, werr := ch.Wait(lctx, wallet, hash)
 		cancel()

@@ -105,6 +105,8 @@ type collateralEnv struct {
 	core  *corefake.Core
 	sim   *simulated.Backend
 	chain *countingChain
+	// noMining stops the block every 20 ms (transactions stay pending) while set.
+	noMining atomic.Bool
 }
 
 // startCollateralDaemon starts a daemon on the shared SoftHSM2 token signing for the simulated
@@ -203,7 +205,9 @@ func launchCollateralDaemon(t *testing.T, o collateralLaunch) *collateralEnv {
 			case <-stop:
 				return
 			case <-tk.C:
-				e.sim.Commit()
+				if !e.noMining.Load() {
+					e.sim.Commit()
+				}
 			}
 		}
 	}()
