@@ -838,7 +838,8 @@ func auditExport(a *adminFlags, dbPath, outPath string, from uint64, stdout, std
 		}
 		w = f
 	}
-	cw := &countingWriter{w: w}
+	fw := &firstLineWriter{}
+	cw := &countingWriter{w: io.MultiWriter(w, fw)}
 	err := func() error {
 		if dbPath != "" {
 			db, err := openLedgerReadOnly(dbPath)
@@ -859,10 +860,55 @@ func auditExport(a *adminFlags, dbPath, outPath string, from uint64, stdout, std
 	if err != nil {
 		return a.fail(err, stdout, stderr)
 	}
+	if note := prunedNote(from, fw.line); note != "" {
+		fmt.Fprintln(stderr, note)
+	}
 	if outPath != "" {
 		fmt.Fprintf(stderr, "exported %d audit records to %s\n", cw.lines, outPath)
 	}
 	return exitOK
+}
+
+// firstLineWriter keeps the first line written to it (at most 1 MiB), the rest is dropped.
+type firstLineWriter struct {
+	line []byte
+	done bool
+}
+
+func (f *firstLineWriter) Write(p []byte) (int, error) {
+	if !f.done {
+		if i := bytes.IndexByte(p, '\n'); i >= 0 {
+			f.line, f.done = append(f.line, p[:i]...), true
+		} else if len(f.line)+len(p) <= 1<<20 {
+			f.line = append(f.line, p...)
+		} else {
+			f.done = true
+		}
+	}
+	return len(p), nil
+}
+
+// prunedNote says, for an export asked to start at from, whether records it asked for were
+// pruned by retention: the records' seqs have no gaps, so a first record after max(from, 1)
+// means the log starts at a prune checkpoint, and that record's prev hash is the checkpoint's
+// hash. The JSON lines are not changed; the note goes to stderr.
+func prunedNote(from uint64, first []byte) string {
+	var r struct {
+		Seq  uint64 `json:"seq"`
+		Prev string `json:"prev"`
+	}
+	if len(first) == 0 || json.Unmarshal(first, &r) != nil {
+		return ""
+	}
+	if from == 0 {
+		from = 1
+	}
+	if r.Seq <= from {
+		return ""
+	}
+	return fmt.Sprintf("signerctl: note: audit records 1..%d were pruned by retention and archived (checkpoint seq %d hash %s); "+
+		"this export starts at seq %d, not %d. The pruned records are in the retention archive(s) (check with: signerctl audit verify --archive FILE)",
+		r.Seq-1, r.Seq-1, r.Prev, r.Seq, from)
 }
 
 type countingWriter struct {

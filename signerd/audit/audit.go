@@ -479,7 +479,10 @@ func (r Record) JSON() ([]byte, error) {
 
 // Export writes records with seq ≥ from (from 0 or 1 means all) as JSON lines to w, in one read
 // transaction. It stops at the first undecodable record and returns its *CorruptError; run
-// Verify for a full chain check.
+// Verify for a full chain check. After a prune the log starts at the checkpoint + 1: an export
+// from at or before the checkpoint starts there (seqs have no gaps otherwise), and that first
+// record's prev is the checkpoint hash; callers that must tell the reader (signerctl audit
+// export, the admin endpoint) compare the first seq with from or read CheckpointTx.
 func Export(db *bolt.DB, w io.Writer, from uint64) error {
 	return db.View(func(tx *bolt.Tx) error { return ExportTx(tx, w, from) })
 }

@@ -357,6 +357,23 @@ func (d *Daemon) handleAuditExport(w http.ResponseWriter, r *http.Request, _ con
 		}
 		from = v
 	}
+	// Records before the prune checkpoint were deleted by retention (they are in its archives):
+	// an export asked to start there starts at the checkpoint + 1. Say so in headers (the body
+	// stays JSON lines); the first line's seq and prev (= the checkpoint hash) are authoritative
+	// should a prune run between this read and the export.
+	cp, err := d.ledger.AuditCheckpoint()
+	switch {
+	case errors.Is(err, audit.ErrCorrupt):
+		adminError(w, r, http.StatusInternalServerError, "audit_corrupt", err)
+		return
+	case err != nil:
+		adminError(w, r, http.StatusServiceUnavailable, pipeline.CodeStoreUnavailable, err)
+		return
+	}
+	if cp.Seq > 0 && max(from, 1) <= cp.Seq {
+		w.Header().Set("X-Audit-Pruned-Through", strconv.FormatUint(cp.Seq, 10))
+		w.Header().Set("X-Audit-Checkpoint-Hash", "0x"+hex.EncodeToString(cp.Hash[:]))
+	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	if err := d.ledger.ExportAudit(w, from); err != nil {
