@@ -319,13 +319,13 @@ func walletAllowed(pol Policy, agent string, wallet common.Address) bool {
 // (Prepare) through the reservation, the durable commit and the broadcast (until the RPC took
 // the transaction or its failure is recorded). Two requests building at once would take the
 // same nonce. Receipt waits are never made under it.
-var walletLocks sync.Map // lockKey → chan struct{} (capacity 1)
+var walletLocks = &keyedLocks{} // by lockKey
 
 // requestLocks serialise the attempts of one request_id on one wallet: a retry sent while
 // an attempt is still running (between the two transactions of an approve + call, say) waits
 // for it, then continues from the records it left. Taken before the wallet lock, never while
 // holding it.
-var requestLocks sync.Map // requestKey → chan struct{} (capacity 1)
+var requestLocks = &keyedLocks{} // by requestKey
 
 // allowanceLocks serialise, per wallet, the requests made of an ERC-20 approve and a call that
 // spends the allowance (stablecoin deposit, ERC-20 pay_tab): held from before the approve is
@@ -334,7 +334,7 @@ var requestLocks sync.Map // requestKey → chan struct{} (capacity 1)
 // request's approve and its call would change the allowance the call spends. Requests of one
 // call never touch an allowance and do not take it. Taken after the request's lock and before
 // the wallet's.
-var allowanceLocks sync.Map // lockKey → chan struct{} (capacity 1)
+var allowanceLocks = &keyedLocks{} // by lockKey
 
 // lookups names the pending-broadcast marks whose transaction the RPC answered "nonce too low"
 // and whose receipt is being looked up without the wallet lock (lookupKey → struct{}).
@@ -356,13 +356,45 @@ type lookupKey struct {
 	key string // pending-broadcast state key
 }
 
-func acquire(ctx context.Context, m *sync.Map, key any) (func(), error) {
-	v, _ := m.LoadOrStore(key, make(chan struct{}, 1))
-	ch := v.(chan struct{})
+// keyedLocks are mutexes by key that honour a context while waiting; an entry exists only
+// while someone holds or waits for it (a request_id's lock does not outlive its attempts).
+type keyedLocks struct {
+	mu sync.Mutex
+	m  map[any]*keyedLock
+}
+
+type keyedLock struct {
+	ch   chan struct{} // capacity 1: full while held
+	refs int           // holders and waiters
+}
+
+func (k *keyedLocks) put(key any) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if l := k.m[key]; l != nil {
+		if l.refs--; l.refs == 0 {
+			delete(k.m, key)
+		}
+	}
+}
+
+func acquire(ctx context.Context, k *keyedLocks, key any) (func(), error) {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = map[any]*keyedLock{}
+	}
+	l := k.m[key]
+	if l == nil {
+		l = &keyedLock{ch: make(chan struct{}, 1)}
+		k.m[key] = l
+	}
+	l.refs++
+	k.mu.Unlock()
 	select {
-	case ch <- struct{}{}:
-		return func() { <-ch }, nil
+	case l.ch <- struct{}{}:
+		return func() { <-l.ch; k.put(key) }, nil
 	case <-ctx.Done():
+		k.put(key)
 		return nil, ctx.Err()
 	}
 }
@@ -394,16 +426,16 @@ func (h *hold) release() {
 }
 
 func (p *Pipeline) walletHold(w common.Address) *hold {
-	return &hold{take: func(ctx context.Context) (func(), error) { return acquire(ctx, &walletLocks, lockKey{p, w}) }}
+	return &hold{take: func(ctx context.Context) (func(), error) { return acquire(ctx, walletLocks, lockKey{p, w}) }}
 }
 
 func (p *Pipeline) allowanceHold(w common.Address) *hold {
-	return &hold{take: func(ctx context.Context) (func(), error) { return acquire(ctx, &allowanceLocks, lockKey{p, w}) }}
+	return &hold{take: func(ctx context.Context) (func(), error) { return acquire(ctx, allowanceLocks, lockKey{p, w}) }}
 }
 
 func (p *Pipeline) requestHold(w common.Address, tab *big.Int) *hold {
 	return &hold{take: func(ctx context.Context) (func(), error) {
-		return acquire(ctx, &requestLocks, requestKey{p, w, tab.String()})
+		return acquire(ctx, requestLocks, requestKey{p, w, tab.String()})
 	}}
 }
 
