@@ -95,10 +95,8 @@ func (p *Policy) evaluate(in *Intent, usage UsageReader, now, freshAt time.Time,
 	if in.Wallet == (common.Address{}) {
 		return deny(&d, CodeWalletNotAllowed, "agents."+agentName+".wallets", "no wallet given")
 	}
-	if !(ag.anyWallet && len(ag.walletSet) == 0) {
-		if _, ok := ag.walletSet[in.Wallet]; !ok {
-			return deny(&d, CodeWalletNotAllowed, "agents."+agentName+".wallets", fmt.Sprintf("agent %s may not use wallet %s", agentName, in.Wallet.Hex()))
-		}
+	if !ag.walletAllowed(in.Wallet) {
+		return deny(&d, CodeWalletNotAllowed, "agents."+agentName+".wallets", fmt.Sprintf("agent %s may not use wallet %s", agentName, in.Wallet.Hex()))
 	}
 	// 4. Timestamp freshness.
 	skew := int64(p.maxSkew / time.Second)

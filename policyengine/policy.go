@@ -271,6 +271,25 @@ func (p *Policy) Wallets(agent string) []common.Address {
 	return append([]common.Address(nil), a.wallets...)
 }
 
+// WalletAllowed reports whether agent may use wallet, as Evaluate decides it (step 3): a
+// wallet the agent lists, or any non-zero wallet for an agent declared `wallets: any` with no
+// list. An unknown agent may use none.
+func (p *Policy) WalletAllowed(agent string, wallet common.Address) bool {
+	a := p.agents[agent]
+	return a != nil && a.walletAllowed(wallet)
+}
+
+func (a *agentDef) walletAllowed(wallet common.Address) bool {
+	if wallet == (common.Address{}) {
+		return false
+	}
+	if a.anyWallet && len(a.walletSet) == 0 {
+		return true
+	}
+	_, ok := a.walletSet[wallet]
+	return ok
+}
+
 // AnyWallet reports whether the agent was declared with `wallets: any`.
 func (p *Policy) AnyWallet(agent string) bool {
 	a := p.agents[agent]

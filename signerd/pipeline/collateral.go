@@ -292,28 +292,6 @@ func (r *CollateralRequest) identity(wallet common.Address) collateralIdentity {
 	return id
 }
 
-// walletAllowed reports whether the policy lets agent use wallet, as the policy engine decides
-// it for a guarantee (policyengine Evaluate, step 3): a wallet the agent lists, or any wallet
-// for an agent declared with `wallets: any` and no wallet list. A policy that cannot say
-// whether an agent has `wallets: any` allows only the listed wallets (fail closed).
-func walletAllowed(pol Policy, agent string, wallet common.Address) bool {
-	if wallet == (common.Address{}) {
-		return false
-	}
-	ws := pol.Wallets(agent)
-	for _, w := range ws {
-		if w == wallet {
-			return true
-		}
-	}
-	if len(ws) == 0 {
-		if aw, ok := pol.(interface{ AnyWallet(agent string) bool }); ok && aw.AnyWallet(agent) {
-			return true
-		}
-	}
-	return false
-}
-
 // walletLocks serialise the nonce-taking sections of the collateral requests of one wallet
 // in one pipeline: from the pending-broadcast check and the read of the wallet's pending nonce
 // (Prepare) through the reservation, the durable commit and the broadcast (until the RPC took
@@ -516,7 +494,7 @@ func (p *Pipeline) collateral(ctx context.Context, a *Admission, req *Collateral
 		}
 		wallet = ws[0]
 	}
-	if !walletAllowed(pol, a.Agent, wallet) {
+	if !pol.WalletAllowed(a.Agent, wallet) {
 		// Before the ledger, Core or the chain is asked anything about this wallet: a Core read
 		// logs in with a SIWE message signed by the wallet's key, and a retry would resume
 		// another agent's request.

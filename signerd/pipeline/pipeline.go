@@ -34,6 +34,9 @@ type Policy interface {
 	Principal(c policyengine.Caller) (agent string, ok bool)
 	// Wallets lists the wallets agent may use.
 	Wallets(agent string) []common.Address
+	// WalletAllowed reports whether agent may use wallet (a listed one, or any for an agent
+	// declared `wallets: any`), as Evaluate decides it.
+	WalletAllowed(agent string, wallet common.Address) bool
 	// Evaluate decides one intent against current usage.
 	Evaluate(in *policyengine.Intent, usage policyengine.UsageReader, now time.Time) policyengine.Decision
 	// Hash is the policy's content hash.
@@ -272,6 +275,12 @@ func (p *Pipeline) Admit(c policyengine.Caller) (*Admission, error) {
 
 // Wallets lists the wallets the admitted caller may use.
 func (p *Pipeline) Wallets(a *Admission) []common.Address { return a.policy.Wallets(a.Agent) }
+
+// WalletAllowed reports whether the admitted caller's agent may use wallet under the policy in
+// force for the request.
+func (p *Pipeline) WalletAllowed(a *Admission, wallet common.Address) bool {
+	return a.policy.WalletAllowed(a.Agent, wallet)
+}
 
 // Request is one decoded signing request.
 type Request struct {

@@ -34,6 +34,7 @@ type allowPolicy struct {
 func (p allowPolicy) Principal(c policyengine.Caller) (string, bool) { return "agent", c.UID == 1000 }
 func (p allowPolicy) Wallets(string) []common.Address                { return []common.Address{p.wallet} }
 func (p allowPolicy) Hash() [32]byte                                 { return [32]byte{1} }
+func (p allowPolicy) WalletAllowed(_ string, w common.Address) bool  { return w == p.wallet }
 func (p allowPolicy) Evaluate(in *policyengine.Intent, _ policyengine.UsageReader, _ time.Time) policyengine.Decision {
 	if in.Wallet != p.wallet {
 		return policyengine.Decision{Code: policyengine.CodeWalletNotAllowed, Rule: "wallets", Reason: "not this wallet"}

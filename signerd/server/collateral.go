@@ -448,11 +448,7 @@ func (d *Daemon) handleCollateralGet(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		wallet = *a
-		found := false
-		for _, x := range allowed {
-			found = found || x == wallet
-		}
-		if !found {
+		if !d.pipe.WalletAllowed(adm, wallet) {
 			writeError(w, r, &pipeline.Error{Kind: pipeline.Denied, Status: http.StatusForbidden, Code: policyengine.CodeWalletNotAllowed,
 				Reason: "this agent may not use wallet " + fourmica.Address(wallet).Hex()})
 			return
