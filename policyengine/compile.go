@@ -1214,15 +1214,8 @@ func (c *compiler) compileBudget(i int, it item) {
 	if d, has := f["description"]; has {
 		b.description = d.Value
 	}
-	acts, actsWritten, aok := c.compileActions(it.file, f, path)
-	sel, sok := c.compileSelector(it.file, it.val, f, path)
-	b.sel = sel
-	b.sel.actions = setGuarantee // default: guarantees only, as before actions existed
-	if actsWritten && aok {
-		b.sel.actions = acts
-		sok = c.checkActions(it.file, it.val, f, path, &b.sel) && sok
-	}
-	sok = sok && aok
+	var sok bool
+	b.sel, sok = c.guaranteeDefaultSelector(it, f, path)
 	if pn, has := f["per"]; has {
 		items, _, lok := c.list(it.file, pn, path+".per", false)
 		sok = sok && lok
@@ -1304,6 +1297,19 @@ func (c *compiler) compileBudget(i int, it item) {
 	c.p.budgets = append(c.p.budgets, b)
 }
 
+// guaranteeDefaultSelector compiles the selector of a budget or an approval with its actions:
+// without `actions:` it applies to guarantees only, as before actions existed.
+func (c *compiler) guaranteeDefaultSelector(it item, f map[string]*yaml.Node, path string) (selector, bool) {
+	acts, actsWritten, aok := c.compileActions(it.file, f, path)
+	sel, sok := c.compileSelector(it.file, it.val, f, path)
+	sel.actions = setGuarantee
+	if actsWritten && aok {
+		sel.actions = acts
+		sok = c.checkActions(it.file, it.val, f, path, &sel) && sok
+	}
+	return sel, sok && aok
+}
+
 func (c *compiler) compileApproval(i int, it item) {
 	id, path, f, ok := c.ruleHeader(i, it, "approvals", "at_or_above", "group", "timeout")
 	if !ok {
@@ -1313,15 +1319,8 @@ func (c *compiler) compileApproval(i int, it item) {
 	if d, has := f["description"]; has {
 		a.description = d.Value
 	}
-	acts, actsWritten, aok := c.compileActions(it.file, f, path)
-	sel, sok := c.compileSelector(it.file, it.val, f, path)
-	a.sel = sel
-	a.sel.actions = setGuarantee // default: guarantees only, as before actions existed
-	if actsWritten && aok {
-		a.sel.actions = acts
-		sok = c.checkActions(it.file, it.val, f, path, &a.sel) && sok
-	}
-	sok = sok && aok
+	var sok bool
+	a.sel, sok = c.guaranteeDefaultSelector(it, f, path)
 	for _, k := range []string{"at_or_above", "group", "timeout"} {
 		if _, has := f[k]; !has {
 			c.errAt(it.file, it.val, path, "missing %s", k)
