@@ -23,7 +23,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 
 	"github.com/signerd/signerd/signerd/audit"
 	"github.com/signerd/signerd/signerd/client"
@@ -623,14 +623,22 @@ func readAnchors(args []string, file string, stdin io.Reader) ([]audit.Anchor, e
 	return append(anchors, more...), nil
 }
 
-func openLedgerReadOnly(path string) (*bolt.DB, error) {
+func openLedgerReadOnly(path string) (*bucketstore.DB, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if ok, _ := ledger.IsBoltFile(path); ok {
+		return nil, fmt.Errorf("%s is a ledger file of an earlier signerd version: start the daemon once to migrate it (the original is kept as a backup)", path)
+	}
+	db, err := bucketstore.Open(path, bucketstore.Options{ReadOnly: true})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		switch {
+		case errors.Is(err, bucketstore.ErrLocked):
 			return nil, fmt.Errorf("%s is locked by a running daemon: ask the daemon instead (drop --db)", path)
+		case errors.Is(err, bucketstore.ErrNotFound):
+			return nil, fmt.Errorf("%s is not a signerd ledger (no store files in it)", path)
+		case errors.Is(err, bucketstore.ErrCorrupt):
+			return nil, fmt.Errorf("%s is damaged: %v", path, err)
 		}
 		return nil, fmt.Errorf("opening %s read-only: %w", path, err)
 	}

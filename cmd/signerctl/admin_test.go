@@ -23,7 +23,7 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 
 	"github.com/signerd/signerd/hsm"
 	"github.com/signerd/signerd/hsm/pkcs11/softhsmtest"
@@ -252,11 +252,11 @@ func TestAuditVerifyDB(t *testing.T) {
 		t.Fatalf("export --db: %d %s", code, out)
 	}
 	// Tamper with record 2.
-	db, err := bolt.Open(path, 0o600, nil)
+	db, err := bucketstore.Open(path, bucketstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	db.Update(func(tx *bolt.Tx) error {
+	db.Update(func(tx *bucketstore.Tx) error {
 		b := tx.Bucket(audit.BucketRecords)
 		c := b.Cursor()
 		k, v := c.First()
@@ -293,17 +293,13 @@ func newLedgerFile(t *testing.T, n int) string {
 
 // copyLedger copies a ledger file and lets change alter the copy's bbolt file (as someone
 // with write access to it would).
-func copyLedger(t *testing.T, path string, change func(tx *bolt.Tx) error) string {
+func copyLedger(t *testing.T, path string, change func(tx *bucketstore.Tx) error) string {
 	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cp := filepath.Join(t.TempDir(), "signerd.db")
-	if err := os.WriteFile(cp, b, 0o600); err != nil {
+	if err := bucketstore.CopyClosed(path, cp); err != nil {
 		t.Fatal(err)
 	}
-	db, err := bolt.Open(cp, 0o600, &bolt.Options{Timeout: time.Second})
+	db, err := bucketstore.Open(cp, bucketstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,8 +311,8 @@ func copyLedger(t *testing.T, path string, change func(tx *bolt.Tx) error) strin
 }
 
 // rewriteAudit replaces the audit chain by a fresh consistent one of n records.
-func rewriteAudit(n int) func(tx *bolt.Tx) error {
-	return func(tx *bolt.Tx) error {
+func rewriteAudit(n int) func(tx *bucketstore.Tx) error {
+	return func(tx *bucketstore.Tx) error {
 		for _, b := range [][]byte{audit.BucketRecords, audit.BucketHead} {
 			if err := tx.DeleteBucket(b); err != nil {
 				return err
@@ -335,8 +331,8 @@ func rewriteAudit(n int) func(tx *bolt.Tx) error {
 }
 
 // truncateAudit deletes the records after seq and moves the head back to seq.
-func truncateAudit(seq uint64) func(tx *bolt.Tx) error {
-	return func(tx *bolt.Tx) error {
+func truncateAudit(seq uint64) func(tx *bucketstore.Tx) error {
+	return func(tx *bucketstore.Tx) error {
 		b := tx.Bucket(audit.BucketRecords)
 		c := b.Cursor()
 		var keys [][]byte

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 )
 
 // Anchoring. The chain alone cannot detect a full rewrite by someone with write access to the
@@ -121,7 +121,7 @@ func HeadFrom(seq uint64, hash [32]byte, get RecordLookup) (HeadInfo, error) {
 
 // HeadInfoTx reads the head and the last record's time inside tx (see HeadFrom). It does not
 // verify the chain: run Verify before anchoring a log that has not been verified.
-func HeadInfoTx(tx *bolt.Tx) (HeadInfo, error) {
+func HeadInfoTx(tx *bucketstore.Tx) (HeadInfo, error) {
 	seq, h, err := Head(tx)
 	if err != nil {
 		return HeadInfo{}, err
@@ -130,8 +130,8 @@ func HeadInfoTx(tx *bolt.Tx) (HeadInfo, error) {
 }
 
 // ReadHead is HeadInfoTx in a read transaction of db.
-func ReadHead(db *bolt.DB) (h HeadInfo, err error) {
-	err = db.View(func(tx *bolt.Tx) error {
+func ReadHead(db *bucketstore.DB) (h HeadInfo, err error) {
+	err = db.View(func(tx *bucketstore.Tx) error {
 		h, err = HeadInfoTx(tx)
 		return err
 	})
@@ -416,7 +416,7 @@ func (rep *Report) AddAnchors(results []AnchorResult) error {
 // the chain's *CorruptError if the chain is broken, else an *AnchorError if an anchor failed
 // (both match ErrCorrupt), else an I/O fault or nil. The report holds every anchor's result
 // either way.
-func VerifyAnchoredTx(tx *bolt.Tx, anchors []Anchor) (Report, error) {
+func VerifyAnchoredTx(tx *bucketstore.Tx, anchors []Anchor) (Report, error) {
 	rep, verr := VerifyTx(tx)
 	if verr != nil && !errors.Is(verr, ErrCorrupt) {
 		return rep, verr
@@ -443,8 +443,8 @@ func VerifyAnchoredTx(tx *bolt.Tx, anchors []Anchor) (Report, error) {
 }
 
 // VerifyAnchored is VerifyAnchoredTx in a read transaction of db.
-func VerifyAnchored(db *bolt.DB, anchors []Anchor) (rep Report, err error) {
-	err = db.View(func(tx *bolt.Tx) error {
+func VerifyAnchored(db *bucketstore.DB, anchors []Anchor) (rep Report, err error) {
+	err = db.View(func(tx *bucketstore.Tx) error {
 		rep, err = VerifyAnchoredTx(tx, anchors)
 		return err
 	})

@@ -5,16 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 )
 
-func headOf(t *testing.T, db *bolt.DB) HeadInfo {
+func headOf(t *testing.T, db *bucketstore.DB) HeadInfo {
 	t.Helper()
 	h, err := ReadHead(db)
 	if err != nil {
@@ -24,10 +23,10 @@ func headOf(t *testing.T, db *bolt.DB) HeadInfo {
 }
 
 // anchorAt returns the anchor of record seq as it is now.
-func anchorAt(t *testing.T, db *bolt.DB, seq uint64) Anchor {
+func anchorAt(t *testing.T, db *bucketstore.DB, seq uint64) Anchor {
 	t.Helper()
 	var a Anchor
-	_ = db.View(func(tx *bolt.Tx) error {
+	_ = db.View(func(tx *bucketstore.Tx) error {
 		r, ok, err := Get(tx, seq)
 		if !ok || err != nil {
 			t.Fatalf("record %d: %v %v", seq, ok, err)
@@ -39,18 +38,13 @@ func anchorAt(t *testing.T, db *bolt.DB, seq uint64) Anchor {
 }
 
 // copyDB copies the bbolt file of db (closed afterwards by the test) to a new file and opens it.
-func copyDB(t *testing.T, db *bolt.DB) *bolt.DB {
+func copyDB(t *testing.T, db *bucketstore.DB) *bucketstore.DB {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "copy.db")
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY, 0o600)
-	if err != nil {
+	if err := db.Checkpoint(p); err != nil {
 		t.Fatal(err)
 	}
-	if err := db.View(func(tx *bolt.Tx) error { _, err := tx.WriteTo(f); return err }); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	c, err := bolt.Open(p, 0o600, nil)
+	c, err := bucketstore.Open(p, bucketstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,9 +54,9 @@ func copyDB(t *testing.T, db *bolt.DB) *bolt.DB {
 
 // rewriteChain replaces the whole log by a fresh, internally consistent chain of n records
 // (what someone with write access to the file and the format can do).
-func rewriteChain(t *testing.T, db *bolt.DB, n int, reason string) {
+func rewriteChain(t *testing.T, db *bucketstore.DB, n int, reason string) {
 	t.Helper()
-	err := db.Update(func(tx *bolt.Tx) error {
+	err := db.Update(func(tx *bucketstore.Tx) error {
 		for _, b := range [][]byte{BucketRecords, BucketHead} {
 			if err := tx.DeleteBucket(b); err != nil {
 				return err
@@ -84,9 +78,9 @@ func rewriteChain(t *testing.T, db *bolt.DB, n int, reason string) {
 }
 
 // truncateTo deletes the records after seq and moves the head back to seq (a rollback).
-func truncateTo(t *testing.T, db *bolt.DB, seq uint64) {
+func truncateTo(t *testing.T, db *bucketstore.DB, seq uint64) {
 	t.Helper()
-	err := db.Update(func(tx *bolt.Tx) error {
+	err := db.Update(func(tx *bucketstore.Tx) error {
 		last, _, err := Head(tx)
 		if err != nil {
 			return err
@@ -252,32 +246,34 @@ func TestVerifyAnchored(t *testing.T) {
 	cases := []struct {
 		name    string
 		n       int                                              // records in the original log
-		anchors func(t *testing.T, db *bolt.DB) []Anchor         // taken from the original
-		attack  func(t *testing.T, db *bolt.DB)                  // applied to a copy (nil: none)
+		anchors func(t *testing.T, db *bucketstore.DB) []Anchor  // taken from the original
+		attack  func(t *testing.T, db *bucketstore.DB)           // applied to a copy (nil: none)
 		chainOK bool                                             // plain Verify of the copy
 		want    []AnchorStatus                                   // per anchor
 		problem string                                           // in the first failed anchor's problem
 		check   func(t *testing.T, rep Report, anchors []Anchor) // extra checks (may be nil)
 	}{
 		{name: "anchors ok", n: 9,
-			anchors: func(t *testing.T, db *bolt.DB) []Anchor {
+			anchors: func(t *testing.T, db *bucketstore.DB) []Anchor {
 				return []Anchor{anchorAt(t, db, 1), anchorAt(t, db, 5), headOf(t, db).Anchor()}
 			},
 			chainOK: true, want: []AnchorStatus{AnchorOK, AnchorOK, AnchorOK}},
 		{name: "log grew since the anchor", n: 9,
-			anchors: func(t *testing.T, db *bolt.DB) []Anchor { return []Anchor{headOf(t, db).Anchor()} },
-			attack: func(t *testing.T, db *bolt.DB) {
-				_ = db.Update(func(tx *bolt.Tx) error {
+			anchors: func(t *testing.T, db *bucketstore.DB) []Anchor { return []Anchor{headOf(t, db).Anchor()} },
+			attack: func(t *testing.T, db *bucketstore.DB) {
+				_ = db.Update(func(tx *bucketstore.Tx) error {
 					_, err := Append(tx, t0.Add(time.Hour), Event{Kind: KindKillSwitch})
 					return err
 				})
 			},
 			chainOK: true, want: []AnchorStatus{AnchorOK}},
 		{name: "anchor beyond the head", n: 9,
-			anchors: func(t *testing.T, db *bolt.DB) []Anchor { return []Anchor{{Seq: 10, Hash: anchorAt(t, db, 9).Hash}} },
+			anchors: func(t *testing.T, db *bucketstore.DB) []Anchor {
+				return []Anchor{{Seq: 10, Hash: anchorAt(t, db, 9).Hash}}
+			},
 			chainOK: true, want: []AnchorStatus{AnchorMissing}, problem: "no record 10 (its head is seq 9): it was truncated or rolled back"},
 		{name: "anchor hash mismatch", n: 9,
-			anchors: func(t *testing.T, db *bolt.DB) []Anchor {
+			anchors: func(t *testing.T, db *bucketstore.DB) []Anchor {
 				a := anchorAt(t, db, 4)
 				a.Hash[0] ^= 1
 				return []Anchor{anchorAt(t, db, 3), a}
@@ -289,20 +285,22 @@ func TestVerifyAnchored(t *testing.T) {
 				}
 			}},
 		{name: "empty-log anchor", n: 2,
-			anchors: func(t *testing.T, db *bolt.DB) []Anchor { return []Anchor{{Seq: 0, Hash: zero}} },
+			anchors: func(t *testing.T, db *bucketstore.DB) []Anchor { return []Anchor{{Seq: 0, Hash: zero}} },
 			chainOK: true, want: []AnchorStatus{AnchorOK}},
 		{name: "tail truncated, head rolled back", n: 9,
-			anchors: func(t *testing.T, db *bolt.DB) []Anchor {
+			anchors: func(t *testing.T, db *bucketstore.DB) []Anchor {
 				return []Anchor{anchorAt(t, db, 4), headOf(t, db).Anchor()}
 			},
-			attack:  func(t *testing.T, db *bolt.DB) { truncateTo(t, db, 6) },
+			attack:  func(t *testing.T, db *bucketstore.DB) { truncateTo(t, db, 6) },
 			chainOK: true, want: []AnchorStatus{AnchorOK, AnchorMissing}, problem: "no record 9 (its head is seq 6)"},
 		{name: "rolled back and re-grown past the anchor", n: 9,
-			anchors: func(t *testing.T, db *bolt.DB) []Anchor { return []Anchor{anchorAt(t, db, 5), headOf(t, db).Anchor()} },
-			attack: func(t *testing.T, db *bolt.DB) {
+			anchors: func(t *testing.T, db *bucketstore.DB) []Anchor {
+				return []Anchor{anchorAt(t, db, 5), headOf(t, db).Anchor()}
+			},
+			attack: func(t *testing.T, db *bucketstore.DB) {
 				truncateTo(t, db, 6)
 				for i := 0; i < 5; i++ {
-					_ = db.Update(func(tx *bolt.Tx) error {
+					_ = db.Update(func(tx *bucketstore.Tx) error {
 						_, err := Append(tx, t0.Add(time.Hour), Event{Kind: KindDecision, Decision: "allow"})
 						return err
 					})
@@ -310,20 +308,26 @@ func TestVerifyAnchored(t *testing.T) {
 			},
 			chainOK: true, want: []AnchorStatus{AnchorOK, AnchorMismatch}, problem: "record 9 has hash"},
 		{name: "full rewrite, same length", n: 9,
-			anchors: func(t *testing.T, db *bolt.DB) []Anchor { return []Anchor{anchorAt(t, db, 2), headOf(t, db).Anchor()} },
-			attack:  func(t *testing.T, db *bolt.DB) { rewriteChain(t, db, 9, "forged") },
+			anchors: func(t *testing.T, db *bucketstore.DB) []Anchor {
+				return []Anchor{anchorAt(t, db, 2), headOf(t, db).Anchor()}
+			},
+			attack:  func(t *testing.T, db *bucketstore.DB) { rewriteChain(t, db, 9, "forged") },
 			chainOK: true, want: []AnchorStatus{AnchorMismatch, AnchorMismatch}, problem: "was rewritten"},
 		{name: "full rewrite, longer", n: 9,
-			anchors: func(t *testing.T, db *bolt.DB) []Anchor { return []Anchor{headOf(t, db).Anchor()} },
-			attack:  func(t *testing.T, db *bolt.DB) { rewriteChain(t, db, 20, "forged") },
+			anchors: func(t *testing.T, db *bucketstore.DB) []Anchor { return []Anchor{headOf(t, db).Anchor()} },
+			attack:  func(t *testing.T, db *bucketstore.DB) { rewriteChain(t, db, 20, "forged") },
 			chainOK: true, want: []AnchorStatus{AnchorMismatch}},
 		{name: "full rewrite, shorter", n: 9,
-			anchors: func(t *testing.T, db *bolt.DB) []Anchor { return []Anchor{anchorAt(t, db, 3), headOf(t, db).Anchor()} },
-			attack:  func(t *testing.T, db *bolt.DB) { rewriteChain(t, db, 4, "forged") },
+			anchors: func(t *testing.T, db *bucketstore.DB) []Anchor {
+				return []Anchor{anchorAt(t, db, 3), headOf(t, db).Anchor()}
+			},
+			attack:  func(t *testing.T, db *bucketstore.DB) { rewriteChain(t, db, 4, "forged") },
 			chainOK: true, want: []AnchorStatus{AnchorMismatch, AnchorMissing}},
 		{name: "anchored record unreadable (chain broken too)", n: 9,
-			anchors: func(t *testing.T, db *bolt.DB) []Anchor { return []Anchor{anchorAt(t, db, 2), anchorAt(t, db, 5)} },
-			attack:  func(t *testing.T, db *bolt.DB) { put(t, db, 5, []byte{0xff, 0x00}) },
+			anchors: func(t *testing.T, db *bucketstore.DB) []Anchor {
+				return []Anchor{anchorAt(t, db, 2), anchorAt(t, db, 5)}
+			},
+			attack:  func(t *testing.T, db *bucketstore.DB) { put(t, db, 5, []byte{0xff, 0x00}) },
 			chainOK: false, want: []AnchorStatus{AnchorOK, AnchorMismatch}, problem: "unreadable"},
 	}
 	for _, c := range cases {

@@ -12,7 +12,7 @@
 // transaction: callers append inside their own read-write transaction, so a ledger change and
 // the audit record describing it become durable in the same fsync:
 //
-//	err := db.Update(func(tx *bolt.Tx) error {
+//	err := db.Update(func(tx *bucketstore.Tx) error {
 //	    // ... ledger writes ...
 //	    _, err := audit.Append(tx, now, audit.Event{Kind: audit.KindSignature, ...})
 //	    return err
@@ -43,7 +43,7 @@ import (
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 )
 
 // Bucket names used in the bbolt file.
@@ -197,7 +197,7 @@ func Decode(seq uint64, b []byte) (Record, error) {
 }
 
 // Init creates the audit buckets if they do not exist.
-func Init(tx *bolt.Tx) error {
+func Init(tx *bucketstore.Tx) error {
 	if _, err := tx.CreateBucketIfNotExists(BucketRecords); err != nil {
 		return fmt.Errorf("audit: create bucket: %w", err)
 	}
@@ -209,7 +209,7 @@ func Init(tx *bolt.Tx) error {
 
 // Head returns the last sequence number and the hash of the last record (0 and zeros when the
 // log is empty).
-func Head(tx *bolt.Tx) (uint64, [32]byte, error) {
+func Head(tx *bucketstore.Tx) (uint64, [32]byte, error) {
 	var h [32]byte
 	hb := tx.Bucket(BucketHead)
 	if hb == nil {
@@ -234,7 +234,7 @@ func seqKey(seq uint64) []byte {
 
 // Append adds ev to the chain inside tx (which must be writable) with time now and returns the
 // record written. It fails if ev.Kind is unknown; a failed Append writes nothing.
-func Append(tx *bolt.Tx, now time.Time, ev Event) (Record, error) {
+func Append(tx *bucketstore.Tx, now time.Time, ev Event) (Record, error) {
 	if !ev.Kind.Valid() {
 		return Record{}, fmt.Errorf("audit: unknown kind %q", ev.Kind)
 	}
@@ -268,7 +268,7 @@ func Append(tx *bolt.Tx, now time.Time, ev Event) (Record, error) {
 }
 
 // Get reads and decodes record seq. A missing record returns ok=false.
-func Get(tx *bolt.Tx, seq uint64) (r Record, ok bool, err error) {
+func Get(tx *bucketstore.Tx, seq uint64) (r Record, ok bool, err error) {
 	rb := tx.Bucket(BucketRecords)
 	if rb == nil {
 		return Record{}, false, errors.New("audit: not initialised")
@@ -306,8 +306,8 @@ func (e *CorruptError) MarshalJSON() ([]byte, error) {
 
 // Verify walks the whole chain in a read transaction. On corruption it returns the report
 // (OK=false, FirstBad set) and FirstBad as the error; other errors are I/O faults.
-func Verify(db *bolt.DB) (rep Report, err error) {
-	err = db.View(func(tx *bolt.Tx) error {
+func Verify(db *bucketstore.DB) (rep Report, err error) {
+	err = db.View(func(tx *bucketstore.Tx) error {
 		rep, err = VerifyTx(tx)
 		return err
 	})
@@ -315,7 +315,7 @@ func Verify(db *bolt.DB) (rep Report, err error) {
 }
 
 // VerifyTx is Verify inside an existing transaction.
-func VerifyTx(tx *bolt.Tx) (Report, error) {
+func VerifyTx(tx *bucketstore.Tx) (Report, error) {
 	rep := Report{HeadHash: "0x" + hex.EncodeToString(make([]byte, 32))}
 	fail := func(ce *CorruptError) (Report, error) {
 		rep.FirstBad = ce
@@ -419,7 +419,7 @@ func VerifyTx(tx *bolt.Tx) (Report, error) {
 
 // forwardLinkHolds reports whether r's hash is the prev hash of the next record (or, for the
 // last record, the head hash).
-func forwardLinkHolds(tx *bolt.Tx, r Record) bool {
+func forwardLinkHolds(tx *bucketstore.Tx, r Record) bool {
 	if v := tx.Bucket(BucketRecords).Get(seqKey(r.Seq + 1)); v != nil {
 		next, err := Decode(r.Seq+1, v)
 		return err == nil && bytes.Equal(next.Prev, r.Hash[:])
@@ -483,12 +483,12 @@ func (r Record) JSON() ([]byte, error) {
 // from at or before the checkpoint starts there (seqs have no gaps otherwise), and that first
 // record's prev is the checkpoint hash; callers that must tell the reader (signerctl audit
 // export, the admin endpoint) compare the first seq with from or read CheckpointTx.
-func Export(db *bolt.DB, w io.Writer, from uint64) error {
-	return db.View(func(tx *bolt.Tx) error { return ExportTx(tx, w, from) })
+func Export(db *bucketstore.DB, w io.Writer, from uint64) error {
+	return db.View(func(tx *bucketstore.Tx) error { return ExportTx(tx, w, from) })
 }
 
 // ExportTx is Export inside an existing transaction.
-func ExportTx(tx *bolt.Tx, w io.Writer, from uint64) error {
+func ExportTx(tx *bucketstore.Tx, w io.Writer, from uint64) error {
 	rb := tx.Bucket(BucketRecords)
 	if rb == nil {
 		return errors.New("audit: not initialised")

@@ -11,15 +11,15 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 )
 
 var t0 = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
 
 // newLog creates a bbolt file with n records of varied kinds.
-func newLog(t *testing.T, n int) *bolt.DB {
+func newLog(t *testing.T, n int) *bucketstore.DB {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(t.TempDir(), "audit.db"), 0o600, nil)
+	db, err := bucketstore.Open(filepath.Join(t.TempDir(), "audit.db"), bucketstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,7 +28,7 @@ func newLog(t *testing.T, n int) *bolt.DB {
 		t.Fatal(err)
 	}
 	for i := 1; i <= n; i++ {
-		err := db.Update(func(tx *bolt.Tx) error {
+		err := db.Update(func(tx *bucketstore.Tx) error {
 			ev := Event{Kind: Kinds[i%len(Kinds)], Principal: "uid:1000", RecordID: uint64(i),
 				Reason: fmt.Sprintf("event %d", i), Digest: bytes.Repeat([]byte{byte(i)}, 32)}
 			if ev.Kind == KindDecision {
@@ -48,18 +48,18 @@ func newLog(t *testing.T, n int) *bolt.DB {
 	return db
 }
 
-func raw(t *testing.T, db *bolt.DB, seq uint64) []byte {
+func raw(t *testing.T, db *bucketstore.DB, seq uint64) []byte {
 	var v []byte
-	_ = db.View(func(tx *bolt.Tx) error {
+	_ = db.View(func(tx *bucketstore.Tx) error {
 		v = append([]byte(nil), tx.Bucket(BucketRecords).Get(seqKey(seq))...)
 		return nil
 	})
 	return v
 }
 
-func put(t *testing.T, db *bolt.DB, seq uint64, v []byte) {
+func put(t *testing.T, db *bucketstore.DB, seq uint64, v []byte) {
 	t.Helper()
-	err := db.Update(func(tx *bolt.Tx) error {
+	err := db.Update(func(tx *bucketstore.Tx) error {
 		if v == nil {
 			return tx.Bucket(BucketRecords).Delete(seqKey(seq))
 		}
@@ -72,7 +72,7 @@ func put(t *testing.T, db *bolt.DB, seq uint64, v []byte) {
 
 // reencode decodes record seq, lets f change it, and stores its canonical re-encoding (a
 // tamperer who knows the format).
-func reencode(t *testing.T, db *bolt.DB, seq uint64, f func(r *Record)) {
+func reencode(t *testing.T, db *bucketstore.DB, seq uint64, f func(r *Record)) {
 	t.Helper()
 	r, err := Decode(seq, raw(t, db, seq))
 	if err != nil {
@@ -92,7 +92,7 @@ func TestVerifyGood(t *testing.T) {
 	if err != nil || !rep.OK || rep.Records != 20 || rep.HeadSeq != 20 {
 		t.Fatalf("%+v %v", rep, err)
 	}
-	_ = db.View(func(tx *bolt.Tx) error {
+	_ = db.View(func(tx *bucketstore.Tx) error {
 		seq, h, _ := Head(tx)
 		r, _, _ := Get(tx, 20)
 		if seq != 20 || h != r.Hash || rep.HeadHash != hx(h[:]) {
@@ -110,35 +110,35 @@ func TestVerifyGood(t *testing.T) {
 func TestTamper(t *testing.T) {
 	cases := []struct {
 		name    string
-		tamper  func(t *testing.T, db *bolt.DB)
+		tamper  func(t *testing.T, db *bucketstore.DB)
 		seq     uint64
 		problem string
 	}{
-		{"flip a byte in the middle of record 7", func(t *testing.T, db *bolt.DB) {
+		{"flip a byte in the middle of record 7", func(t *testing.T, db *bucketstore.DB) {
 			v := raw(t, db, 7)
 			v[len(v)/2] ^= 0x01
 			put(t, db, 7, v)
 		}, 7, ""},
-		{"flip the last byte of record 3", func(t *testing.T, db *bolt.DB) {
+		{"flip the last byte of record 3", func(t *testing.T, db *bucketstore.DB) {
 			v := raw(t, db, 3)
 			v[len(v)-1] ^= 0x80
 			put(t, db, 3, v)
 		}, 3, ""},
-		{"canonical rewrite of record 5's reason", func(t *testing.T, db *bolt.DB) {
+		{"canonical rewrite of record 5's reason", func(t *testing.T, db *bucketstore.DB) {
 			reencode(t, db, 5, func(r *Record) { r.Event.Reason = "nothing to see" })
 		}, 5, "record 5 was altered"},
-		{"rewrite of the last record", func(t *testing.T, db *bolt.DB) {
+		{"rewrite of the last record", func(t *testing.T, db *bucketstore.DB) {
 			reencode(t, db, 12, func(r *Record) { r.Event.Operator = "mallory" })
 		}, 12, "head hash"},
-		{"delete record 4", func(t *testing.T, db *bolt.DB) { put(t, db, 4, nil) }, 4, "record 4 missing"},
-		{"delete the first record", func(t *testing.T, db *bolt.DB) { put(t, db, 1, nil) }, 1, "record 1 missing"},
-		{"delete the last record", func(t *testing.T, db *bolt.DB) { put(t, db, 12, nil) }, 12, "records missing at the end"},
-		{"swap records 8 and 9", func(t *testing.T, db *bolt.DB) {
+		{"delete record 4", func(t *testing.T, db *bucketstore.DB) { put(t, db, 4, nil) }, 4, "record 4 missing"},
+		{"delete the first record", func(t *testing.T, db *bucketstore.DB) { put(t, db, 1, nil) }, 1, "record 1 missing"},
+		{"delete the last record", func(t *testing.T, db *bucketstore.DB) { put(t, db, 12, nil) }, 12, "records missing at the end"},
+		{"swap records 8 and 9", func(t *testing.T, db *bucketstore.DB) {
 			a, b := raw(t, db, 8), raw(t, db, 9)
 			put(t, db, 8, b)
 			put(t, db, 9, a)
 		}, 8, "reordered"},
-		{"swap records and fix their seq fields", func(t *testing.T, db *bolt.DB) {
+		{"swap records and fix their seq fields", func(t *testing.T, db *bucketstore.DB) {
 			a, _ := Decode(8, raw(t, db, 8))
 			b, _ := Decode(9, raw(t, db, 9))
 			a.Seq, b.Seq = 9, 8
@@ -147,7 +147,7 @@ func TestTamper(t *testing.T) {
 			put(t, db, 8, eb)
 			put(t, db, 9, ea)
 		}, 8, "altered or replaced"},
-		{"non-canonical encoding of the same record", func(t *testing.T, db *bolt.DB) {
+		{"non-canonical encoding of the same record", func(t *testing.T, db *bucketstore.DB) {
 			// Re-encode with a non-deterministic encoder: length-prefixed → indefinite-length map.
 			v := raw(t, db, 6)
 			if v[0]&0xe0 != 0xa0 {
@@ -159,18 +159,18 @@ func TestTamper(t *testing.T) {
 			_ = n
 			put(t, db, 6, w)
 		}, 6, "canonical"},
-		{"garbage", func(t *testing.T, db *bolt.DB) { put(t, db, 2, []byte{0xff, 0x00}) }, 2, "undecodable"},
-		{"unknown kind", func(t *testing.T, db *bolt.DB) {
+		{"garbage", func(t *testing.T, db *bucketstore.DB) { put(t, db, 2, []byte{0xff, 0x00}) }, 2, "undecodable"},
+		{"unknown kind", func(t *testing.T, db *bucketstore.DB) {
 			reencode(t, db, 11, func(r *Record) { r.Event.Kind = "erase" })
 		}, 11, "unknown kind"},
-		{"extra record appended behind the head", func(t *testing.T, db *bolt.DB) {
+		{"extra record appended behind the head", func(t *testing.T, db *bucketstore.DB) {
 			r, _ := Decode(12, raw(t, db, 12))
 			r.Seq, r.Prev = 13, r.Hash[:]
 			b, _ := Encode(&r)
 			put(t, db, 13, b)
 		}, 13, "beyond the head"},
-		{"head damaged", func(t *testing.T, db *bolt.DB) {
-			_ = db.Update(func(tx *bolt.Tx) error { return tx.Bucket(BucketHead).Put(HeadKey, []byte{1}) })
+		{"head damaged", func(t *testing.T, db *bucketstore.DB) {
+			_ = db.Update(func(tx *bucketstore.Tx) error { return tx.Bucket(BucketHead).Put(HeadKey, []byte{1}) })
 		}, 13, "head has 1 bytes"},
 	}
 	for _, c := range cases {
@@ -201,7 +201,7 @@ func TestUnknownKindDetected(t *testing.T) {
 	// Rewrite the whole chain consistently with a bad kind in the last record: only the kind
 	// check can catch it.
 	reencode(t, db, 3, func(r *Record) { r.Event.Kind = "erase" })
-	_ = db.Update(func(tx *bolt.Tx) error {
+	_ = db.Update(func(tx *bucketstore.Tx) error {
 		r, _, _ := Get(tx, 3)
 		h := make([]byte, 40)
 		copy(h, seqKey(3))
@@ -217,7 +217,7 @@ func TestUnknownKindDetected(t *testing.T) {
 
 func TestAppendRejectsUnknownKind(t *testing.T) {
 	db := newLog(t, 1)
-	err := db.Update(func(tx *bolt.Tx) error {
+	err := db.Update(func(tx *bucketstore.Tx) error {
 		_, err := Append(tx, t0, Event{Kind: "nope"})
 		return err
 	})

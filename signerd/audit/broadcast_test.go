@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"testing"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 )
 
 // TestBroadcastKind: a broadcast record is a known kind: it appends, the chain with it verifies,
@@ -15,7 +15,7 @@ func TestBroadcastKind(t *testing.T) {
 		t.Fatal("broadcast is not a valid kind")
 	}
 	db := newLog(t, 2)
-	err := db.Update(func(tx *bolt.Tx) error {
+	err := db.Update(func(tx *bucketstore.Tx) error {
 		_, err := Append(tx, t0, Event{Kind: KindBroadcast, Decision: "allow", Code: "tx_broadcast", RecordID: 7,
 			Attrs: map[string]string{"tx_hash": "0x01", "nonce": "3", "request_id": "dep-1"}})
 		return err

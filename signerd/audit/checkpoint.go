@@ -10,7 +10,7 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 )
 
 // Retention. Records 1..N may be deleted once they are archived (PruneTx): the prune
@@ -34,7 +34,7 @@ type Checkpoint = Anchor
 
 // CheckpointTx reads the prune checkpoint (zero when nothing was pruned). A malformed value
 // is a *CorruptError.
-func CheckpointTx(tx *bolt.Tx) (Checkpoint, error) {
+func CheckpointTx(tx *bucketstore.Tx) (Checkpoint, error) {
 	var cp Checkpoint
 	b := tx.Bucket(BucketCheckpoint)
 	if b == nil {
@@ -58,7 +58,7 @@ func CheckpointTx(tx *bolt.Tx) (Checkpoint, error) {
 // range is missing or unreadable, nothing is deleted and the error says why. The head record is
 // never pruned (through < head seq), so the chain is never empty. It returns the new
 // checkpoint and how many records were deleted.
-func PruneTx(tx *bolt.Tx, through uint64, want [32]byte) (Checkpoint, int, error) {
+func PruneTx(tx *bucketstore.Tx, through uint64, want [32]byte) (Checkpoint, int, error) {
 	cp, err := CheckpointTx(tx)
 	if err != nil {
 		return cp, 0, err

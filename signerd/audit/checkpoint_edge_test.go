@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 )
 
 // TestPruneAllButHead: pruned through head-1, the log is one record; head, verify, export
@@ -22,7 +22,7 @@ func TestPruneAllButHead(t *testing.T) {
 		t.Fatal(err)
 	}
 	var hi HeadInfo
-	if err := db.View(func(tx *bolt.Tx) (err error) { hi, err = HeadInfoTx(tx); return err }); err != nil || hi.Seq != 12 {
+	if err := db.View(func(tx *bucketstore.Tx) (err error) { hi, err = HeadInfoTx(tx); return err }); err != nil || hi.Seq != 12 {
 		t.Fatalf("head after pruning all but it: %+v %v", hi, err)
 	}
 	rep, err := Verify(db)
@@ -33,7 +33,7 @@ func TestPruneAllButHead(t *testing.T) {
 	if err := Export(db, &exp, 3); err != nil || !strings.HasPrefix(exp.String(), `{"seq":12,`) || strings.Count(exp.String(), "\n") != 1 {
 		t.Fatalf("export --from 3 after prune: %v %q", err, exp.String())
 	}
-	if err := db.Update(func(tx *bolt.Tx) error {
+	if err := db.Update(func(tx *bucketstore.Tx) error {
 		_, err := Append(tx, t0.Add(time.Hour), Event{Kind: KindRetention, Operator: "alice"})
 		return err
 	}); err != nil {
@@ -45,7 +45,7 @@ func TestPruneAllButHead(t *testing.T) {
 		t.Fatalf("anchors: %+v %v", ar, err)
 	}
 	// Someone with write access rewrites the checkpoint: record 12 no longer links to it.
-	if err := db.Update(func(tx *bolt.Tx) error {
+	if err := db.Update(func(tx *bucketstore.Tx) error {
 		v := append([]byte(nil), tx.Bucket(BucketCheckpoint).Get(CheckpointKey)...)
 		v[20] ^= 1
 		return tx.Bucket(BucketCheckpoint).Put(CheckpointKey, v)

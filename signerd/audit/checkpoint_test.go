@@ -5,18 +5,18 @@ import (
 	"errors"
 	"testing"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 )
 
-func pruneLog(t *testing.T, db *bolt.DB, through uint64, want [32]byte) error {
+func pruneLog(t *testing.T, db *bucketstore.DB, through uint64, want [32]byte) error {
 	t.Helper()
-	return db.Update(func(tx *bolt.Tx) error {
+	return db.Update(func(tx *bucketstore.Tx) error {
 		_, _, err := PruneTx(tx, through, want)
 		return err
 	})
 }
 
-func hashOf(t *testing.T, db *bolt.DB, seq uint64) [32]byte {
+func hashOf(t *testing.T, db *bucketstore.DB, seq uint64) [32]byte {
 	t.Helper()
 	r, err := Decode(seq, raw(t, db, seq))
 	if err != nil {

@@ -141,9 +141,9 @@ func (c Core) validate(bad func(string, ...any)) {
 
 // Performance tunes the signing path.
 type Performance struct {
-	// Reservation is when a reservation reaches the disk: "durable" (default: fsynced before
-	// signing), "early" (signing overlaps its fsync) or "deferred" (written with the signature,
-	// one fsync per request). See pipeline.ReservationMode.
+	// Reservation is obsolete and ignored (the daemon warns): a request's intent is always
+	// written while the HSM signs and is durable before the signature leaves (see
+	// docs/ledger.md). The old values are accepted so that existing configurations still load.
 	Reservation string `yaml:"reservation"`
 }
 

@@ -26,6 +26,7 @@ type record struct {
 	ClaimsHsh string `json:"claims_hash"`
 	Signature string `json:"signature"`
 	TaskID    string `json:"task_id"`
+	Digest    string `json:"digest"`
 }
 
 func (e *env) records(t *testing.T) []record {

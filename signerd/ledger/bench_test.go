@@ -13,55 +13,36 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 
 	"github.com/signerd/signerd/policyengine"
 )
 
-// BenchmarkReserveCommit measures one signing request's ledger work (Reserve with two budget
-// charges, then Commit of a 65-byte signature: two durable group commits) on a real file, at
-// concurrency 1, 8 and 64. It reports requests/s and the p50/p99 latency of Reserve+Commit.
+// BenchmarkIntentSignature measures one signing request's ledger work as the pipeline does it
+// (Reserve with two budget charges, Durable, then RecordSignature of a 65-byte signature) on a
+// real store, at concurrency 1, 8 and 64. It reports requests/s, the p50/p99 latency and the
+// synced WAL appends per request.
 //
-//	go test -run '^$' -bench ReserveCommit -benchtime 3000x ./signerd/ledger/
-func BenchmarkReserveCommit(b *testing.B) {
-	benchReserveCommit(b, []int{1, 8, 64}, 0)
-}
-
-// BenchmarkDeferredCommit is BenchmarkReserveCommit with ReserveDeferred: one durable
-// transaction per request.
-func BenchmarkDeferredCommit(b *testing.B) {
+//	go test -run '^$' -bench IntentSignature -benchtime 3000x ./signerd/ledger/
+func BenchmarkIntentSignature(b *testing.B) {
 	for _, c := range []int{1, 8, 64} {
-		benchOne(b, "deferred", c, 0)
+		benchOne(b, c, 0)
 	}
 }
 
-// BenchmarkReserveSignCommit adds a simulated signature (300 µs of busy CPU, like SoftHSM's
-// ≈ 340 µs per signature; a sleep would round up to ≈ 1.1 ms here) between Reserve and Commit,
-// with Reserve, ReserveEarly (the reservation's fsync overlaps signing) and ReserveDeferred (one
-// transaction per request).
+// BenchmarkIntentSignSignature adds a simulated signature (300 µs of busy CPU, like SoftHSM's
+// ≈ 340 µs per signature; a sleep would round up to ≈ 1.1 ms here) between Reserve and Durable:
+// the intent's fsync overlaps it.
 //
-//	go test -run '^$' -bench ReserveSignCommit -benchtime 500x ./signerd/ledger/
-func BenchmarkReserveSignCommit(b *testing.B) {
-	benchReserveCommit(b, []int{1, 2, 4, 8}, 300*time.Microsecond)
-}
-
-func benchReserveCommit(b *testing.B, conc []int, signTime time.Duration) {
-	modes := []string{"reserve"}
-	if signTime > 0 {
-		modes = append(modes, "early", "deferred")
-	}
-	for _, mode := range modes {
-		for _, c := range conc {
-			benchOne(b, mode, c, signTime)
-		}
+//	go test -run '^$' -bench IntentSignSignature -benchtime 500x ./signerd/ledger/
+func BenchmarkIntentSignSignature(b *testing.B) {
+	for _, c := range []int{1, 2, 4, 8} {
+		benchOne(b, c, 300*time.Microsecond)
 	}
 }
 
-func benchOne(b *testing.B, mode string, c int, signTime time.Duration) {
+func benchOne(b *testing.B, c int, signTime time.Duration) {
 	name := fmt.Sprintf("c=%d", c)
-	if signTime > 0 {
-		name = mode + "/" + name
-	}
 	{
 		b.Run(name, func(b *testing.B) {
 			l, err := Open(Options{Path: filepath.Join(b.TempDir(), "bench.db")})
@@ -93,14 +74,7 @@ func benchOne(b *testing.B, mode string, c int, signTime time.Duration) {
 							return
 						}
 						t := time.Now()
-						reserve := l.Reserve
-						switch mode {
-						case "early":
-							reserve = l.ReserveEarly
-						case "deferred":
-							reserve = l.ReserveDeferred
-						}
-						r, err := reserve(ctx, Reservation{Wallet: wallet, TabID: big.NewInt(1), ReqID: big.NewInt(i),
+						r, err := l.Reserve(ctx, Reservation{Wallet: wallet, TabID: big.NewInt(1), ReqID: big.NewInt(i),
 							Claims: claims, Charges: charges, Principal: "uid:1000", Agent: "agent-a", Rule: "allow", Scheme: "eip712"})
 						if err != nil || r.Outcome != Reserved {
 							b.Error(r.Outcome, err)
@@ -110,7 +84,11 @@ func benchOne(b *testing.B, mode string, c int, signTime time.Duration) {
 							for t := time.Now(); time.Since(t) < signTime; {
 							}
 						}
-						if _, err := l.Commit(ctx, r.RecordID, sig65(byte(i))); err != nil {
+						if err := r.Durable(ctx); err != nil {
+							b.Error(err)
+							return
+						}
+						if _, err := l.RecordSignature(ctx, r.RecordID, sig65(byte(i))); err != nil {
 							b.Error(err)
 							return
 						}
@@ -129,27 +107,28 @@ func benchOne(b *testing.B, mode string, c int, signTime time.Duration) {
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 			b.ReportMetric(float64(st.Ops-before.Ops)/float64(st.Updates-before.Updates), "ops/tx")
 			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
+			b.ReportMetric(float64(st.Syncs-before.Syncs)/float64(b.N), "syncs/op")
 		})
 	}
 }
 
-// BenchmarkBoltUpdateBaseline is the floor under BenchmarkReserveCommit on the same disk at the
-// same moment: one bare db.Update putting a 300-byte value, serially. A Reserve+Commit at
-// concurrency 1 costs two such transactions plus the ledger's work.
-func BenchmarkBoltUpdateBaseline(b *testing.B) {
-	db, err := bolt.Open(filepath.Join(b.TempDir(), "base.db"), 0o600, &bolt.Options{NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+// BenchmarkStoreUpdateBaseline is the floor under BenchmarkIntentSignature on the same disk at
+// the same moment: one bare synced Update putting a 300-byte value, serially. A request at
+// concurrency 1 costs one such transaction plus the ledger's work.
+func BenchmarkStoreUpdateBaseline(b *testing.B) {
+	db, err := bucketstore.Open(filepath.Join(b.TempDir(), "base.db"), bucketstore.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer db.Close()
-	_ = db.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucketIfNotExists([]byte("b")); return err })
+	_ = db.Update(func(tx *bucketstore.Tx) error { _, err := tx.CreateBucketIfNotExists([]byte("b")); return err })
 	lat := make([]time.Duration, b.N)
 	val := make([]byte, 300)
 	b.ResetTimer()
 	cpu0 := cpuTime()
 	for i := 0; i < b.N; i++ {
 		t := time.Now()
-		err := db.Update(func(tx *bolt.Tx) error {
+		err := db.Update(func(tx *bucketstore.Tx) error {
 			return tx.Bucket([]byte("b")).Put(binary.BigEndian.AppendUint64(nil, uint64(i)), val)
 		})
 		if err != nil {

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 )
 
 // TestCrashAfterPrune: a ledger pruned (40 signed records on the keys the crash child uses,
@@ -108,7 +108,7 @@ func TestCrashAfterPrune(t *testing.T) {
 			t.Fatalf("round %d: verify: %+v %v", round, rep, err)
 		}
 		liveTotal := new(big.Int)
-		if err := l.DB().View(func(tx *bolt.Tx) error {
+		if err := l.DB().View(func(tx *bucketstore.Tx) error {
 			for k, id := range pruned {
 				e, err := parseReplay([]byte(k), tx.Bucket(bucketReplay).Get([]byte(k)))
 				if err != nil || e.status != replayPruned || e.id != id {
@@ -128,13 +128,10 @@ func TestCrashAfterPrune(t *testing.T) {
 				t.Errorf("round %d: received signature of record %d: %+v %v", round, id, r, err)
 			}
 		}
-		if _, err := l.ReleaseOrphans(ctx, "crash test restart", 0); err != nil {
-			t.Fatal(err)
-		}
-		if err := l.DB().View(func(tx *bolt.Tx) error {
+		if err := l.DB().View(func(tx *bucketstore.Tx) error {
 			return tx.Bucket(bucketRecords).ForEach(func(k, v []byte) error {
 				r, err := loadRecord(tx, RecordID(new(big.Int).SetBytes(k).Uint64()), v)
-				if err != nil || r.Status != StatusSigned {
+				if err != nil || r.Status == StatusReleased { // possibly signed intents keep their charges
 					return err
 				}
 				for _, c := range r.Charges {
@@ -149,7 +146,7 @@ func TestCrashAfterPrune(t *testing.T) {
 		}
 		u, err := l.Usage("total/wallet", 0, time.Now())
 		if err != nil || u.Cmp(new(big.Int).Add(liveTotal, big.NewInt(200))) != 0 {
-			t.Errorf("round %d: total usage %s, live signed %s + pruned 200", round, u, liveTotal)
+			t.Errorf("round %d: total usage %s, live signed or possibly signed %s + pruned 200", round, u, liveTotal)
 		}
 		l.Close()
 	}

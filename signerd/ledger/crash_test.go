@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 
 	"github.com/signerd/signerd/policyengine"
 	"github.com/signerd/signerd/signerd/audit"
@@ -98,10 +98,11 @@ func crashChild(path string) {
 			for {
 				tab, req, variant := rng.Intn(8), rng.Intn(40), rng.Intn(2)
 				claims := []byte(fmt.Sprintf(`{"tab":%d,"req":%d,"v":%d}`, tab, req, variant))
-				// A third of the writers each: Reserve, ReserveEarly (signing overlaps the fsync),
-				// ReserveDeferred (reservation in memory, written with the signature).
-				reserve := []func(context.Context, Reservation) (Result, error){l.Reserve, l.ReserveEarly, l.ReserveDeferred}[w%3]
-				r, err := reserve(ctx, Reservation{Wallet: wallet, TabID: big.NewInt(int64(tab)),
+				// Half the writers sign as the pipeline does (Durable, then RecordSignature: the
+				// signature is sent once the intent is durable), half commit durably (Commit, as
+				// the collateral pipeline does before a broadcast).
+				intentOnly := w%2 == 0
+				r, err := l.Reserve(ctx, Reservation{Wallet: wallet, TabID: big.NewInt(int64(tab)),
 					ReqID: big.NewInt(int64(req)), Claims: claims, Charges: crashCharges(int64(1 + rng.Intn(20))),
 					Principal: "uid:1000", Agent: "agent-a", Rule: "allow", Digest: sha256.Sum256(claims)})
 				if err != nil {
@@ -118,7 +119,7 @@ func crashChild(path string) {
 						}
 						continue
 					}
-					cr, err := l.Commit(ctx, r.RecordID, fakeSig(claims, r.RecordID))
+					cr, err := commitCrash(ctx, l, r, fakeSig(claims, r.RecordID), intentOnly)
 					if errors.Is(err, ErrReleased) {
 						continue // a concurrent resumer of the same key released it: nothing is sent
 					}
@@ -126,7 +127,11 @@ func crashChild(path string) {
 						say("ERR " + err.Error())
 						continue
 					}
-					say(fmt.Sprintf("SIG %d %x", r.RecordID, cr.Signature))
+					tag := "SIG"
+					if intentOnly {
+						tag = "SIGI"
+					}
+					say(fmt.Sprintf("%s %d %x", tag, r.RecordID, cr.Signature))
 				case Duplicate:
 					say(fmt.Sprintf("SIG %d %x", r.RecordID, r.Signature))
 				}
@@ -134,6 +139,18 @@ func crashChild(path string) {
 		}(w)
 	}
 	wg.Wait()
+}
+
+// commitCrash records sig for r: durably (Commit) or as the pipeline does (Durable, then
+// RecordSignature without an fsync of its own).
+func commitCrash(ctx context.Context, l *Ledger, r Result, sig []byte, intentOnly bool) (CommitResult, error) {
+	if !intentOnly {
+		return l.Commit(ctx, r.RecordID, sig)
+	}
+	if err := r.Durable(ctx); err != nil {
+		return CommitResult{}, err
+	}
+	return l.RecordSignature(ctx, r.RecordID, sig)
 }
 
 func TestCrashSIGKILL(t *testing.T) {
@@ -147,6 +164,7 @@ func TestCrashSIGKILL(t *testing.T) {
 		rounds = 3
 	}
 	received := map[RecordID]string{} // every signature a "client" received, across rounds
+	intentOnly := map[RecordID]bool{} // of those, the ones sent once only their intent was durable
 	maxState := 0                     // highest operator state acknowledged, across rounds
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
 	for round := 0; round < rounds; round++ {
@@ -182,9 +200,12 @@ func TestCrashSIGKILL(t *testing.T) {
 		sigs := 0
 		for l := range lines {
 			switch {
-			case strings.HasPrefix(l, "SIG "):
+			case strings.HasPrefix(l, "SIG "), strings.HasPrefix(l, "SIGI "):
 				f := strings.Fields(l)
 				id, _ := strconv.ParseUint(f[1], 10, 64)
+				if f[0] == "SIGI" {
+					intentOnly[RecordID(id)] = true
+				}
 				if prev, ok := received[RecordID(id)]; ok && prev != f[2] {
 					t.Errorf("record %d returned two different signatures", id)
 				}
@@ -204,7 +225,7 @@ func TestCrashSIGKILL(t *testing.T) {
 			t.Fatalf("round %d: child not killed by SIGKILL: %v %s", round, err, stderr.String())
 		}
 		t.Logf("round %d: %d signatures received before SIGKILL", round, sigs)
-		checkCrashInvariants(t, path, received, maxState)
+		checkCrashInvariants(t, path, received, intentOnly, maxState)
 	}
 	if len(received) == 0 {
 		t.Fatal("no signature was ever received: the load did not run")
@@ -212,7 +233,7 @@ func TestCrashSIGKILL(t *testing.T) {
 }
 
 // checkCrashInvariants reopens the ledger after a SIGKILL and checks what must hold.
-func checkCrashInvariants(t *testing.T, path string, received map[RecordID]string, maxState int) {
+func checkCrashInvariants(t *testing.T, path string, received map[RecordID]string, intentOnly map[RecordID]bool, maxState int) {
 	t.Helper()
 	l, err := Open(Options{Path: path})
 	if err != nil {
@@ -236,7 +257,7 @@ func checkCrashInvariants(t *testing.T, path string, received map[RecordID]strin
 	live := map[rk]*PaymentRecord{}
 	daily, total := new(big.Int), new(big.Int)
 	signedAudit := map[uint64]string{}
-	err = l.DB().View(func(tx *bolt.Tx) error {
+	err = l.DB().View(func(tx *bucketstore.Tx) error {
 		err := tx.Bucket(bucketRecords).ForEach(func(k, v []byte) error {
 			id := RecordID(new(big.Int).SetBytes(k).Uint64())
 			r, err := loadRecord(tx, id, v)
@@ -316,36 +337,9 @@ func checkCrashInvariants(t *testing.T, path string, received map[RecordID]strin
 			t.Errorf("%s: usage %s over its limit %d", key.name, u, key.limit)
 		}
 	}
-	// 3. What start-up does: release the orphaned reservations. Then usage is exactly what the
-	// signed records charged.
-	if _, err := l.ReleaseOrphans(context.Background(), "crash test restart", 0); err != nil {
-		t.Fatal(err)
-	}
-	if p, err := l.Pending(0); err != nil || len(p) != 0 {
-		t.Fatalf("pending after ReleaseOrphans: %d %v", len(p), err)
-	}
-	signedDaily, signedTotal := new(big.Int), new(big.Int)
-	for _, r := range live {
-		if r2, err := l.Record(r.ID); err == nil && r2.Status == StatusSigned {
-			for _, c := range r2.Charges {
-				switch c.Key {
-				case "daily/agent-a":
-					signedDaily.Add(signedDaily, c.Amount)
-				case "total/wallet":
-					signedTotal.Add(signedTotal, c.Amount)
-				}
-			}
-		}
-	}
-	if u, _ := l.Usage("daily/agent-a", 24*time.Hour, now); u.Cmp(signedDaily) != 0 {
-		t.Errorf("daily usage %s after releasing orphans, signed records charge %s", u, signedDaily)
-	}
-	if u, _ := l.Usage("total/wallet", 0, now); u.Cmp(signedTotal) != 0 {
-		t.Errorf("total usage %s after releasing orphans, signed records charge %s", u, signedTotal)
-	}
-	if rep, err := l.VerifyAudit(); err != nil || !rep.OK {
-		t.Fatalf("audit after ReleaseOrphans: %+v %v", rep, err)
-	}
+	// 3. Intents left without a signature are possibly signed: an identical retry resumes the
+	// same record and charges nothing more.
+	checkPossiblySigned(t, l, live, now)
 	// 4. Every signature a client received is durable in the ledger and in the audit log.
 	for id, sig := range received {
 		r, err := l.Record(id)
@@ -353,11 +347,43 @@ func checkCrashInvariants(t *testing.T, path string, received map[RecordID]strin
 			t.Errorf("received signature for record %d but: %v", id, err)
 			continue
 		}
+		if intentOnly[id] && r.Status == StatusReserved {
+			continue // sent once its intent was durable; the signature itself was lost in the crash
+		}
 		if r.Status != StatusSigned || hex.EncodeToString(r.Signature) != sig {
 			t.Errorf("record %d: status %s, signature mismatch", id, r.Status)
 		}
 		if signedAudit[uint64(id)] != sig {
 			t.Errorf("record %d: no matching signature audit record", id)
 		}
+	}
+}
+
+// checkPossiblySigned retries every intent left reserved by the crash with its own claims: each
+// must resume its record (Resumable, same id and digest) without a charge.
+func checkPossiblySigned(t *testing.T, l *Ledger, live map[string]*PaymentRecord, now time.Time) {
+	t.Helper()
+	n, err := l.PossiblySigned()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := l.Usage("total/wallet", 0, now)
+	resumed := 0
+	for _, r := range live {
+		if r.Status != StatusReserved {
+			continue
+		}
+		res, err := l.Reserve(context.Background(), Reservation{Wallet: r.Wallet, TabID: r.TabID, ReqID: r.ReqID,
+			Claims: r.Claims, Charges: crashCharges(1), Principal: r.Principal, Agent: r.Agent, Rule: r.Rule, Digest: r.Digest})
+		if err != nil || res.Outcome != Resumable || res.RecordID != r.ID || res.Digest != r.Digest {
+			t.Errorf("retry of possibly signed record %d: %+v %v", r.ID, res, err)
+		}
+		resumed++
+	}
+	if resumed != n {
+		t.Errorf("%d possibly signed intents counted, %d reserved records", n, resumed)
+	}
+	if after, _ := l.Usage("total/wallet", 0, now); after.Cmp(before) != 0 {
+		t.Errorf("retries of possibly signed intents charged again: total usage %s -> %s", before, after)
 	}
 }

@@ -46,17 +46,12 @@ func TestFailedGroupIsFatal(t *testing.T) {
 
 	writes := map[string]func() error{
 		"reserve": func() error { _, err := l.Reserve(ctx, resv(1, 2, "b", charge("daily", day, 100, 10))); return err },
-		"reserve_early": func() error {
-			_, err := l.ReserveEarly(ctx, resv(1, 3, "c", charge("daily", day, 100, 10)))
+		"commit":  func() error { _, err := l.Commit(ctx, r.RecordID, sig65(1)); return err },
+		"release": func() error { return l.Release(ctx, r.RecordID, "", "x") },
+		"record_signature": func() error {
+			_, err := l.RecordSignature(ctx, r.RecordID, sig65(1))
 			return err
 		},
-		"reserve_deferred": func() error {
-			_, err := l.ReserveDeferred(ctx, resv(1, 4, "d", charge("daily", day, 100, 10)))
-			return err
-		},
-		"commit":       func() error { _, err := l.Commit(ctx, r.RecordID, sig65(1)); return err },
-		"release":      func() error { return l.Release(ctx, r.RecordID, "", "x") },
-		"orphans":      func() error { _, err := l.ReleaseOrphans(ctx, "x", 0); return err },
 		"put_state":    func() error { return l.PutState(ctx, "k", []byte("v"), audit.Event{Kind: audit.KindApproval}) },
 		"append_audit": func() error { _, err := l.AppendAudit(ctx, audit.Event{Kind: audit.KindKeyOp}); return err },
 		"audit_async":  func() error { return l.AuditAsync(audit.Event{Kind: audit.KindKeyOp}) },

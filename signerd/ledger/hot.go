@@ -3,7 +3,7 @@ package ledger
 import (
 	"bytes"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 )
 
 // maxHot bounds the hot record cache; past it the cache is emptied (Commit then reads from the
@@ -41,7 +41,7 @@ func (h *hotRecords) take(id RecordID) *PaymentRecord {
 
 // isPending reports whether record id is in the pending index (reserved, neither signed nor
 // released). A cursor is used because the index's values are empty.
-func isPending(tx *bolt.Tx, id RecordID) bool {
+func isPending(tx *bucketstore.Tx, id RecordID) bool {
 	k := id.key()
 	got, _ := tx.Bucket(bucketPending).Cursor().Seek(k)
 	return bytes.Equal(got, k)
@@ -52,7 +52,7 @@ func isPending(tx *bolt.Tx, id RecordID) bool {
 // they are appended at the end, so bbolt's default of half-full pages only doubles their page
 // count (and the size of the branch nodes a transaction reads and rewrites). It changes how
 // pages are laid out, never what is stored.
-func appendOnly(b *bolt.Bucket) *bolt.Bucket {
+func appendOnly(b *bucketstore.Bucket) *bucketstore.Bucket {
 	b.FillPercent = 1.0
 	return b
 }

@@ -71,7 +71,6 @@
 package ledger
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -80,7 +79,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 
 	"github.com/signerd/signerd/signerd/audit"
 )
@@ -165,7 +164,7 @@ func (o *Options) validate() error {
 
 // Ledger is an open ledger file. All methods are safe for concurrent use.
 type Ledger struct {
-	db    *bolt.DB
+	db    *bucketstore.DB
 	opts  Options
 	clock func() time.Time
 
@@ -173,16 +172,17 @@ type Ledger struct {
 	closed bool
 	q      chan op
 	done   chan struct{} // closed when the committer exits
+	syncq  chan []op     // applied groups waiting for the shared fsync (see syncLoop)
+	synced chan struct{} // closed when the syncer exits
 	once   sync.Once
 
-	lastPrune time.Time   // committer-only: clock value at the last sweep (with its monotonic reading, if any)
-	pruneAt   time.Time   // committer-only: wall time the last sweep pruned relative to
-	maxSeen   time.Time   // committer-only: latest wall time the committer's clock has shown
-	lastID    uint64      // committer-only: last record id handed out (never goes back, even if a tx fails)
-	idHW      uint64      // committer-only: durable id high-water mark: no id above it was handed out
-	idHWTx    uint64      // committer-only: high-water mark written by the current attempt (0: none)
-	pend      *pendingSet // committer-only: pending deferred reservations (see deferred.go)
-	hot       hotRecords  // committer-only: records reserved by this process (see hot.go)
+	lastPrune time.Time  // committer-only: clock value at the last sweep (with its monotonic reading, if any)
+	pruneAt   time.Time  // committer-only: wall time the last sweep pruned relative to
+	maxSeen   time.Time  // committer-only: latest wall time the committer's clock has shown
+	lastID    uint64     // committer-only: last record id handed out (never goes back, even if a tx fails)
+	idHW      uint64     // committer-only: durable id high-water mark: no id above it was handed out
+	idHWTx    uint64     // committer-only: high-water mark written by the current attempt (0: none)
+	hot       hotRecords // committer-only: records reserved by this process (see hot.go)
 
 	// testHookAfterApply, if set, runs inside the group's transaction after every operation
 	// was applied and early results were released; an error fails the transaction (tests).
@@ -201,44 +201,23 @@ type Stats struct {
 	AsyncErrors uint64 // AuditAsync records that could not be written
 	Pruned      uint64 // usage buckets pruned
 	Queued      int    // operations waiting for the committer now
+	Syncs       uint64 // synced write-ahead-log appends (fdatasyncs), shared by groups
 }
 
-// Open opens (or creates) the ledger file and starts the committer.
+// Open opens (or creates) the ledger store and starts the committer. A bbolt ledger file written
+// by an earlier version at Options.Path is migrated first (see migrate.go).
 func Open(opts Options) (*Ledger, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(opts.Path, 0o600, &bolt.Options{
-		Timeout:        opts.LockTimeout,
-		NoFreelistSync: true, // freelist rebuilt on open: fewer pages per commit, same safety
-		FreelistType:   bolt.FreelistMapType,
-	})
+	if err := migrateIfBolt(opts.Path, opts.LockTimeout); err != nil {
+		return nil, err
+	}
+	db, err := bucketstore.Open(opts.Path, bucketstore.Options{})
 	if err != nil {
 		return nil, &StoreError{Op: "open", Err: err}
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		rebuildPending := tx.Bucket(bucketPending) == nil
-		for _, b := range [][]byte{bucketMeta, bucketRecords, bucketReplay, bucketUsage, bucketState, bucketSigs, bucketPending} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		if rebuildPending { // a file written before the pending index existed
-			if err := fillPending(tx); err != nil {
-				return err
-			}
-		}
-		m := tx.Bucket(bucketMeta)
-		if v := m.Get(schemaKey); v == nil {
-			if err := m.Put(schemaKey, schemaVersion); err != nil {
-				return err
-			}
-		} else if string(v) != string(schemaVersion) {
-			return fmt.Errorf("%w: ledger schema %q, this build reads %q", ErrInvalid, v, schemaVersion)
-		}
-		return audit.Init(tx)
-	})
-	if err != nil {
+	if err := db.Update(initStore); err != nil {
 		_ = db.Close()
 		if errors.Is(err, ErrInvalid) {
 			return nil, err
@@ -246,27 +225,58 @@ func Open(opts Options) (*Ledger, error) {
 		return nil, &StoreError{Op: "init", Err: err}
 	}
 	l := &Ledger{db: db, opts: opts, clock: opts.Clock, q: make(chan op, opts.QueueSize), done: make(chan struct{}),
-		pend: newPendingSet(), hot: hotRecords{m: map[RecordID]*PaymentRecord{}}}
+		syncq: make(chan []op, 1024), synced: make(chan struct{}), hot: hotRecords{m: map[RecordID]*PaymentRecord{}}}
 	l.lastPrune = opts.Clock()
 	l.pruneAt = l.lastPrune.Round(0)
 	l.maxSeen = l.pruneAt
-	// Ids handed out before: the records' sequence, the highest stored record (belt and braces)
-	// and the high-water mark, which also covers ids that never reached the file (a deferred
-	// reservation lost in a crash, a reservation whose group failed after an early answer).
-	_ = db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketRecords)
-		l.lastID = b.Sequence()
-		if k, _ := b.Cursor().Last(); len(k) == 8 {
-			l.lastID = max(l.lastID, binary.BigEndian.Uint64(k))
-		}
-		if v := tx.Bucket(bucketMeta).Get(idHWKey); len(v) == 8 {
-			l.idHW = binary.BigEndian.Uint64(v)
-			l.lastID = max(l.lastID, l.idHW)
-		}
-		return nil
-	})
+	if err := db.View(l.loadIDs); err != nil {
+		_ = db.Close()
+		return nil, &StoreError{Op: "init", Err: err}
+	}
 	go l.commitLoop()
+	go l.syncLoop()
 	return l, nil
+}
+
+// initStore creates the buckets and checks the schema version.
+func initStore(tx *bucketstore.Tx) error {
+	rebuildPending := tx.Bucket(bucketPending) == nil && tx.Bucket(bucketRecords) != nil
+	for _, b := range [][]byte{bucketMeta, bucketRecords, bucketReplay, bucketUsage, bucketState, bucketSigs, bucketPending} {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			return err
+		}
+	}
+	m := tx.Bucket(bucketMeta)
+	if v := m.Get(schemaKey); v == nil {
+		if err := m.Put(schemaKey, schemaVersion); err != nil {
+			return err
+		}
+	} else if string(v) != string(schemaVersion) {
+		return fmt.Errorf("%w: ledger schema %q, this build reads %q", ErrInvalid, v, schemaVersion)
+	}
+	if rebuildPending { // a ledger written before the pending index existed
+		if err := fillPending(tx); err != nil {
+			return err
+		}
+	}
+	return audit.Init(tx)
+}
+
+// loadIDs reads the ids handed out before: the records' sequence, the highest stored record
+// (belt and braces) and the high-water mark, which also covers ids that never reached the disk
+// (an intent whose group failed after an early answer).
+func (l *Ledger) loadIDs(tx *bucketstore.Tx) error {
+	b := tx.Bucket(bucketRecords)
+	l.lastID = b.Sequence()
+	c := b.Cursor()
+	if k, _ := c.Last(); len(k) == 8 {
+		l.lastID = max(l.lastID, binary.BigEndian.Uint64(k))
+	}
+	if v := tx.Bucket(bucketMeta).Get(idHWKey); len(v) == 8 {
+		l.idHW = binary.BigEndian.Uint64(v)
+		l.lastID = max(l.lastID, l.idHW)
+	}
+	return c.Err()
 }
 
 // Close stops accepting writes, commits everything already queued, and closes the file.
@@ -278,6 +288,12 @@ func (l *Ledger) Close() error {
 		close(l.q)
 		l.mu.Unlock()
 		<-l.done
+		<-l.synced
+		if l.fatal.Load() == nil { // lazy ops applied last (signatures, async audit) reach the disk
+			if e := l.db.Sync(); e != nil {
+				err = &StoreError{Op: "close", Err: e}
+			}
+		}
 		if e := l.db.Close(); e != nil {
 			err = &StoreError{Op: "close", Err: e}
 		}
@@ -288,7 +304,7 @@ func (l *Ledger) Close() error {
 // Stats returns the counters.
 func (l *Ledger) Stats() Stats {
 	return Stats{Updates: l.updates.Load(), ReadOnly: l.readOnlyGroups.Load(), Groups: l.groups.Load(), Ops: l.ops.Load(),
-		AsyncErrors: l.asyncErrs.Load(), Pruned: l.pruned.Load(), Queued: len(l.q)}
+		AsyncErrors: l.asyncErrs.Load(), Pruned: l.pruned.Load(), Queued: len(l.q), Syncs: l.db.Syncs()}
 }
 
 // Health reports whether the ledger can take writes: ErrClosed after Close, the *StoreError of
@@ -311,126 +327,11 @@ func (l *Ledger) Health() error {
 // Path returns the file path.
 func (l *Ledger) Path() string { return l.opts.Path }
 
-// Op states.
-const (
-	stQueued int32 = iota
-	stTaken
-	stCanceled
-)
-
-// opBase is embedded in every operation.
-type opBase struct {
-	state atomic.Int32
-	done  chan struct{}
-	err   error // per-op outcome error (set by apply) or the group's store error
-	async bool
-	// early, when non-nil, is closed as soon as the op was applied in a group whose every op
-	// applied, before the fsync — only if the op's earlyOK reports true.
-	early     chan struct{}
-	earlySent bool // committer-only
-}
-
-func (b *opBase) base() *opBase { return b }
-
-// op is one queued write. apply runs inside the group's transaction: it records its own
-// outcome (including per-op errors) and returns a non-nil error only for an internal write
-// failure that leaves partial writes, which rolls back the group.
-type op interface {
-	base() *opBase
-	apply(tx *bolt.Tx, now time.Time) error
-	// earlyOK reports whether the applied outcome may be released before the fsync.
-	earlyOK() bool
-	// wroteNothing reports, after apply, that the op certainly wrote nothing (a group of such
-	// ops is rolled back instead of committed: no fsync). Ops return false when in doubt.
-	wroteNothing() bool
-}
-
-func newBase(async bool) opBase { return opBase{done: make(chan struct{}), async: async} }
-
-// submit queues o and waits for its commit (see the package comment for context handling), or,
-// if o.base().early is set, for its early release.
-func (l *Ledger) submit(ctx context.Context, o op) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	b := o.base()
-	early := b.early // nil (never ready in select) unless requested; read before the committer sees o
-	l.mu.RLock()
-	if l.closed {
-		l.mu.RUnlock()
-		return ErrClosed
-	}
-	if e := l.fatal.Load(); e != nil {
-		l.mu.RUnlock()
-		return e
-	}
-	select {
-	case l.q <- o:
-	case <-ctx.Done():
-		l.mu.RUnlock()
-		return ctx.Err()
-	}
-	l.mu.RUnlock()
-	select {
-	case <-b.done:
-	case <-early:
-		return nil
-	case <-ctx.Done():
-		if b.state.CompareAndSwap(stQueued, stCanceled) {
-			return ctx.Err()
-		}
-		select {
-		case <-b.done:
-		case <-early:
-			return nil
-		}
-	}
-	return b.err
-}
-
-// errRerun rolls back a group so it can be re-run without a failed op.
-var errRerun = errors.New("ledger: re-run group")
-
-// errNothingWritten rolls back a group none of whose ops wrote anything (no fsync needed).
-var errNothingWritten = errors.New("ledger: nothing written")
-
-func (l *Ledger) commitLoop() {
-	defer close(l.done)
-	batch := make([]op, 0, 64)
-	for first := range l.q {
-		batch = append(batch[:0], first)
-	drain:
-		for len(batch) < l.opts.MaxBatch {
-			select {
-			case o, ok := <-l.q:
-				if !ok {
-					break drain
-				}
-				batch = append(batch, o)
-			default:
-				break drain
-			}
-		}
-		live := batch[:0]
-		for _, o := range batch {
-			b := o.base()
-			if b.state.CompareAndSwap(stQueued, stTaken) {
-				live = append(live, o)
-			} else {
-				close(b.done) // cancelled by its caller
-			}
-		}
-		if len(live) > 0 {
-			l.runGroup(live)
-		}
-	}
-}
-
 // nextID hands out the next record id inside tx. Ids never go back, even if tx fails, and no
 // id is ever handed out twice, even across restarts: an id above the durable high-water mark
 // raises the mark by idBlock in tx (the group then releases no early result, so the new ids
 // are answered only once the mark is durable). Open starts above the mark.
-func (l *Ledger) nextID(tx *bolt.Tx) (uint64, error) {
+func (l *Ledger) nextID(tx *bucketstore.Tx) (uint64, error) {
 	l.lastID++
 	id := l.lastID
 	if id > max(l.idHW, l.idHWTx) {
@@ -469,117 +370,8 @@ func (l *Ledger) pruneTime(now time.Time) (time.Time, bool) {
 	return at, true
 }
 
-func (l *Ledger) runGroup(group []op) {
-	if e := l.fatal.Load(); e != nil { // queued before an earlier group failed: fail closed
-		for _, o := range group {
-			b := o.base()
-			b.err = e
-			if b.async {
-				l.asyncErrs.Add(1)
-			}
-			close(b.done)
-		}
-		return
-	}
-	failed := make([]bool, len(group))
-	var err error
-	for {
-		now := l.clock()
-		l.updates.Add(1)
-		l.pend.reset()
-		l.idHWTx = 0
-		err = l.db.Update(func(tx *bolt.Tx) error {
-			for i, o := range group {
-				if failed[i] {
-					continue
-				}
-				o.base().err = nil
-				if e := o.apply(tx, now); e != nil {
-					failed[i] = true
-					o.base().err = e
-					return errRerun
-				}
-			}
-			wrote := l.idHWTx != 0
-			for i, o := range group {
-				if !failed[i] && !o.wroteNothing() {
-					wrote = true
-					break
-				}
-			}
-			if at, ok := l.pruneTime(now); ok {
-				wrote = true
-				n, e := pruneUsage(tx, at)
-				if e != nil {
-					return e
-				}
-				l.pruned.Add(uint64(n))
-				l.lastPrune, l.pruneAt = now, at
-			}
-			// Every op applied: release early results (the group commits next, or fails as a
-			// whole, in which case Commit of an early-released reservation fails). Not when this
-			// group raises the id high-water mark: its new ids are handed out only once that
-			// mark is durable.
-			for i, o := range group {
-				if b := o.base(); l.idHWTx == 0 && !failed[i] && b.early != nil && !b.earlySent && b.err == nil && o.earlyOK() {
-					close(b.early)
-					b.earlySent = true
-				}
-			}
-			if l.testHookAfterApply != nil {
-				if err := l.testHookAfterApply(); err != nil {
-					return err
-				}
-			}
-			if !wrote {
-				return errNothingWritten
-			}
-			return nil
-		})
-		if errors.Is(err, errNothingWritten) {
-			err = nil
-			l.readOnlyGroups.Add(1)
-		}
-		if !errors.Is(err, errRerun) {
-			break
-		}
-	}
-	if err == nil {
-		l.pend.merge()
-		l.idHW = max(l.idHW, l.idHWTx)
-	} else {
-		// The group failed (fatal, see below): staged pending changes are dropped, and deferred
-		// reservations whose Commit failed are dropped too (their signatures are withheld).
-		l.pend.reset()
-		for _, o := range group {
-			if c, ok := o.(*commitOp); ok && c.deferred {
-				l.pend.remove(c.id)
-			}
-		}
-		l.pend.merge()
-	}
-	l.groups.Add(1)
-	l.ops.Add(uint64(len(group)))
-	var se *StoreError
-	if err != nil {
-		// The group's effect is unknown (see the package comment): stop writing for good.
-		se = &StoreError{Op: "commit", Err: err}
-		l.fatal.CompareAndSwap(nil, se)
-	}
-	for i, o := range group {
-		b := o.base()
-		if err != nil && !failed[i] {
-			b.err = se
-		}
-		if b.async && b.err != nil {
-			l.asyncErrs.Add(1)
-		}
-		close(b.done)
-	}
-}
-
 // view runs fn in a read transaction, mapping errors.
-func (l *Ledger) view(what string, fn func(tx *bolt.Tx) error) error {
+func (l *Ledger) view(what string, fn func(tx *bucketstore.Tx) error) error {
 	l.mu.RLock()
 	closed := l.closed
 	l.mu.RUnlock()
@@ -598,4 +390,4 @@ func (l *Ledger) view(what string, fn func(tx *bolt.Tx) error) error {
 }
 
 // DB exposes the bbolt handle for read-only inspection by tests and tools. Never write to it.
-func (l *Ledger) DB() *bolt.DB { return l.db }
+func (l *Ledger) DB() *bucketstore.DB { return l.db }

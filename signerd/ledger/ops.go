@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/ethereum/go-ethereum/common"
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 
 	"github.com/signerd/signerd/policyengine"
 	"github.com/signerd/signerd/signerd/audit"
@@ -132,59 +132,41 @@ type Result struct {
 	Used   *big.Int
 	// AuditSeq is the seq of the audit record written for this call.
 	AuditSeq uint64
+
+	op *opBase // the Reserve call's op, for Durable
 }
 
 type reserveOp struct {
 	opBase
-	l        *Ledger
-	r        Reservation
-	h        [32]byte
-	deferred bool // ReserveDeferred: a Reserved outcome is held in memory, not written
-	res      Result
+	l   *Ledger
+	r   Reservation
+	h   [32]byte
+	res Result
 }
 
-// earlyOK: only a reservation to be signed may be released before the fsync (its Commit comes
-// after this group and fails if this group did not commit). Duplicate signatures, conflicts and
-// denials wait for durability.
+// earlyOK: only an intent to be signed may be released before the fsync (the caller signs while
+// the group is made durable, and sends the signature only once Result.Durable returned nil).
+// Duplicate signatures, conflicts and denials wait for durability.
 func (o *reserveOp) earlyOK() bool { return o.res.Outcome == Reserved || o.res.Outcome == Resumable }
 
-// wroteNothing: a deferred Reserved outcome and a Resumable of a pending deferred reservation
-// write nothing (AuditSeq 0 and no error means no audit record was appended).
+// wroteNothing: a Resumable of an intent still in flight in this process writes nothing.
 func (o *reserveOp) wroteNothing() bool {
-	return o.err == nil && o.res.AuditSeq == 0 &&
-		((o.deferred && o.res.Outcome == Reserved) || o.res.Outcome == Resumable)
+	return o.err == nil && o.res.AuditSeq == 0 && o.res.Outcome == Resumable
 }
 
-// Reserve checks the replay key and every budget charge, and if all pass writes the payment
-// record (status reserved), the replay entry and the debits, with one audit record, durably, in
-// one transaction. See Outcome for the results. Every outcome writes exactly one audit record
-// (kind decision): allow (Reserved, with the charges), allow with code replay_duplicate or
-// replay_resume, or deny with replay_conflict / the budget's code.
-func (l *Ledger) Reserve(ctx context.Context, r Reservation) (Result, error) {
-	if err := r.validate(); err != nil {
-		return Result{}, err
-	}
-	o := &reserveOp{opBase: newBase(false), l: l, r: r, h: sha256.Sum256(r.Claims)}
-	if err := l.submit(ctx, o); err != nil {
-		return Result{}, err
-	}
-	return o.res, nil
-}
+func (o *reserveOp) lazy() bool { return false }
 
-// ReserveEarly is Reserve for callers that overlap signing with the reservation's fsync. It
-// returns a Reserved or Resumable result as soon as the reservation has been applied in its
-// group's transaction, before that transaction is fsynced; every other outcome (Duplicate,
-// Conflict, BudgetExhausted, errors) is returned only once durable, as with Reserve.
+// Reserve decides a request's intent and records it: it checks the replay key and every budget
+// charge and, if all pass, writes the payment record (status reserved), the replay entry and the
+// debits with one audit record, in one group. See Outcome for the results. Every outcome writes
+// exactly one audit record (kind decision): allow (Reserved, with the charges), allow with code
+// replay_duplicate or replay_resume, or deny with replay_conflict / the budget's code.
 //
-// The caller may sign at once but must still send a signature only after Commit returned nil.
-// Commit is always applied in a later transaction than the reservation, so it succeeds only if
-// the reservation's transaction committed: if that transaction failed, the ledger has stopped
-// taking writes (see the package comment), so Commit and Release return its *StoreError and the
-// signature is withheld. After a restart the reservation is either absent (Commit returns
-// ErrNotFound) or, if the failed group reached the disk anyway, a reserved record that
-// ReleaseOrphans releases; its id is never given to another record. This hides one fsync per
-// request behind the signing time.
-func (l *Ledger) ReserveEarly(ctx context.Context, r Reservation) (Result, error) {
+// A Reserved or Resumable result is returned as soon as the intent is decided, before it is
+// durable, so that the caller signs while the group's write-ahead-log append is fsynced: the
+// caller must call Result.Durable and send the signature only if it returned nil. Every other
+// outcome (Duplicate, Conflict, BudgetExhausted, errors) is returned only once durable.
+func (l *Ledger) Reserve(ctx context.Context, r Reservation) (Result, error) {
 	if err := r.validate(); err != nil {
 		return Result{}, err
 	}
@@ -193,7 +175,29 @@ func (l *Ledger) ReserveEarly(ctx context.Context, r Reservation) (Result, error
 	if err := l.submit(ctx, o); err != nil {
 		return Result{}, err
 	}
+	o.res.op = &o.opBase
 	return o.res, nil
+}
+
+// Durable waits until the intent of a Reserved or Resumable result is on disk. It returns nil
+// once it is, the group's *StoreError if its write failed (the signature must then be withheld),
+// or ctx's error (the caller gave up waiting: withhold the signature too). For other outcomes it
+// returns nil at once.
+func (r Result) Durable(ctx context.Context) error {
+	if r.op == nil {
+		return nil
+	}
+	select {
+	case <-r.op.done:
+		return r.op.err
+	case <-ctx.Done():
+		select {
+		case <-r.op.done:
+			return r.op.err
+		default:
+			return ctx.Err()
+		}
+	}
 }
 
 func (o *reserveOp) event() audit.Event {
@@ -208,26 +212,13 @@ func (o *reserveOp) event() audit.Event {
 	return ev
 }
 
-func (o *reserveOp) apply(tx *bolt.Tx, now time.Time) error {
+func (o *reserveOp) apply(tx *bucketstore.Tx, now time.Time) error {
 	r := &o.r
 	o.res = Result{}
 	rk := replayKey(r.Wallet, r.TabID, r.ReqID)
 	ev := o.event()
 
-	// 1. Replay: a pending deferred reservation of the key first, then the file.
-	if d := o.l.pend.getKey(string(rk)); d != nil {
-		o.res.RecordID, ev.RecordID = d.rec.ID, uint64(d.rec.ID)
-		if d.rec.ClaimsHash != o.h || d.rec.Digest != r.Digest {
-			o.res.Outcome = Conflict
-			ev.Decision, ev.Code = "deny", CodeReplayConflict
-			ev.Reason = fmt.Sprintf("(wallet, tab_id, req_id) in use by pending record %d with different claims or scheme", d.rec.ID)
-			return o.audit(tx, now, ev)
-		}
-		// An identical request is in flight: same record; nothing to write (its decision is
-		// written when it is committed or released).
-		o.res.Outcome, o.res.Digest = Resumable, d.rec.Digest
-		return nil
-	}
+	// 1. Replay.
 	if v := tx.Bucket(bucketReplay).Get(rk); v != nil {
 		e, err := parseReplay(rk, v)
 		if err != nil {
@@ -285,7 +276,6 @@ func (o *reserveOp) apply(tx *bolt.Tx, now time.Time) error {
 			o.err = err
 			return nil
 		}
-		used.Add(used, o.l.pend.usage(c.Key, c.Window, policyengine.WindowFirstBucket(c.Window, now)))
 		if new(big.Int).Add(used, p).Cmp(c.Limit) > 0 {
 			cc := c
 			o.res.Outcome, o.res.Charge = BudgetExhausted, &cc
@@ -300,7 +290,7 @@ func (o *reserveOp) apply(tx *bolt.Tx, now time.Time) error {
 	// 3. Write: record, replay entry, debits, audit.
 	// Ids come from the committer's counter, which never goes back even if this transaction
 	// fails and is backed by a durable high-water mark across restarts (see nextID), so an id
-	// released early (ReserveEarly, ReserveDeferred) can never name another record.
+	// released before its group is durable (Reserve) can never name another record.
 	seq, err := o.l.nextID(tx)
 	if err != nil {
 		return err
@@ -313,18 +303,11 @@ func (o *reserveOp) apply(tx *bolt.Tx, now time.Time) error {
 		b := policyengine.BucketIndex(c.Window, now)
 		rec.Charges = append(rec.Charges, ChargeRecord{Budget: c.Budget, Key: c.Key, Window: c.Window,
 			Bucket: b, Amount: new(big.Int).Set(c.Amount), Count: c.Count})
-		if c.Amount.Sign() > 0 && !o.deferred {
+		if c.Amount.Sign() > 0 {
 			if err := addUsage(tx, c.Key, c.Window, b, c.Amount); err != nil {
 				return err
 			}
 		}
-	}
-	if o.deferred {
-		rec.TabID, rec.ReqID = new(big.Int).Set(r.TabID), new(big.Int).Set(r.ReqID)
-		rec.Claims, rec.PolicyHash = append([]byte(nil), r.Claims...), append([]byte(nil), r.PolicyHash...)
-		o.l.pend.add(&deferredRes{rec: rec, rk: string(rk)})
-		o.res.Outcome, o.res.RecordID, o.res.Digest = Reserved, rec.ID, r.Digest
-		return nil
 	}
 	if err := putRecord(tx, rec); err != nil {
 		return err
@@ -341,7 +324,7 @@ func (o *reserveOp) apply(tx *bolt.Tx, now time.Time) error {
 	return o.audit(tx, now, ev)
 }
 
-func (o *reserveOp) audit(tx *bolt.Tx, now time.Time, ev audit.Event) error {
+func (o *reserveOp) audit(tx *bucketstore.Tx, now time.Time, ev audit.Event) error {
 	ar, err := audit.Append(tx, now, ev)
 	if err != nil {
 		return err
@@ -371,11 +354,11 @@ type CommitResult struct {
 
 type commitOp struct {
 	opBase
-	l        *Ledger
-	id       RecordID
-	sig      []byte
-	deferred bool // the record was a pending deferred reservation
-	res      CommitResult
+	l      *Ledger
+	id     RecordID
+	sig    []byte
+	lazyOp bool // RecordSignature: nobody waits for durability
+	res    CommitResult
 }
 
 // Commit makes sig durable for record id (status signed, signature stored, audit record of kind
@@ -393,12 +376,30 @@ func (l *Ledger) Commit(ctx context.Context, id RecordID, sig []byte) (CommitRes
 	return o.res, nil
 }
 
+// RecordSignature is Commit without the fsync: it returns once sig is applied (visible to every
+// later read and write: an identical retry gets it as a Duplicate), and the signature reaches
+// the disk with the next group that syncs. The caller sends CommitResult.Signature once the
+// intent is durable (Result.Durable); a crash before the signature is on disk leaves the intent
+// possibly signed (see the package comment). Errors as for Commit.
+func (l *Ledger) RecordSignature(ctx context.Context, id RecordID, sig []byte) (CommitResult, error) {
+	if len(sig) == 0 || len(sig) > 1024 {
+		return CommitResult{}, fmt.Errorf("%w: signature length %d", ErrInvalid, len(sig))
+	}
+	o := &commitOp{opBase: newBase(false), l: l, id: id, sig: append([]byte(nil), sig...), lazyOp: true}
+	if err := l.submit(ctx, o); err != nil {
+		return CommitResult{}, err
+	}
+	return o.res, nil
+}
+
 func (o *commitOp) earlyOK() bool { return false }
+
+func (o *commitOp) lazy() bool { return o.lazyOp }
 
 func (o *commitOp) wroteNothing() bool { return false }
 
-func (o *commitOp) apply(tx *bolt.Tx, now time.Time) error {
-	o.res, o.deferred = CommitResult{}, false
+func (o *commitOp) apply(tx *bucketstore.Tx, now time.Time) error {
+	o.res = CommitResult{}
 	var rec *PaymentRecord
 	var err error
 	if h := o.l.hot.take(o.id); h != nil && isPending(tx, o.id) {
@@ -407,17 +408,6 @@ func (o *commitOp) apply(tx *bolt.Tx, now time.Time) error {
 		rec = h
 	} else {
 		rec, err = getRecord(tx, o.id)
-	}
-	if errors.Is(err, ErrNotFound) {
-		if d := o.l.pend.get(o.id); d != nil {
-			// A deferred reservation: write it (record, replay entry, debits, decision) now.
-			if err := writeDeferred(tx, now, d, true); err != nil {
-				return err
-			}
-			o.l.pend.remove(o.id)
-			o.deferred = true
-			rec, err = d.rec, nil
-		}
 	}
 	if err != nil {
 		o.err = err
@@ -451,7 +441,7 @@ func (o *commitOp) apply(tx *bolt.Tx, now time.Time) error {
 }
 
 // setReplayStatus updates the replay entry of rec if it still points at rec.
-func setReplayStatus(tx *bolt.Tx, rec *PaymentRecord, s Status) error {
+func setReplayStatus(tx *bucketstore.Tx, rec *PaymentRecord, s Status) error {
 	rb := tx.Bucket(bucketReplay)
 	rk := replayKey(rec.Wallet, rec.TabID, rec.ReqID)
 	v := rb.Get(rk)
@@ -488,23 +478,13 @@ func (l *Ledger) Release(ctx context.Context, id RecordID, code, reason string) 
 
 func (o *releaseOp) earlyOK() bool { return false }
 
+func (o *releaseOp) lazy() bool { return false }
+
 func (o *releaseOp) wroteNothing() bool { return false }
 
-func (o *releaseOp) apply(tx *bolt.Tx, now time.Time) error {
+func (o *releaseOp) apply(tx *bucketstore.Tx, now time.Time) error {
 	o.l.hot.take(o.id)
 	rec, err := getRecord(tx, o.id)
-	if errors.Is(err, ErrNotFound) {
-		if d := o.l.pend.get(o.id); d != nil {
-			// A deferred reservation: nothing was charged on disk; keep its history.
-			cp := *d.rec
-			cp.Status, cp.Code, cp.Reason, cp.Updated = StatusReleased, o.code, o.reason, now
-			if err := writeDeferred(tx, now, &deferredRes{rec: &cp, rk: d.rk}, false); err != nil {
-				return err
-			}
-			o.l.pend.remove(o.id)
-			return auditRelease(tx, now, &cp, o.code, o.reason, "reservation dropped (deferred: never charged on disk)")
-		}
-	}
 	if err != nil {
 		o.err = err
 		return nil
@@ -521,7 +501,7 @@ func (o *releaseOp) apply(tx *bolt.Tx, now time.Time) error {
 
 // releaseRecord refunds rec's charges, marks it released, frees its replay key, drops it from
 // the pending index and writes the two audit records. rec must be reserved.
-func releaseRecord(tx *bolt.Tx, now time.Time, rec *PaymentRecord, code, reason string) error {
+func releaseRecord(tx *bucketstore.Tx, now time.Time, rec *PaymentRecord, code, reason string) error {
 	for _, c := range rec.Charges {
 		if c.Amount.Sign() == 0 {
 			continue
@@ -544,7 +524,7 @@ func releaseRecord(tx *bolt.Tx, now time.Time, rec *PaymentRecord, code, reason 
 }
 
 // auditRelease writes the signing_failed and reservation_released records of a release.
-func auditRelease(tx *bolt.Tx, now time.Time, rec *PaymentRecord, code, reason, what string) error {
+func auditRelease(tx *bucketstore.Tx, now time.Time, rec *PaymentRecord, code, reason, what string) error {
 	base := audit.Event{RecordID: uint64(rec.ID), Principal: rec.Principal, Agent: rec.Agent,
 		Wallet: rec.Wallet.Hex(), TabID: rec.TabID.String(), ReqID: rec.ReqID.String(), Digest: rec.Digest[:]}
 	ev := base
@@ -558,44 +538,40 @@ func auditRelease(tx *bolt.Tx, now time.Time, rec *PaymentRecord, code, reason, 
 	return err
 }
 
-// CodeOrphaned is the release code ReleaseOrphans uses.
+// CodeOrphaned is the release code ReleaseUnsent uses.
 const CodeOrphaned = "orphaned_reservation"
 
-type orphansOp struct {
+type unsentOp struct {
 	opBase
-	reason string
-	max    int
-	n      int
+	scheme, reason string
+	n              int
 }
 
-func (o *orphansOp) earlyOK() bool { return false }
+func (o *unsentOp) earlyOK() bool      { return false }
+func (o *unsentOp) wroteNothing() bool { return false }
+func (o *unsentOp) lazy() bool         { return false }
 
-func (o *orphansOp) wroteNothing() bool { return false }
-
-// ReleaseOrphans releases every record still reserved — neither signed nor released — as Release
-// does (refund, free the replay key, audit signing_failed with code orphaned_reservation and
-// reservation_released), at most max records per call (max ≤ 0: 10,000), in one transaction,
-// and returns how many it released.
+// ReleaseUnsent releases, as Release does (refund, free the replay key, audit signing_failed with
+// code orphaned_reservation and reservation_released), every intent of the given scheme that has
+// neither a signature nor a release, in one transaction, and returns how many it released.
 //
-// Call it at start-up, before serving, when no request can be in flight: a record left reserved
-// by a crash between Reserve and Commit never had its signature sent, so releasing it gives its
-// budget back (lifetime counters would otherwise stay charged) and a retry reserves afresh.
-// Calling it while requests are being signed would make their Commit fail with ErrReleased (safe,
-// but those requests fail).
-func (l *Ledger) ReleaseOrphans(ctx context.Context, reason string, max int) (int, error) {
-	if max <= 0 {
-		max = 10000
+// It is for schemes whose signature never leaves the daemon before it is committed durably
+// (collateral transactions are broadcast only after Commit): at start-up, before serving, such
+// an intent was certainly not sent. Intents of other schemes are possibly signed and stay.
+func (l *Ledger) ReleaseUnsent(ctx context.Context, scheme, reason string) (int, error) {
+	if scheme == "" {
+		return 0, fmt.Errorf("%w: scheme required", ErrInvalid)
 	}
-	o := &orphansOp{opBase: newBase(false), reason: reason, max: max}
+	o := &unsentOp{opBase: newBase(false), scheme: scheme, reason: reason}
 	err := l.submit(ctx, o)
 	return o.n, err
 }
 
-func (o *orphansOp) apply(tx *bolt.Tx, now time.Time) error {
+func (o *unsentOp) apply(tx *bucketstore.Tx, now time.Time) error {
 	o.n = 0
 	var ids []RecordID
 	c := tx.Bucket(bucketPending).Cursor()
-	for k, _ := c.First(); k != nil && len(ids) < o.max; k, _ = c.Next() {
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
 		if len(k) != 8 {
 			o.err = corruptf("pending key %x", k)
 			return nil
@@ -606,12 +582,9 @@ func (o *orphansOp) apply(tx *bolt.Tx, now time.Time) error {
 		rec, err := getRecord(tx, id)
 		if err != nil {
 			o.err = fmt.Errorf("pending record %d: %w", id, err)
-			return errRerunWith(o) // partial releases must not commit without the rest
+			return o.err // partial releases must not commit without the rest
 		}
-		if rec.Status != StatusReserved {
-			if err := tx.Bucket(bucketPending).Delete(id.key()); err != nil {
-				return err
-			}
+		if rec.Status != StatusReserved || rec.Scheme != o.scheme {
 			continue
 		}
 		if err := releaseRecord(tx, now, rec, CodeOrphaned, o.reason); err != nil {
@@ -619,15 +592,11 @@ func (o *orphansOp) apply(tx *bolt.Tx, now time.Time) error {
 		}
 		o.n++
 	}
-	return nil
+	return c.Err()
 }
 
-// errRerunWith returns the op's own error as the apply failure, so the group is re-run without
-// the op and the op reports it.
-func errRerunWith(o op) error { return o.base().err }
-
 // fillPending rebuilds the pending index from the records (files written before it existed).
-func fillPending(tx *bolt.Tx) error {
+func fillPending(tx *bucketstore.Tx) error {
 	p := tx.Bucket(bucketPending)
 	return tx.Bucket(bucketRecords).ForEach(func(k, v []byte) error {
 		if len(k) != 8 {
@@ -671,9 +640,11 @@ func (l *Ledger) PutState(ctx context.Context, key string, value []byte, ev audi
 
 func (o *stateOp) earlyOK() bool { return false }
 
+func (o *stateOp) lazy() bool { return false }
+
 func (o *stateOp) wroteNothing() bool { return false }
 
-func (o *stateOp) apply(tx *bolt.Tx, now time.Time) error {
+func (o *stateOp) apply(tx *bucketstore.Tx, now time.Time) error {
 	b := tx.Bucket(bucketState)
 	var err error
 	if o.value == nil {
@@ -738,9 +709,11 @@ var ErrOverloaded = errors.New("ledger: queue full")
 
 func (o *auditOp) earlyOK() bool { return false }
 
+func (o *auditOp) lazy() bool { return o.async }
+
 func (o *auditOp) wroteNothing() bool { return false }
 
-func (o *auditOp) apply(tx *bolt.Tx, now time.Time) error {
+func (o *auditOp) apply(tx *bucketstore.Tx, now time.Time) error {
 	var err error
 	o.rec, err = audit.Append(tx, now, o.ev)
 	return err

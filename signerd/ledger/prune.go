@@ -44,7 +44,7 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 
 	"github.com/signerd/signerd/signerd/audit"
 )
@@ -147,7 +147,7 @@ func checkBefore(before, now time.Time) error {
 }
 
 // selectPrune computes what a prune at before deletes (see the file comment).
-func selectPrune(tx *bolt.Tx, before time.Time) (*prunePlan, error) {
+func selectPrune(tx *bucketstore.Tx, before time.Time) (*prunePlan, error) {
 	p := &prunePlan{before: before}
 	cp, err := audit.CheckpointTx(tx)
 	if err != nil {
@@ -258,7 +258,7 @@ func (l *Ledger) ExportArchive(w io.Writer, before time.Time) (ArchiveSummary, e
 		return ArchiveSummary{}, err
 	}
 	var p *prunePlan
-	if err := l.view("export_archive", func(tx *bolt.Tx) (err error) {
+	if err := l.view("export_archive", func(tx *bucketstore.Tx) (err error) {
 		p, err = selectPrune(tx, before)
 		return err
 	}); err != nil {
@@ -287,7 +287,7 @@ func (l *Ledger) ExportArchive(w io.Writer, before time.Time) (ArchiveSummary, e
 	for seq := p.from.Seq + 1; seq <= p.through.Seq; {
 		chunk.Reset()
 		end := min(seq+exportChunk-1, p.through.Seq)
-		if err := l.view("export_archive", func(tx *bolt.Tx) error {
+		if err := l.view("export_archive", func(tx *bucketstore.Tx) error {
 			for s := seq; s <= end; s++ {
 				r, ok, err := audit.Get(tx, s)
 				if err != nil {
@@ -322,7 +322,7 @@ func (l *Ledger) ExportArchive(w io.Writer, before time.Time) (ArchiveSummary, e
 	for i := 0; i < len(p.ids); {
 		chunk.Reset()
 		end := min(i+exportChunk, len(p.ids))
-		if err := l.view("export_archive", func(tx *bolt.Tx) error {
+		if err := l.view("export_archive", func(tx *bucketstore.Tx) error {
 			for j := i; j < end; j++ {
 				rec, err := getRecord(tx, p.ids[j])
 				if errors.Is(err, ErrNotFound) {
@@ -555,6 +555,7 @@ type pruneOp struct {
 
 func (o *pruneOp) earlyOK() bool      { return false }
 func (o *pruneOp) wroteNothing() bool { return false }
+func (o *pruneOp) lazy() bool         { return false }
 
 // Prune deletes what ExportArchive selected for req.Before, provided the selection is still
 // the one the archive was made from (req.Plan; else ErrPlanChanged and nothing is deleted), in
@@ -569,7 +570,7 @@ func (l *Ledger) Prune(ctx context.Context, req PruneRequest) (ArchiveSummary, e
 	return o.sum, nil
 }
 
-func (o *pruneOp) apply(tx *bolt.Tx, now time.Time) error {
+func (o *pruneOp) apply(tx *bucketstore.Tx, now time.Time) error {
 	o.sum = ArchiveSummary{}
 	if err := checkBefore(o.req.Before, now); err != nil {
 		o.err = err
@@ -642,7 +643,7 @@ func (o *pruneOp) apply(tx *bolt.Tx, now time.Time) error {
 
 // AuditCheckpoint returns the audit log's prune checkpoint (zero when nothing was pruned).
 func (l *Ledger) AuditCheckpoint() (cp audit.Checkpoint, err error) {
-	err = l.view("audit_checkpoint", func(tx *bolt.Tx) error {
+	err = l.view("audit_checkpoint", func(tx *bucketstore.Tx) error {
 		cp, err = audit.CheckpointTx(tx)
 		return err
 	})

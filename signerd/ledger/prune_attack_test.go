@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 )
 
 // reseal rewrites an edited archive as a forger would: header and trailer counts fixed, the
@@ -100,7 +100,7 @@ func TestPrunePlanBindsContent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := l.db.Update(func(tx *bolt.Tx) error {
+	if err := l.db.Update(func(tx *bucketstore.Tx) error {
 		rec, err := getRecord(tx, 4)
 		if err != nil {
 			return err
@@ -125,7 +125,7 @@ func TestPruneAnotherLedgersArchive(t *testing.T) {
 	b, _, _ := pruneFixture(t)
 	before := t0.Add(time.Hour)
 	// Make B differ from A in one archived record only.
-	if err := b.db.Update(func(tx *bolt.Tx) error {
+	if err := b.db.Update(func(tx *bucketstore.Tx) error {
 		rec, err := getRecord(tx, 4)
 		if err != nil {
 			return err
@@ -165,13 +165,13 @@ func TestPruneRaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	mark := []byte(UnbroadcastPrefix + wallet.Hex() + "/2")
-	if err := l.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketState).Put(mark, []byte{1}) }); err != nil {
+	if err := l.db.Update(func(tx *bucketstore.Tx) error { return tx.Bucket(bucketState).Put(mark, []byte{1}) }); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := l.Prune(ctx, PruneRequest{Before: before, Plan: sum.Plan}); !errors.Is(err, ErrPlanChanged) {
 		t.Fatalf("prune after a collateral mark: %v", err)
 	}
-	if err := l.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketState).Delete(mark) }); err != nil {
+	if err := l.db.Update(func(tx *bucketstore.Tx) error { return tx.Bucket(bucketState).Delete(mark) }); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
@@ -272,7 +272,7 @@ func TestPruneUnreadableMark(t *testing.T) {
 		t.Fatal(err)
 	}
 	mark := []byte(UnbroadcastPrefix + wallet.Hex() + "/0000000000000000000x")
-	if err := l.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketState).Put(mark, []byte{1}) }); err != nil {
+	if err := l.db.Update(func(tx *bucketstore.Tx) error { return tx.Bucket(bucketState).Put(mark, []byte{1}) }); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := l.ExportArchive(&bytes.Buffer{}, before); !errors.Is(err, ErrCorrupt) {
@@ -309,7 +309,7 @@ func TestPruneBeforeOutOfRange(t *testing.T) {
 }
 
 // TestPrunedKeyAllReservePaths: a retry of a pruned signed request is refused on every
-// reservation path (Reserve, ReserveEarly, ReserveDeferred), same claims or not, and charges
+// reservation path (Reserve), same claims or not, and charges
 // nothing.
 func TestPrunedKeyAllReservePaths(t *testing.T) {
 	l, clk, _ := pruneFixture(t)
@@ -324,7 +324,7 @@ func TestPrunedKeyAllReservePaths(t *testing.T) {
 	}
 	used, _ := l.Usage("life/agent-a", 0, clk.Now())
 	for name, reserve := range map[string]func(context.Context, Reservation) (Result, error){
-		"Reserve": l.Reserve, "ReserveEarly": l.ReserveEarly, "ReserveDeferred": l.ReserveDeferred} {
+		"Reserve": l.Reserve} {
 		for _, claims := range []string{`{"n":1}`, `{"n":"other"}`} {
 			res, err := reserve(ctx, resv(1, 1, claims, charge("life", 0, 1000, 10)))
 			if err != nil || res.Outcome != Conflict {

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/ethereum/go-ethereum/common"
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 
 	"github.com/signerd/signerd/policyengine"
 	"github.com/signerd/signerd/signerd/audit"
@@ -23,7 +23,7 @@ var _ policyengine.UsageReader = (*Ledger)(nil)
 // window ending at now. It reads committed state only; Reserve re-checks inside its transaction.
 func (l *Ledger) Usage(key string, window time.Duration, now time.Time) (*big.Int, error) {
 	var out *big.Int
-	err := l.view("usage", func(tx *bolt.Tx) error {
+	err := l.view("usage", func(tx *bucketstore.Tx) error {
 		var err error
 		out, err = usageTx(tx, key, window, now)
 		return err
@@ -58,7 +58,7 @@ func (s Spend) MarshalJSON() ([]byte, error) {
 // Spend returns the usage of (key, window) at now (the same number as Usage).
 func (l *Ledger) Spend(key string, window time.Duration, now time.Time) (Spend, error) {
 	var sp Spend
-	err := l.view("spend", func(tx *bolt.Tx) error {
+	err := l.view("spend", func(tx *bucketstore.Tx) error {
 		u, err := usageTx(tx, key, window, now)
 		if err != nil {
 			return err
@@ -85,7 +85,7 @@ func (l *Ledger) SpendAll(now time.Time) ([]Spend, error) {
 		w time.Duration
 	}
 	acc := map[kw]*Spend{}
-	err := l.view("spend", func(tx *bolt.Tx) error {
+	err := l.view("spend", func(tx *bucketstore.Tx) error {
 		var v1 big.Int
 		return tx.Bucket(bucketUsage).ForEach(func(k, v []byte) error {
 			key, w, b, ok := splitUsageKey(k)
@@ -124,7 +124,7 @@ func (l *Ledger) SpendAll(now time.Time) ([]Spend, error) {
 // Record returns one payment record (ErrNotFound if absent).
 func (l *Ledger) Record(id RecordID) (*PaymentRecord, error) {
 	var r *PaymentRecord
-	err := l.view("record", func(tx *bolt.Tx) error {
+	err := l.view("record", func(tx *bucketstore.Tx) error {
 		var err error
 		r, err = getRecord(tx, id)
 		return err
@@ -135,7 +135,7 @@ func (l *Ledger) Record(id RecordID) (*PaymentRecord, error) {
 // Recent returns up to n records, newest first.
 func (l *Ledger) Recent(n int) ([]*PaymentRecord, error) {
 	var out []*PaymentRecord
-	err := l.view("recent", func(tx *bolt.Tx) error {
+	err := l.view("recent", func(tx *bucketstore.Tx) error {
 		c := tx.Bucket(bucketRecords).Cursor()
 		for k, v := c.Last(); k != nil && len(out) < n; k, v = c.Prev() {
 			r, err := loadRecord(tx, RecordID(binary.BigEndian.Uint64(k)), v)
@@ -153,7 +153,7 @@ func (l *Ledger) Recent(n int) ([]*PaymentRecord, error) {
 // most n (n ≤ 0: all).
 func (l *Ledger) Pending(n int) ([]*PaymentRecord, error) {
 	var out []*PaymentRecord
-	err := l.view("pending", func(tx *bolt.Tx) error {
+	err := l.view("pending", func(tx *bucketstore.Tx) error {
 		c := tx.Bucket(bucketPending).Cursor()
 		for k, _ := c.First(); k != nil && (n <= 0 || len(out) < n); k, _ = c.Next() {
 			if len(k) != 8 {
@@ -182,7 +182,7 @@ func (l *Ledger) ByTab(wallet common.Address, tab *big.Int) ([]*PaymentRecord, e
 		prefix = append(prefix, tab.FillBytes(make([]byte, 32))...)
 	}
 	var out []*PaymentRecord
-	err := l.view("by_tab", func(tx *bolt.Tx) error {
+	err := l.view("by_tab", func(tx *bucketstore.Tx) error {
 		c := tx.Bucket(bucketReplay).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 			e, err := parseReplay(k, v)
@@ -209,7 +209,7 @@ func (l *Ledger) ByTab(wallet common.Address, tab *big.Int) ([]*PaymentRecord, e
 // GetState returns the committed value stored under key by PutState, or (nil, nil) if the key
 // was never written (or was deleted). A stored empty value is returned as a non-nil empty slice.
 func (l *Ledger) GetState(key string) (value []byte, err error) {
-	err = l.view("get_state", func(tx *bolt.Tx) error {
+	err = l.view("get_state", func(tx *bucketstore.Tx) error {
 		if v := tx.Bucket(bucketState).Get([]byte(key)); v != nil {
 			value = append([]byte{}, v...)
 		}
@@ -222,7 +222,7 @@ func (l *Ledger) GetState(key string) (value []byte, err error) {
 // (e.g. all pending approvals under "approval/").
 func (l *Ledger) StateWithPrefix(prefix string) (map[string][]byte, error) {
 	out := map[string][]byte{}
-	err := l.view("state_prefix", func(tx *bolt.Tx) error {
+	err := l.view("state_prefix", func(tx *bucketstore.Tx) error {
 		c := tx.Bucket(bucketState).Cursor()
 		p := []byte(prefix)
 		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
@@ -237,7 +237,7 @@ func (l *Ledger) StateWithPrefix(prefix string) (map[string][]byte, error) {
 // error matching ErrCorrupt together with the report naming the first bad record.
 func (l *Ledger) VerifyAudit() (audit.Report, error) {
 	var rep audit.Report
-	err := l.view("audit_verify", func(tx *bolt.Tx) error {
+	err := l.view("audit_verify", func(tx *bucketstore.Tx) error {
 		var err error
 		rep, err = audit.VerifyTx(tx)
 		return err
@@ -247,14 +247,14 @@ func (l *Ledger) VerifyAudit() (audit.Report, error) {
 
 // ExportAudit writes audit records with seq ≥ from as JSON lines (see audit.Export).
 func (l *Ledger) ExportAudit(w io.Writer, from uint64) error {
-	return l.view("audit_export", func(tx *bolt.Tx) error { return audit.ExportTx(tx, w, from) })
+	return l.view("audit_export", func(tx *bucketstore.Tx) error { return audit.ExportTx(tx, w, from) })
 }
 
 // AuditRecord returns one audit record (ok=false if absent).
 func (l *Ledger) AuditRecord(seq uint64) (audit.Record, bool, error) {
 	var r audit.Record
 	var ok bool
-	err := l.view("audit_get", func(tx *bolt.Tx) error {
+	err := l.view("audit_get", func(tx *bucketstore.Tx) error {
 		var err error
 		r, ok, err = audit.Get(tx, seq)
 		return err
@@ -266,7 +266,7 @@ func (l *Ledger) AuditRecord(seq uint64) (audit.Record, bool, error) {
 func (l *Ledger) AuditHead() (uint64, [32]byte, error) {
 	var seq uint64
 	var h [32]byte
-	err := l.view("audit_head", func(tx *bolt.Tx) error {
+	err := l.view("audit_head", func(tx *bucketstore.Tx) error {
 		var err error
 		seq, h, err = audit.Head(tx)
 		return err
@@ -274,14 +274,33 @@ func (l *Ledger) AuditHead() (uint64, [32]byte, error) {
 	return seq, h, err
 }
 
-// Backup writes a consistent copy of the whole ledger file (ledger and audit log) to w while the
-// ledger keeps serving (one bbolt read transaction). The copy opens with Open like the original.
-func (l *Ledger) Backup(w io.Writer) (int64, error) {
-	var n int64
-	err := l.view("backup", func(tx *bolt.Tx) error {
-		var err error
-		n, err = tx.WriteTo(w)
-		return err
+// Backup writes a consistent copy of the whole ledger (ledger and audit log) into the new
+// directory dir while the ledger keeps serving. The copy opens with Open like the original.
+func (l *Ledger) Backup(dir string) error {
+	l.mu.RLock()
+	closed := l.closed
+	l.mu.RUnlock()
+	if closed {
+		return ErrClosed
+	}
+	if err := l.db.Checkpoint(dir); err != nil {
+		return &StoreError{Op: "backup", Err: err}
+	}
+	return nil
+}
+
+// PossiblySigned counts the intents that have neither a recorded signature nor a release. At
+// start-up, before serving, these are the intents a crash interrupted: their signatures may have
+// left, so their charges stand and an identical retry re-signs their digest (Reserve answers
+// Resumable).
+func (l *Ledger) PossiblySigned() (int, error) {
+	n := 0
+	err := l.view("pending", func(tx *bucketstore.Tx) error {
+		c := tx.Bucket(bucketPending).Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			n++
+		}
+		return c.Err()
 	})
 	return n, err
 }

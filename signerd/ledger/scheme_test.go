@@ -7,8 +7,7 @@ import (
 
 // TestSameClaimsOtherSchemeIsConflict: the same (wallet, tab_id, req_id) and claims under
 // another scheme (so another digest) is a replay conflict in the ledger itself, audited as a
-// denial, both against a durable record (signed or reserved) and against a pending deferred
-// reservation — never allow/replay_duplicate or replay_resume.
+// denial, against a signed or a reserved record — never allow/replay_duplicate or replay_resume.
 func TestSameClaimsOtherSchemeIsConflict(t *testing.T) {
 	ctx := context.Background()
 	other := func(r Reservation) Reservation { r.Digest[31] ^= 0xff; r.Scheme = "eip191"; return r }
@@ -19,7 +18,6 @@ func TestSameClaimsOtherSchemeIsConflict(t *testing.T) {
 	}{
 		{"signed", (*Ledger).Reserve, true},
 		{"reserved", (*Ledger).Reserve, false},
-		{"pending-deferred", (*Ledger).ReserveDeferred, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l := openTest(t, nil)

@@ -12,7 +12,7 @@ import (
 
 	"github.com/ethereum/go-ethereum/common"
 	"github.com/fxamacker/cbor/v2"
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 
 	"github.com/signerd/signerd/policyengine"
 )
@@ -270,7 +270,7 @@ func decodeRecord(id RecordID, b []byte) (*PaymentRecord, error) {
 }
 
 // getRecord reads record id with its signature, if any.
-func getRecord(tx *bolt.Tx, id RecordID) (*PaymentRecord, error) {
+func getRecord(tx *bucketstore.Tx, id RecordID) (*PaymentRecord, error) {
 	v := tx.Bucket(bucketRecords).Get(id.key())
 	if v == nil {
 		return nil, ErrNotFound
@@ -281,7 +281,7 @@ func getRecord(tx *bolt.Tx, id RecordID) (*PaymentRecord, error) {
 // loadRecord decodes a stored record and merges its signature from bucketSigs: Commit stores
 // the signature there (appending to an ordered bucket) instead of rewriting the record, which
 // keeps the pages a commit dirties few.
-func loadRecord(tx *bolt.Tx, id RecordID, v []byte) (*PaymentRecord, error) {
+func loadRecord(tx *bucketstore.Tx, id RecordID, v []byte) (*PaymentRecord, error) {
 	r, err := decodeRecord(id, v)
 	if err != nil {
 		return nil, err
@@ -299,7 +299,7 @@ func loadRecord(tx *bolt.Tx, id RecordID, v []byte) (*PaymentRecord, error) {
 	return r, nil
 }
 
-func putSignature(tx *bolt.Tx, id RecordID, now time.Time, sig []byte) error {
+func putSignature(tx *bucketstore.Tx, id RecordID, now time.Time, sig []byte) error {
 	v := make([]byte, 8, 8+len(sig))
 	binary.BigEndian.PutUint64(v, uint64(now.UnixNano()))
 	return appendOnly(tx.Bucket(bucketSigs)).Put(id.key(), append(v, sig...))
@@ -307,7 +307,7 @@ func putSignature(tx *bolt.Tx, id RecordID, now time.Time, sig []byte) error {
 
 // putRecord stores r without its signature (Status reserved or released; signatures live in
 // bucketSigs).
-func putRecord(tx *bolt.Tx, r *PaymentRecord) error {
+func putRecord(tx *bucketstore.Tx, r *PaymentRecord) error {
 	if r.Status == StatusSigned {
 		return fmt.Errorf("ledger: internal: putRecord of a signed record")
 	}
@@ -382,7 +382,7 @@ func splitUsageKey(k []byte) (key string, window time.Duration, bucket int64, ok
 // bucket scheme (the same one the engine and MemLedger use). Buckets after now's bucket count
 // too: they hold charges made while the clock was ahead (before it was stepped back), and a
 // budget must never be spendable twice because of a clock step.
-func usageTx(tx *bolt.Tx, key string, window time.Duration, now time.Time) (*big.Int, error) {
+func usageTx(tx *bucketstore.Tx, key string, window time.Duration, now time.Time) (*big.Int, error) {
 	sum := new(big.Int)
 	first := policyengine.WindowFirstBucket(window, now)
 	prefix := usagePrefix(key, window)
@@ -398,7 +398,7 @@ func usageTx(tx *bolt.Tx, key string, window time.Duration, now time.Time) (*big
 }
 
 // addUsage adds delta (may be negative) to one bucket; a bucket that reaches ≤ 0 is deleted.
-func addUsage(tx *bolt.Tx, key string, window time.Duration, bucket int64, delta *big.Int) error {
+func addUsage(tx *bucketstore.Tx, key string, window time.Duration, bucket int64, delta *big.Int) error {
 	b := tx.Bucket(bucketUsage)
 	k := usageKey(usagePrefix(key, window), bucket)
 	cur := new(big.Int).SetBytes(b.Get(k))
@@ -412,7 +412,7 @@ func addUsage(tx *bolt.Tx, key string, window time.Duration, bucket int64, delta
 // pruneUsage deletes every bucket older than its window's first bucket at now. Lifetime
 // counters (window 0) are kept. The committer calls it with a conservative time (see runGroup):
 // never a clock that went backwards, never ahead of the elapsed monotonic time.
-func pruneUsage(tx *bolt.Tx, now time.Time) (int, error) {
+func pruneUsage(tx *bucketstore.Tx, now time.Time) (int, error) {
 	c := tx.Bucket(bucketUsage).Cursor()
 	n := 0
 	for k, _ := c.First(); k != nil; {

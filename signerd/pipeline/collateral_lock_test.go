@@ -45,7 +45,7 @@ type collateralOutcome struct {
 // mined) does not hold the wallet: a second request of the same wallet is built, signed and
 // sent meanwhile with the next nonce; once the chain mines, the first returns mined.
 func TestCollateralWaitDoesNotHoldWallet(t *testing.T) {
-	f := newFixture(t, pipeline.ReserveDurable)
+	f := newFixture(t, intentMode)
 	ch := newGatedChain()
 	ctx := context.Background()
 	eth := common.Address{}
@@ -96,7 +96,7 @@ func TestCollateralWaitDoesNotHoldWallet(t *testing.T) {
 // and nothing needs them to be). A retry of the first request sent while it waits waits for it
 // and returns the same two transactions.
 func TestCollateralApproveCallInterleaved(t *testing.T) {
-	f := newFixture(t, pipeline.ReserveDurable)
+	f := newFixture(t, intentMode)
 	ch := newGatedChain()
 	ctx := context.Background()
 	token := common.HexToAddress("0x036CbD53842c5426634e7929541eC2318f3dCF7e")
@@ -197,7 +197,7 @@ func (c *lookupChain) Wait(ctx context.Context, w common.Address, h common.Hash)
 // second request is sent during the lookup; the first then returns dropped, and its mark is
 // gone.
 func TestCollateralNonceTooLowLookupUnlocked(t *testing.T) {
-	f := newFixture(t, pipeline.ReserveDurable)
+	f := newFixture(t, intentMode)
 	ch := &lookupChain{fakeChain: &fakeChain{}, lookingUp: make(chan struct{}, 4)}
 	ctx := context.Background()
 	eth := common.Address{}
@@ -239,7 +239,7 @@ func TestCollateralNonceTooLowLookupUnlocked(t *testing.T) {
 // approve to be mined (it would change the allowance the first call spends); a one-transaction
 // request goes on meanwhile. Order: approve A 0, ETH deposit 1, call A 2, approve B 3, call B 4.
 func TestCollateralApproveCallsDoNotInterleave(t *testing.T) {
-	f := newFixture(t, pipeline.ReserveDurable)
+	f := newFixture(t, intentMode)
 	ch := newGatedChain()
 	ctx := context.Background()
 	token := common.HexToAddress("0x036CbD53842c5426634e7929541eC2318f3dCF7e")

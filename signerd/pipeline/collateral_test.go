@@ -83,7 +83,7 @@ func depositReq(id string, asset common.Address, amount int64) *pipeline.Collate
 // a restart); the retry with the same request_id resumes that record (ledger Resumable), signs
 // the stored digest, commits and broadcasts, charging the budget once.
 func TestCollateralResumesReservedRecord(t *testing.T) {
-	f := newFixture(t, pipeline.ReserveDurable)
+	f := newFixture(t, intentMode)
 	ch := &fakeChain{}
 	ctx := context.Background()
 	f.l.commitErr = errors.New("disk full")
@@ -118,7 +118,7 @@ func TestCollateralResumesReservedRecord(t *testing.T) {
 // TestCollateralKillSwitchBeforeSigning: the switch engaged after the caller was admitted:
 // the reservation is released, nothing is signed or sent, and the request_id cannot be reused.
 func TestCollateralKillSwitchBeforeSigning(t *testing.T) {
-	f := newFixture(t, pipeline.ReserveDurable)
+	f := newFixture(t, intentMode)
 	ch := &fakeChain{}
 	ctx := context.Background()
 	if err := f.ks.Engage(ctx, "op", "test"); err != nil {
@@ -144,7 +144,7 @@ func TestCollateralKillSwitchBeforeSigning(t *testing.T) {
 // cannot be built; the retry rebroadcasts the first (same hash) and builds the second; the
 // budget is charged with the first only.
 func TestCollateralTwoTransactionsResume(t *testing.T) {
-	f := newFixture(t, pipeline.ReserveDurable)
+	f := newFixture(t, intentMode)
 	ch := &fakeChain{failPrepare: map[int]error{1: &coreclient.ChainError{Op: "EstimateGas", Err: errors.New("connection reset")}}}
 	ctx := context.Background()
 	token := common.HexToAddress("0x036CbD53842c5426634e7929541eC2318f3dCF7e")
@@ -163,7 +163,7 @@ func TestCollateralTwoTransactionsResume(t *testing.T) {
 }
 
 func TestCollateralValidation(t *testing.T) {
-	f := newFixture(t, pipeline.ReserveDurable)
+	f := newFixture(t, intentMode)
 	ch := &fakeChain{}
 	eth := common.Address{}
 	for _, tc := range []struct {

@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/signerd/signerd/signerd/ledger"
-	"github.com/signerd/signerd/signerd/pipeline"
 )
 
 // TestCallerGoneAfterSigningStillCommits: the agent disconnects (its request context is
@@ -14,7 +13,7 @@ import (
 // reservation and its budget charge are not left pinned, and an identical retry gets the
 // stored signature.
 func TestCallerGoneAfterSigningStillCommits(t *testing.T) {
-	modes(t, func(t *testing.T, mode pipeline.ReservationMode) {
+	modes(t, func(t *testing.T, mode reservationMode) {
 		f := newFixture(t, mode)
 		ctx, cancel := context.WithCancel(context.Background())
 		f.signer.hook = cancel // the caller goes away while the device signs

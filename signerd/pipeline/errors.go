@@ -54,6 +54,7 @@ const (
 	CodeStoreUnavailable   = "store_unavailable"
 	CodeUnknownWallet      = "unknown_wallet"
 	CodeInternal           = "internal_error"
+	CodeLedgerCorrupt      = "ledger_corrupt" // a stored signature or record failed its check: never returned
 )
 
 // Error is every non-success outcome of the pipeline. Reason is safe to show the caller;

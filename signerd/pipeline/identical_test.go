@@ -5,13 +5,12 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/signerd/signerd/signerd/pipeline"
 )
 
 // TestIdenticalConcurrentRequestsOneSignature: many identical requests at once get one
 // and the same signature in every mode (passes: a soundness check, kept for the record).
 func TestIdenticalConcurrentRequestsOneSignature(t *testing.T) {
-	modes(t, func(t *testing.T, mode pipeline.ReservationMode) {
+	modes(t, func(t *testing.T, mode reservationMode) {
 		f := newFixture(t, mode)
 		for round := uint64(1); round <= 20; round++ {
 			var wg sync.WaitGroup

@@ -80,7 +80,7 @@ func auditCodes(t *testing.T, f *fixture) []string {
 // retry) before anything is built, reserved or charged; after the retry broadcasts it, the
 // next request takes the next nonce.
 func TestCollateralPendingBroadcastHoldsNonce(t *testing.T) {
-	f := newFixture(t, pipeline.ReserveDurable)
+	f := newFixture(t, intentMode)
 	ch := &nodeChain{fakeChain: &fakeChain{}, refuse: 1}
 	ctx := context.Background()
 	eth := common.Address{}
@@ -125,7 +125,7 @@ func TestCollateralPendingBroadcastHoldsNonce(t *testing.T) {
 // mark is cleared so the wallet can go on); an unreadable receipt is a 502 chain_error that
 // keeps the wallet's next request waiting.
 func TestCollateralNonceTooLow(t *testing.T) {
-	f := newFixture(t, pipeline.ReserveDurable)
+	f := newFixture(t, intentMode)
 	ch := &nodeChain{fakeChain: &fakeChain{}}
 	ctx := context.Background()
 	eth := common.Address{}
@@ -181,7 +181,7 @@ func TestCollateralNonceTooLow(t *testing.T) {
 // TestCollateralReleasedMarkCleared: a signing failure after the pending mark releases the
 // reservation; the wallet's next request clears the mark (audited) instead of waiting for it.
 func TestCollateralReleasedMarkCleared(t *testing.T) {
-	f := newFixture(t, pipeline.ReserveDurable)
+	f := newFixture(t, intentMode)
 	ch := &nodeChain{fakeChain: &fakeChain{}}
 	ctx := context.Background()
 	eth := common.Address{}

@@ -48,9 +48,8 @@ type Policy interface {
 type Ledger interface {
 	policyengine.UsageReader
 	Reserve(ctx context.Context, r ledger.Reservation) (ledger.Result, error)
-	ReserveEarly(ctx context.Context, r ledger.Reservation) (ledger.Result, error)
-	ReserveDeferred(ctx context.Context, r ledger.Reservation) (ledger.Result, error)
 	Commit(ctx context.Context, id ledger.RecordID, sig []byte) (ledger.CommitResult, error)
+	RecordSignature(ctx context.Context, id ledger.RecordID, sig []byte) (ledger.CommitResult, error)
 	Release(ctx context.Context, id ledger.RecordID, code, reason string) error
 	AuditAsync(ev audit.Event) error
 	AppendAudit(ctx context.Context, ev audit.Event) (audit.Record, error)
@@ -118,47 +117,8 @@ type Options struct {
 	MaxWait    time.Duration // approval long poll
 	Logger     *slog.Logger
 	Clock      func() time.Time
-	// Reservation chooses how the reservation is made durable (see ReservationMode). The
-	// default, ReserveDurable, is the strict order of the package comment.
-	Reservation ReservationMode
 	// Observe, if set, is told every final outcome (metrics, auto-trips).
 	Observe func(o Outcome)
-}
-
-// ReservationMode says when the reservation reaches the disk. In every mode the reservation
-// (replay key, every budget charge) is decided before the kill-switch pass and the signature,
-// and a signature leaves only after a transaction holding it and its record is durable.
-type ReservationMode int
-
-const (
-	// ReserveDurable fsyncs the reservation before signing, then the commit: two fsyncs in
-	// the latency (ledger.Reserve).
-	ReserveDurable ReservationMode = iota
-	// ReserveEarly lets the HSM sign while the reservation's transaction is fsynced; Commit, a
-	// later transaction, succeeds only if the reservation became durable (ledger.ReserveEarly).
-	ReserveEarly
-	// ReserveDeferred holds the reservation in the ledger committer's memory (counted by every
-	// replay and budget check) and writes it with the signature in one transaction: one fsync
-	// per signed request. A crash loses only the allow decisions of requests that never got an
-	// answer (ledger.ReserveDeferred).
-	ReserveDeferred
-)
-
-// ParseReservationMode reads "durable", "early" or "deferred" ("" is durable).
-func ParseReservationMode(s string) (ReservationMode, error) {
-	switch s {
-	case "", "durable":
-		return ReserveDurable, nil
-	case "early":
-		return ReserveEarly, nil
-	case "deferred":
-		return ReserveDeferred, nil
-	}
-	return 0, optError("Reservation: unknown mode " + s + " (want durable, early or deferred)")
-}
-
-func (m ReservationMode) String() string {
-	return [...]string{"durable", "early", "deferred"}[m]
 }
 
 // Outcome is reported to Options.Observe once per request.

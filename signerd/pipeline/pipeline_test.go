@@ -93,27 +93,18 @@ func (h *hookLedger) Reserve(ctx context.Context, r ledger.Reservation) (ledger.
 	return res, err
 }
 
-func (h *hookLedger) ReserveEarly(ctx context.Context, r ledger.Reservation) (ledger.Result, error) {
-	res, err := h.Ledger.ReserveEarly(ctx, r)
-	if h.afterReserve != nil {
-		h.afterReserve()
-	}
-	return res, err
-}
-
-func (h *hookLedger) ReserveDeferred(ctx context.Context, r ledger.Reservation) (ledger.Result, error) {
-	res, err := h.Ledger.ReserveDeferred(ctx, r)
-	if h.afterReserve != nil {
-		h.afterReserve()
-	}
-	return res, err
-}
-
 func (h *hookLedger) Commit(ctx context.Context, id ledger.RecordID, sig []byte) (ledger.CommitResult, error) {
 	if h.commitErr != nil {
 		return ledger.CommitResult{}, h.commitErr
 	}
 	return h.Ledger.Commit(ctx, id, sig)
+}
+
+func (h *hookLedger) RecordSignature(ctx context.Context, id ledger.RecordID, sig []byte) (ledger.CommitResult, error) {
+	if h.commitErr != nil {
+		return ledger.CommitResult{}, h.commitErr
+	}
+	return h.Ledger.RecordSignature(ctx, id, sig)
 }
 
 type fixture struct {
@@ -125,7 +116,7 @@ type fixture struct {
 	ts     uint64
 }
 
-func newFixture(t *testing.T, mode pipeline.ReservationMode) *fixture {
+func newFixture(t *testing.T, mode reservationMode) *fixture {
 	t.Helper()
 	l, err := ledger.Open(ledger.Options{Path: filepath.Join(t.TempDir(), "l.db")})
 	if err != nil {
@@ -141,7 +132,7 @@ func newFixture(t *testing.T, mode pipeline.ReservationMode) *fixture {
 	dom, _ := fourmica.NewDomain("4mica", "1", 84532)
 	hl := &hookLedger{Ledger: l}
 	p, err := pipeline.New(pipeline.Options{Domain: dom, Network: "eip155:84532", Ledger: hl, KillSwitch: ks,
-		Keys: keys{s}, Reservation: mode}, allowPolicy{wallet: s.Address(), limit: 100})
+		Keys: keys{s}}, allowPolicy{wallet: s.Address(), limit: 100})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,14 +149,18 @@ func (f *fixture) request(req, amount uint64) *pipeline.Request {
 	return &pipeline.Request{Claims: fourmica.ClaimsOfV1(c), Scheme: fourmica.SchemeEIP712}
 }
 
-func modes(t *testing.T, fn func(t *testing.T, mode pipeline.ReservationMode)) {
-	for _, m := range []pipeline.ReservationMode{pipeline.ReserveDurable, pipeline.ReserveEarly, pipeline.ReserveDeferred} {
-		t.Run(m.String(), func(t *testing.T) { fn(t, m) })
-	}
+// reservationMode remains from the three reservation modes the ledger had; there is one now
+// (the intent is written while the key signs), and modes runs a test in it.
+type reservationMode string
+
+const intentMode reservationMode = "intent"
+
+func modes(t *testing.T, fn func(t *testing.T, mode reservationMode)) {
+	t.Run(string(intentMode), func(t *testing.T) { fn(t, intentMode) })
 }
 
 func TestUnknownCallerAndKillSwitchAreDenials(t *testing.T) {
-	f := newFixture(t, pipeline.ReserveDurable)
+	f := newFixture(t, intentMode)
 	_, err := f.p.Admit(policyengine.Caller{UID: 7})
 	if e := pipeline.AsError(err); e.Kind != pipeline.Denied || e.Code != pipeline.CodeUnknownCaller || e.Status != 403 {
 		t.Fatalf("unknown caller: %+v", e)
@@ -182,7 +177,7 @@ func TestUnknownCallerAndKillSwitchAreDenials(t *testing.T) {
 // TestSigningFailureReleases: a signing fault after the reservation releases it (charges
 // refunded, replay key freed), audits both facts, and is a fault, not a denial.
 func TestSigningFailureReleases(t *testing.T) {
-	modes(t, func(t *testing.T, mode pipeline.ReservationMode) {
+	modes(t, func(t *testing.T, mode reservationMode) {
 		f := newFixture(t, mode)
 		f.signer.fail = hsm.ErrUnavailable
 		_, err := f.p.Sign(context.Background(), f.adm, f.request(1, 60))
@@ -222,7 +217,7 @@ func TestSigningFailureReleases(t *testing.T) {
 // TestKillSwitchBetweenReserveAndSign: engaged after the reservation, the request is refused,
 // its reservation released, and no signature is made.
 func TestKillSwitchBetweenReserveAndSign(t *testing.T) {
-	modes(t, func(t *testing.T, mode pipeline.ReservationMode) {
+	modes(t, func(t *testing.T, mode reservationMode) {
 		testKillSwitchBetweenReserveAndSign(t, newFixture(t, mode))
 	})
 }
@@ -248,7 +243,7 @@ func testKillSwitchBetweenReserveAndSign(t *testing.T, f *fixture) {
 // TestEngageWaitsForInFlight: Engage does not return while a signed result is held (its
 // response not yet written); once Done is called it returns.
 func TestEngageWaitsForInFlight(t *testing.T) {
-	modes(t, func(t *testing.T, mode pipeline.ReservationMode) {
+	modes(t, func(t *testing.T, mode reservationMode) {
 		f := newFixture(t, mode)
 		res, err := f.p.Sign(context.Background(), f.adm, f.request(1, 1))
 		if err != nil {
@@ -271,7 +266,7 @@ func TestEngageWaitsForInFlight(t *testing.T) {
 // TestCommitFailureWithholdsSignature: if the signature cannot be made durable, it is not
 // returned.
 func TestCommitFailureWithholdsSignature(t *testing.T) {
-	modes(t, func(t *testing.T, mode pipeline.ReservationMode) {
+	modes(t, func(t *testing.T, mode reservationMode) {
 		f := newFixture(t, mode)
 		f.l.commitErr = errors.New("disk full")
 		res, err := f.p.Sign(context.Background(), f.adm, f.request(1, 1))
@@ -287,7 +282,7 @@ func TestCommitFailureWithholdsSignature(t *testing.T) {
 // TestBudgetAndReplayOutcomes: the ledger's verdicts map to the right kinds and codes, in both
 // modes, and no pass leaks.
 func TestBudgetAndReplayOutcomes(t *testing.T) {
-	modes(t, func(t *testing.T, mode pipeline.ReservationMode) {
+	modes(t, func(t *testing.T, mode reservationMode) {
 		f := newFixture(t, mode)
 		ctx := context.Background()
 		res, err := f.p.Sign(ctx, f.adm, f.request(1, 60))

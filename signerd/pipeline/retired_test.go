@@ -15,7 +15,7 @@ import (
 // 403 unknown_wallet denial; here it becomes a 503 backend_unavailable fault, which tells the
 // agent to retry a request that can never succeed.
 func TestRetiredAtSignIsDenial(t *testing.T) {
-	f := newFixture(t, pipeline.ReserveDurable)
+	f := newFixture(t, intentMode)
 	f.signer.fail = fmt.Errorf("%w: the token refuses to sign with %s", hsm.ErrKeyRetired, f.signer.Address().Hex())
 	_, err := f.p.Sign(context.Background(), f.adm, f.request(1, 10))
 	e := pipeline.AsError(err)

@@ -157,7 +157,7 @@ func newRVFixture(t *testing.T) *rvFixture {
 	keys := multiKeys{f.wa: sa, f.wb: sb}
 	dom, _ := fourmica.NewDomain("4mica", "1", 84532)
 	f.p, err = pipeline.New(pipeline.Options{Domain: dom, Network: "eip155:84532", Ledger: f.l, KillSwitch: ks,
-		Keys: countingKeys{keys, f}, Reservation: pipeline.ReserveDurable}, f.pol)
+		Keys: countingKeys{keys, f}}, f.pol)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -105,21 +105,13 @@ func (p *Pipeline) Sign(ctx context.Context, a *Admission, req *Request) (res *R
 		Principal: a.Principal(), Agent: a.Agent, PolicyHash: phash[:], Rule: dec.Rule, Digest: digest,
 		Scheme: string(req.Scheme), TaskID: req.TaskID,
 	}
-	reserve := p.o.Ledger.Reserve
-	switch p.o.Reservation {
-	case ReserveEarly:
-		// Decided in the committer's transaction, answered before its fsync; signing overlaps
-		// the fsync and Commit (a later transaction) succeeds only if it became durable.
-		reserve = p.o.Ledger.ReserveEarly
-	case ReserveDeferred:
-		// Decided and held in the committer's memory; Commit writes it with the signature.
-		reserve = p.o.Ledger.ReserveDeferred
-	}
-	rr, rerr := reserve(ctx, resv)
+	// The intent is decided in memory and answered at once; its write-ahead-log append and
+	// fsync run while the key signs, and the signature leaves only once both are done.
+	rr, rerr := p.o.Ledger.Reserve(ctx, resv)
 	if rerr != nil {
 		return nil, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the ledger could not record the request", rerr)
 	}
-	if res, err, done := p.reserved(rr, req, digest, nil); done {
+	if res, err, done := p.reserved(rr, req, digest, wallet, nil); done {
 		return res, err
 	}
 	id := rr.RecordID
@@ -133,7 +125,7 @@ func (p *Pipeline) Sign(ctx context.Context, a *Admission, req *Request) (res *R
 		return nil, e
 	}
 	sig, err := signAndVerify(ctx, signer, digest, wallet)
-	return p.commit(ctx, req, id, digest, wallet, sig, err, release)
+	return p.deliver(ctx, req, rr, digest, wallet, sig, err, release)
 }
 
 // observe reports a finished request to Options.Observe: the decision and code of err by its
@@ -178,8 +170,9 @@ func signAndVerify(ctx context.Context, s hsm.Signer, digest [32]byte, wallet co
 
 // reserved handles the ledger's answer. done reports that the request is finished (stored
 // signature, conflict, budget); otherwise the record is to be signed. release, when non-nil, is
-// a pass already held: reused for a duplicate, released otherwise.
-func (p *Pipeline) reserved(rr ledger.Result, req *Request, digest [32]byte, release func()) (res *Result, err error, done bool) {
+// a pass already held: reused for a duplicate, released otherwise. A stored signature is
+// verified against the wallet before it is returned.
+func (p *Pipeline) reserved(rr ledger.Result, req *Request, digest [32]byte, wallet common.Address, release func()) (res *Result, err error, done bool) {
 	id := rr.RecordID
 	drop := func() {
 		if release != nil {
@@ -203,6 +196,11 @@ func (p *Pipeline) reserved(rr ledger.Result, req *Request, digest [32]byte, rel
 		if rr.Digest != digest || len(rr.Signature) != 65 {
 			drop()
 			return nil, conflict(), true
+		}
+		if verr := fourmica.VerifySignature(digest, rr.Signature, fourmica.Address(wallet)); verr != nil {
+			drop()
+			p.o.Logger.Error("stored signature does not verify: ledger damaged", "record_id", uint64(id), "err", verr)
+			return nil, fault(http.StatusInternalServerError, CodeLedgerCorrupt, "the stored signature of this request is damaged; it was not returned", verr), true
 		}
 		if release == nil {
 			var ok bool
@@ -229,10 +227,12 @@ func (p *Pipeline) reserved(rr ledger.Result, req *Request, digest [32]byte, rel
 	}
 }
 
-// commit makes a fresh signature durable (or releases the reservation if signing failed) and
-// returns the result holding the pass.
-func (p *Pipeline) commit(ctx context.Context, req *Request, id ledger.RecordID, digest [32]byte, wallet common.Address,
+// deliver finishes a signed intent: if signing failed the intent is released durably; else the
+// signature is returned once the intent is durable (Result.Durable), and recorded in a later
+// group without an fsync of its own. It returns the result holding the pass.
+func (p *Pipeline) deliver(ctx context.Context, req *Request, rr ledger.Result, digest [32]byte, wallet common.Address,
 	sig [65]byte, err error, release func()) (*Result, error) {
+	id := rr.RecordID
 	if err != nil {
 		release()
 		p.o.Logger.Error("signing failed after reservation", "record_id", uint64(id), "wallet", hexAddr(wallet), "err", err)
@@ -249,18 +249,22 @@ func (p *Pipeline) commit(ctx context.Context, req *Request, id ledger.RecordID,
 		e.RecordID = uint64(id)
 		return nil, e
 	}
-	// The commit must not depend on the caller staying connected: a disconnect after signing
-	// would otherwise leave the reservation (and its budget charges) pinned until restart.
+	// Neither wait depends on the caller staying connected: a disconnect after signing must
+	// not leave the intent's fate to chance.
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
-	cr, err := p.o.Ledger.Commit(cctx, id, sig[:])
-	cancel()
-	if err != nil || len(cr.Signature) != 65 {
+	defer cancel()
+	var cr ledger.CommitResult
+	if err = rr.Durable(cctx); err == nil {
+		cr, err = p.o.Ledger.RecordSignature(cctx, id, sig[:])
+	}
+	if err == nil && len(cr.Signature) != 65 {
+		err = errors.New("ledger returned a malformed signature")
+	}
+	if err != nil {
 		release()
-		if err == nil {
-			err = errors.New("ledger returned a malformed signature")
-		}
-		p.o.Logger.Error("commit failed; signature withheld", "record_id", uint64(id), "err", err)
-		e := fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the signature could not be recorded; it was not released", err)
+		clear(sig[:])
+		p.o.Logger.Error("intent not durable; signature withheld", "record_id", uint64(id), "err", err)
+		e := fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the request could not be recorded; its signature was not released", err)
 		e.RecordID = uint64(id)
 		return nil, e
 	}
@@ -460,6 +464,10 @@ func (p *Pipeline) storedRetry(ctx context.Context, code string, wallet common.A
 	}
 	digest, err := p.o.Domain.Digest(req.Claims, req.Scheme)
 	if err != nil || digest != rec.Digest {
+		return nil
+	}
+	if err := fourmica.VerifySignature(digest, rec.Signature, fourmica.Address(wallet)); err != nil {
+		p.o.Logger.Error("stored signature does not verify: ledger damaged; not returned", "record_id", rec.ID, "err", err)
 		return nil
 	}
 	release, ok := p.o.KillSwitch.Pass()

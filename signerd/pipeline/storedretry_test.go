@@ -13,7 +13,6 @@ import (
 	"github.com/signerd/signerd/policyengine"
 	"github.com/signerd/signerd/signerd/audit"
 	"github.com/signerd/signerd/signerd/ledger"
-	"github.com/signerd/signerd/signerd/pipeline"
 )
 
 // TestStoredRetryHandsOutSignatureBeforeDurable: storedRetry reads the ledger with a
@@ -25,7 +24,7 @@ import (
 func TestStoredRetryHandsOutSignatureBeforeDurable(t *testing.T) {
 	early := 0
 	const rounds = 40
-	f := newFixture(t, pipeline.ReserveDurable)
+	f := newFixture(t, intentMode)
 	f.p.SetPolicy(denyBudget{allowPolicy{wallet: f.signer.Address(), limit: 1 << 40}})
 	admDeny, _ := f.p.Admit(policyengine.Caller{UID: 1000})
 	f.p.SetPolicy(allowPolicy{wallet: f.signer.Address(), limit: 1 << 40})
@@ -73,7 +72,7 @@ func TestStoredRetryHandsOutSignatureBeforeDurable(t *testing.T) {
 // a decision that lets a signature out, but nothing is written to the audit log for it (the
 // ledger's Duplicate path writes an allow/replay_duplicate record).
 func TestStoredRetryIsNotAudited(t *testing.T) {
-	f := newFixture(t, pipeline.ReserveDurable)
+	f := newFixture(t, intentMode)
 	ctx := context.Background()
 	res, err := f.p.Sign(ctx, f.adm, f.request(1, 60))
 	if err != nil {

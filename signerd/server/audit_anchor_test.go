@@ -3,7 +3,6 @@ package server_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -11,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/signerd/signerd/signerd/bucketstore"
 
 	"github.com/signerd/signerd/signerd/audit"
 	"github.com/signerd/signerd/signerd/config"
@@ -176,12 +175,14 @@ func TestAuditAnchorCatchesRewrite(t *testing.T) {
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	copyFile(t, filepath.Join(d.cfg.StateDir, "signerd.db"), filepath.Join(stateDir, "signerd.db"))
-	db, err := bolt.Open(filepath.Join(stateDir, "signerd.db"), 0o600, &bolt.Options{Timeout: time.Second})
+	if err := bucketstore.CopyClosed(filepath.Join(d.cfg.StateDir, "signerd.db"), filepath.Join(stateDir, "signerd.db")); err != nil {
+		t.Fatal(err)
+	}
+	db, err := bucketstore.Open(filepath.Join(stateDir, "signerd.db"), bucketstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	err = db.Update(func(tx *bucketstore.Tx) error {
 		for _, b := range [][]byte{audit.BucketRecords, audit.BucketHead} {
 			if err := tx.DeleteBucket(b); err != nil {
 				return err
@@ -212,24 +213,5 @@ func TestAuditAnchorCatchesRewrite(t *testing.T) {
 	res := r.Body["anchors"].([]any)[0].(map[string]any)
 	if res["status"] != "mismatch" || !strings.Contains(res["problem"].(string), "rewritten") || res["anchor"] != h.Anchor().String() {
 		t.Fatalf("anchor result %v", res)
-	}
-}
-
-func copyFile(t *testing.T, from, to string) {
-	t.Helper()
-	in, err := os.Open(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(to, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
 	}
 }

@@ -145,19 +145,20 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 
 	d.refusals = newRefusalAuditor(d.ledger, d.clock, d.log)
 
-	// Records left reserved by a crash between reservation and commit never had their
-	// signature sent: release them (budgets refunded, replay keys freed) before serving.
-	for {
-		n, err := d.ledger.ReleaseOrphans(ctx, "reserved but never signed before a restart", 0)
-		if err != nil {
-			return nil, fmt.Errorf("releasing orphaned reservations: %w", err)
-		}
-		if n > 0 {
-			d.log.Warn("released reservations orphaned by a restart", "count", n)
-		}
-		if n < 10000 {
-			break
-		}
+	// Intents left without a signature by a crash are possibly signed (the signature may have
+	// left before the crash): their charges stand, and a retry with the same claims re-signs
+	// the recorded digest without a second charge.
+	// Collateral transactions are broadcast only after their durable commit: one left without
+	// it never left the daemon, and is released (budget refunded, request_id free again).
+	if n, err := d.ledger.ReleaseUnsent(ctx, pipeline.SchemeTx, "collateral transaction reserved but never committed before a restart"); err != nil {
+		return nil, fmt.Errorf("releasing uncommitted collateral transactions: %w", err)
+	} else if n > 0 {
+		d.log.Warn("released collateral transactions a restart left uncommitted (never broadcast)", "count", n)
+	}
+	if n, err := d.ledger.PossiblySigned(); err != nil {
+		return nil, fmt.Errorf("reading the ledger's open intents: %w", err)
+	} else if n > 0 {
+		d.log.Warn("intents possibly signed before a restart (charges stand; an identical retry re-signs)", "count", n)
 	}
 
 	// Policy.
@@ -198,9 +199,8 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("protocol: %w", err)
 	}
-	mode, err := pipeline.ParseReservationMode(cfg.Performance.Reservation)
-	if err != nil {
-		return nil, err
+	if cfg.Performance.Reservation != "" {
+		d.log.Warn("performance.reservation is obsolete and ignored: the intent is always written while the key signs", "value", cfg.Performance.Reservation)
 	}
 	d.metrics = newMetrics(func() float64 {
 		if d.ks.Engaged() {
@@ -211,7 +211,7 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 	d.pipe, err = pipeline.New(pipeline.Options{
 		Domain: dom, Network: cfg.Protocol.Network, Ledger: d.ledger, KillSwitch: d.ks, Keys: d.keys,
 		Approvals: stampedApprovals{approvals.ForPipeline(d.approvals)}, MaxWait: cfg.Approvals.MaxWait,
-		Logger: d.log, Clock: d.clock, Observe: d.observe, Reservation: mode,
+		Logger: d.log, Clock: d.clock, Observe: d.observe,
 	}, approvalPolicy{lp.p, d.approvals})
 	if err != nil {
 		return nil, err

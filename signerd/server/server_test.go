@@ -631,9 +631,10 @@ func TestExeMatch(t *testing.T) {
 	}
 }
 
-// TestOrphansReleasedAtStart: a record left reserved by a crash (reserved, never signed) is
-// released when the daemon starts, so its budget comes back and a retry signs.
-func TestOrphansReleasedAtStart(t *testing.T) {
+// TestIntentsLeftByACrashStayPossiblySigned: an intent with no signature when the daemon
+// starts may have been signed before a crash: it stays reserved (its charges stand) and is
+// counted; the ledger's tests show an identical retry resuming it.
+func TestIntentsLeftByACrashStayPossiblySigned(t *testing.T) {
 	var orphan ledger.RecordID
 	d := startDaemon(t, func(c *config.Config) {
 		if err := os.MkdirAll(c.StateDir, 0o700); err != nil {
@@ -652,8 +653,11 @@ func TestOrphansReleasedAtStart(t *testing.T) {
 		l.Close()
 	})
 	rec, err := d.Ledger().Record(orphan)
-	if err != nil || rec.Status != ledger.StatusReleased {
-		t.Fatalf("orphan after start: %+v %v", rec, err)
+	if err != nil || rec.Status != ledger.StatusReserved {
+		t.Fatalf("possibly signed intent after start: %+v %v", rec, err)
+	}
+	if n, err := d.Ledger().PossiblySigned(); err != nil || n != 1 {
+		t.Fatalf("possibly signed count %d %v", n, err)
 	}
 }
 

@@ -1,0 +1,464 @@
+// Package bucketstore keeps named buckets of ordered keys in a pebble database: transactions
+// that read their own writes (an indexed pebble batch), cursors, per-bucket sequences and
+// consistent read-only views (a pebble snapshot).
+//
+// It is the storage engine under signerd's embedded ledger and audit log. A write transaction
+// is committed in one of two ways: Update commits it with a synced write-ahead-log append (one
+// fdatasync), Apply commits it without one (visible to readers at once, durable with the next
+// Sync). One Sync makes every transaction applied before it durable, so a caller that applies
+// many transactions and then syncs once shares one fdatasync between all of them. Nothing on
+// that path rewrites pages: pebble appends to its WAL and flushes memtables in the background.
+//
+// # Layout
+//
+// A bucket named N exists when the key 'b'‖N exists; its value is the bucket's sequence (8 bytes
+// big-endian). Key K of bucket N is stored as 'd'‖N‖0x00‖K. Bucket names must not contain 0x00.
+//
+// # Faults
+//
+// Pebble checksums its WAL records and table blocks. A checksum mismatch, an undecodable file or
+// a panic inside pebble while serving a call comes back as an error matching ErrCorrupt that
+// names what is wrong; nothing in this package panics on a damaged store.
+package bucketstore
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// Errors.
+var (
+	// ErrCorrupt is the class of every error caused by damaged store files.
+	ErrCorrupt = errors.New("bucketstore: store damaged")
+	// ErrLocked means another process holds the store open.
+	ErrLocked = errors.New("bucketstore: store in use by another process")
+	// ErrNotWritable is returned by writes in a read-only transaction.
+	ErrNotWritable = errors.New("bucketstore: transaction not writable")
+	// ErrKeyRequired is returned by Put with an empty key.
+	ErrKeyRequired = errors.New("bucketstore: key required")
+	// ErrBadBucketName is returned for an empty bucket name or one containing 0x00.
+	ErrBadBucketName = errors.New("bucketstore: bad bucket name")
+	// ErrNotFound is returned when the store directory does not exist and Options.ReadOnly is set.
+	ErrNotFound = errors.New("bucketstore: no store at this path")
+)
+
+// Options configure Open.
+type Options struct {
+	// ReadOnly opens an existing store for reading only (offline inspection tools).
+	ReadOnly bool
+	// CacheBytes is the block cache size. Default 8 MiB.
+	CacheBytes int64
+}
+
+// DB is an open store. Transactions may run concurrently; write transactions are not isolated
+// from each other (the caller serialises them, as signerd's ledger committer does).
+type DB struct {
+	p     *pebble.DB
+	dir   string
+	ro    bool
+	syncs atomic.Uint64
+}
+
+// IsStore reports whether dir looks like a store directory (it has a pebble manifest pointer).
+func IsStore(dir string) bool {
+	if fi, err := os.Stat(filepath.Join(dir, "CURRENT")); err == nil && fi.Mode().IsRegular() {
+		return true
+	}
+	m, _ := filepath.Glob(filepath.Join(dir, "marker.manifest.*"))
+	return len(m) > 0
+}
+
+// Open opens (or, unless ReadOnly, creates) the store in directory dir.
+func Open(dir string, o Options) (db *DB, err error) {
+	if o.ReadOnly && !IsStore(dir) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, dir)
+	}
+	if o.CacheBytes <= 0 {
+		o.CacheBytes = 8 << 20
+	}
+	cache := pebble.NewCache(o.CacheBytes)
+	defer cache.Unref()
+	opts := &pebble.Options{
+		ReadOnly:           o.ReadOnly,
+		Cache:              cache,
+		Logger:             quietLogger{},
+		FormatMajorVersion: pebble.FormatNewest,
+		MemTableSize:       4 << 20,
+	}
+	defer recoverCorrupt(&err, "open")
+	p, err := pebble.Open(dir, opts)
+	if err != nil {
+		return nil, classify(err, "open "+dir)
+	}
+	return &DB{p: p, dir: dir, ro: o.ReadOnly}, nil
+}
+
+// Close closes the store. Transactions must have ended.
+func (d *DB) Close() (err error) {
+	defer recoverCorrupt(&err, "close")
+	return d.p.Close()
+}
+
+// Path returns the store directory.
+func (d *DB) Path() string { return d.dir }
+
+// Syncs returns how many synced WAL writes (fdatasyncs) this handle made: Update commits and
+// Sync calls.
+func (d *DB) Syncs() uint64 { return d.syncs.Load() }
+
+// View runs fn in a read-only transaction over a consistent snapshot.
+func (d *DB) View(fn func(*Tx) error) (err error) {
+	defer recoverCorrupt(&err, "read")
+	snap := d.p.NewSnapshot()
+	tx := &Tx{db: d, r: snap}
+	defer func() {
+		tx.closeCursors()
+		_ = snap.Close()
+	}()
+	return classify(fn(tx), "read")
+}
+
+// Update runs fn in a write transaction and commits it with a synced WAL write if fn returns
+// nil; an error from fn discards every write of the transaction.
+func (d *DB) Update(fn func(*Tx) error) error {
+	return d.update(fn, true)
+}
+
+// Apply is Update without the sync: once it returns nil the writes are visible to every later
+// transaction and reach the disk with the next Update or Sync (a crash before that loses them).
+func (d *DB) Apply(fn func(*Tx) error) error {
+	return d.update(fn, false)
+}
+
+func (d *DB) update(fn func(*Tx) error, sync bool) (err error) {
+	if d.ro {
+		return ErrNotWritable
+	}
+	defer recoverCorrupt(&err, "write")
+	b := d.p.NewIndexedBatch()
+	tx := &Tx{db: d, r: b, b: b}
+	defer func() {
+		tx.closeCursors()
+		_ = b.Close()
+	}()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	if b.Empty() {
+		return nil
+	}
+	wo := pebble.NoSync
+	if sync {
+		wo = pebble.Sync
+		d.syncs.Add(1)
+	}
+	return classify(b.Commit(wo), "commit")
+}
+
+// Sync makes every transaction applied before it durable with one synced WAL write.
+func (d *DB) Sync() (err error) {
+	if d.ro {
+		return ErrNotWritable
+	}
+	defer recoverCorrupt(&err, "sync")
+	d.syncs.Add(1)
+	return classify(d.p.LogData(nil, pebble.Sync), "sync")
+}
+
+// Checkpoint writes a consistent copy of the store into the new directory dir (hard links where
+// possible). The copy opens with Open like the original.
+func (d *DB) Checkpoint(dir string) (err error) {
+	defer recoverCorrupt(&err, "checkpoint")
+	return classify(d.p.Checkpoint(dir, pebble.WithFlushedWAL()), "checkpoint")
+}
+
+// Tx is a transaction. It is not safe for concurrent use and its byte slices are its own
+// copies (valid after the transaction ends).
+type Tx struct {
+	db      *DB
+	r       reader
+	b       *pebble.Batch // nil in a read-only transaction
+	gen     uint64        // bumped by every write, so cursors see them
+	cursors []*Cursor
+}
+
+type reader interface {
+	Get(key []byte) ([]byte, io.Closer, error)
+	NewIter(o *pebble.IterOptions) (*pebble.Iterator, error)
+}
+
+// Writable reports whether tx may write.
+func (tx *Tx) Writable() bool { return tx.b != nil }
+
+func (tx *Tx) closeCursors() {
+	for _, c := range tx.cursors {
+		c.close()
+	}
+	tx.cursors = nil
+}
+
+func (tx *Tx) get(k []byte) ([]byte, error) {
+	v, cl, err := tx.r.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, classify(err, "get")
+	}
+	out := make([]byte, len(v))
+	copy(out, v)
+	_ = cl.Close()
+	return out, nil
+}
+
+func (tx *Tx) set(k, v []byte) error {
+	if tx.b == nil {
+		return ErrNotWritable
+	}
+	tx.gen++
+	return tx.b.Set(k, v, nil)
+}
+
+func (tx *Tx) del(k []byte) error {
+	if tx.b == nil {
+		return ErrNotWritable
+	}
+	tx.gen++
+	return tx.b.Delete(k, nil)
+}
+
+func markerKey(name []byte) []byte { return append([]byte{'b'}, name...) }
+
+func validName(name []byte) bool { return len(name) > 0 && bytes.IndexByte(name, 0) < 0 }
+
+// Bucket returns the bucket named name, or nil if it does not exist.
+func (tx *Tx) Bucket(name []byte) *Bucket {
+	if !validName(name) {
+		return nil
+	}
+	v, err := tx.get(markerKey(name))
+	if err != nil || v == nil {
+		return nil
+	}
+	return newBucket(tx, name)
+}
+
+// CreateBucketIfNotExists returns the bucket named name, creating it if needed.
+func (tx *Tx) CreateBucketIfNotExists(name []byte) (*Bucket, error) {
+	if !validName(name) {
+		return nil, ErrBadBucketName
+	}
+	v, err := tx.get(markerKey(name))
+	if err != nil {
+		return nil, err
+	}
+	if v == nil {
+		if err := tx.set(markerKey(name), make([]byte, 8)); err != nil {
+			return nil, err
+		}
+	}
+	return newBucket(tx, name), nil
+}
+
+// DeleteBucket deletes the bucket named name and every key in it.
+func (tx *Tx) DeleteBucket(name []byte) error {
+	if !validName(name) {
+		return ErrBadBucketName
+	}
+	if tx.b == nil {
+		return ErrNotWritable
+	}
+	b := newBucket(tx, name)
+	tx.gen++
+	if err := tx.b.DeleteRange(b.prefix, b.upper, nil); err != nil {
+		return err
+	}
+	return tx.del(markerKey(name))
+}
+
+// BucketNames lists the buckets in key order.
+func (tx *Tx) BucketNames() ([][]byte, error) {
+	it, err := tx.r.NewIter(&pebble.IterOptions{LowerBound: []byte{'b'}, UpperBound: []byte{'c'}})
+	if err != nil {
+		return nil, classify(err, "iterate")
+	}
+	defer it.Close()
+	var out [][]byte
+	for ok := it.First(); ok; ok = it.Next() {
+		out = append(out, append([]byte(nil), it.Key()[1:]...))
+	}
+	return out, classify(it.Error(), "iterate")
+}
+
+// Bucket is a named set of ordered keys inside a transaction.
+type Bucket struct {
+	tx            *Tx
+	name          []byte
+	prefix, upper []byte
+	// FillPercent is accepted for source compatibility with bbolt and ignored.
+	FillPercent float64
+}
+
+func newBucket(tx *Tx, name []byte) *Bucket {
+	p := make([]byte, 0, len(name)+2)
+	p = append(append(append(p, 'd'), name...), 0)
+	u := append(append([]byte{'d'}, name...), 1)
+	return &Bucket{tx: tx, name: name, prefix: p, upper: u}
+}
+
+func (b *Bucket) key(k []byte) []byte {
+	out := make([]byte, len(b.prefix)+len(k))
+	copy(out, b.prefix)
+	copy(out[len(b.prefix):], k)
+	return out
+}
+
+// Get returns the value of k, or nil if absent (an empty stored value is a non-nil empty slice).
+func (b *Bucket) Get(k []byte) []byte {
+	v, err := b.tx.get(b.key(k))
+	if err != nil {
+		return nil
+	}
+	return v
+}
+
+// GetErr is Get that reports a read fault instead of answering "absent".
+func (b *Bucket) GetErr(k []byte) ([]byte, error) { return b.tx.get(b.key(k)) }
+
+// Put sets k to v.
+func (b *Bucket) Put(k, v []byte) error {
+	if len(k) == 0 {
+		return ErrKeyRequired
+	}
+	return b.tx.set(b.key(k), v)
+}
+
+// Delete removes k (absent keys are fine).
+func (b *Bucket) Delete(k []byte) error { return b.tx.del(b.key(k)) }
+
+// Sequence returns the bucket's sequence.
+func (b *Bucket) Sequence() uint64 {
+	v, err := b.tx.get(markerKey(b.name))
+	if err != nil || len(v) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(v)
+}
+
+// SetSequence sets the bucket's sequence.
+func (b *Bucket) SetSequence(n uint64) error {
+	return b.tx.set(markerKey(b.name), binary.BigEndian.AppendUint64(nil, n))
+}
+
+// NextSequence increments the sequence and returns the new value.
+func (b *Bucket) NextSequence() (uint64, error) {
+	n := b.Sequence() + 1
+	return n, b.SetSequence(n)
+}
+
+// ForEach calls fn for every key in order; an error from fn stops the walk and is returned.
+func (b *Bucket) ForEach(fn func(k, v []byte) error) error {
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if err := fn(k, v); err != nil {
+			return err
+		}
+	}
+	return c.Err()
+}
+
+// BucketStats are a bucket's counts.
+type BucketStats struct {
+	KeyN int // number of keys
+}
+
+// Stats counts the bucket's keys (a full scan: for tests and tools).
+func (b *Bucket) Stats() BucketStats {
+	n := 0
+	_ = b.ForEach(func(_, _ []byte) error { n++; return nil })
+	return BucketStats{KeyN: n}
+}
+
+// quietLogger drops pebble's informational logs; errors go to stderr, and Fatalf panics so
+// that the call serving it reports a damaged store instead of exiting the process.
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...any) {}
+func (quietLogger) Errorf(format string, a ...any) {
+	fmt.Fprintf(os.Stderr, "pebble: "+format+"\n", a...)
+}
+func (quietLogger) Fatalf(format string, a ...any) { panic(fmt.Sprintf(format, a...)) }
+
+// CorruptError says what is damaged. It matches ErrCorrupt.
+type CorruptError struct {
+	Op    string
+	Cause string
+}
+
+func (e *CorruptError) Error() string {
+	return "bucketstore: store damaged during " + e.Op + ": " + e.Cause
+}
+
+// Is makes CorruptError match ErrCorrupt.
+func (e *CorruptError) Is(target error) bool { return target == ErrCorrupt }
+
+// classify maps pebble's corruption and lock errors to this package's classes.
+func classify(err error, op string) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrCorrupt), errors.Is(err, ErrNotWritable), errors.Is(err, ErrLocked):
+		return err
+	case errors.Is(err, pebble.ErrCorruption):
+		return &CorruptError{Op: op, Cause: err.Error()}
+	case isLockErr(err):
+		return fmt.Errorf("%w (%v)", ErrLocked, err)
+	}
+	return err
+}
+
+func isLockErr(err error) bool {
+	s := err.Error()
+	return bytes.Contains([]byte(s), []byte("lock held by current process")) ||
+		bytes.Contains([]byte(s), []byte("resource temporarily unavailable"))
+}
+
+// recoverCorrupt turns a panic raised while pebble reads damaged files into a CorruptError.
+func recoverCorrupt(err *error, op string) {
+	if r := recover(); r != nil {
+		*err = &CorruptError{Op: op, Cause: fmt.Sprint(r)}
+	}
+}
+
+// CopyClosed copies the files of a store that no process has open from directory src into the
+// new directory dst (for offline backups and tests). The LOCK file is not copied.
+func CopyClosed(src, dst string) error {
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		return err
+	}
+	if err := os.Mkdir(dst, 0o700); err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.Name() == "LOCK" || !e.Type().IsRegular() {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
