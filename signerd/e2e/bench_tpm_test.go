@@ -156,3 +156,18 @@ func TestCounterValueOfAnAbsentMetricIsNotFound(t *testing.T) {
 		t.Fatalf("got %v, want not found", v)
 	}
 }
+
+// TestCounterReadsTheDaemonsMetrics: env.counter reads a real daemon's /metrics over the admin
+// socket (its decision counter is found and counts the signature), so syncs_per_request=NA in
+// the benchmark means the daemon lacks the metric, not that the read failed.
+func TestCounterReadsTheDaemonsMetrics(t *testing.T) {
+	e := newEnv(t, envOptions{policy: benchPolicy})
+	e.start()
+	if err := postGuarantee(e.agentClient(), guaranteeBodies(1, wallet1)[0]); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := e.counter("signerd_decisions_total"); !ok || v < 1 {
+		t.Fatalf("signerd_decisions_total: %v %v, want at least 1", v, ok)
+	}
+	e.stopClean()
+}
