@@ -180,6 +180,7 @@ type env struct {
 	agent  string // agent socket
 	admin  string // admin socket
 	policy string
+	wallet string // the wallet {{WALLET}} stands for in policies
 	db     string
 	proc   *exec.Cmd
 	exited chan error
@@ -193,6 +194,8 @@ type envOptions struct {
 	maxWait      time.Duration // approval long poll
 	extra        string        // extra YAML lines under limits:
 	stateParent  string        // where the ledger's state dir goes (default: inside the env dir)
+	hsm          string        // the config's hsm: section (default: the env's copy of the SoftHSM2 token)
+	wallet       string        // the wallet {{WALLET}} stands for (default: wallet1, the token's)
 }
 
 func copyDir(src, dst string) error {
@@ -234,7 +237,10 @@ func newEnv(t testing.TB, o envOptions) *env {
 	os.Chmod(run, 0o755)
 	e := &env{t: t, dir: dir, cfg: filepath.Join(dir, "signerd.yaml"), agent: filepath.Join(run, "agent.sock"),
 		admin: filepath.Join(run, "admin.sock"), policy: filepath.Join(dir, "policy.yaml"),
-		db: filepath.Join(dir, "state", "signerd.db")}
+		db: filepath.Join(dir, "state", "signerd.db"), wallet: wallet1}
+	if o.wallet != "" {
+		e.wallet = o.wallet
+	}
 	stateDir := filepath.Join(dir, "state")
 	if o.stateParent != "" {
 		sd, err := os.MkdirTemp(o.stateParent, "signerd-e2e-state-")
@@ -250,6 +256,32 @@ func newEnv(t testing.TB, o envOptions) *env {
 		pol = apiPolicy
 	}
 	e.writePolicy(pol)
+	if o.hsm == "" {
+		o.hsm = softhsmSection(tdir)
+	}
+	e.writeConfig(o, stateDir)
+	t.Cleanup(func() { e.stop() })
+	return e
+}
+
+// softhsmSection is the hsm: section for the SoftHSM2 token copied to devDir (the template's).
+func softhsmSection(devDir string) string {
+	return fmt.Sprintf(`hsm:
+  type: pkcs11
+  pkcs11:
+    module: %s
+    module_env: {SOFTHSM2_CONF: %s}
+    token_label: signerd-dev
+    pin_file: %s
+    sessions: 2
+    max_waiting: 1024`, softhsmModule, filepath.Join(devDir, "hsm", "softhsm2.conf"), filepath.Join(devDir, "hsm", "pin"))
+}
+
+// writeConfig writes the daemon's config: sockets under the env's run dir, the ledger in
+// stateDir, o.hsm as the key backend, the env's policy, two operators (this uid as alice, nobody
+// as bob) and o's approval wait, kill-switch and limits settings.
+func (e *env) writeConfig(o envOptions, stateDir string) {
+	e.t.Helper()
 	maxWait := o.maxWait
 	if maxWait == 0 {
 		maxWait = 500 * time.Millisecond
@@ -264,15 +296,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 sockets:
   agent: {path: %s, mode: "0660"%s}
   admin: {path: %s, mode: "0660"%s}
-hsm:
-  type: pkcs11
-  pkcs11:
-    module: %s
-    module_env: {SOFTHSM2_CONF: %s}
-    token_label: signerd-dev
-    pin_file: %s
-    sessions: 2
-    max_waiting: 1024
+%s
 policy: %s
 protocol: {network: "eip155:84532", chain_id: 84532}
 approvals: {max_wait: %s}
@@ -290,19 +314,16 @@ limits:
   max_body_bytes: 65536
 %s
 log_level: info
-`, stateDir, e.agent, group, e.admin, group, softhsmModule,
-		filepath.Join(tdir, "hsm", "softhsm2.conf"), filepath.Join(tdir, "hsm", "pin"), e.policy,
-		maxWait, filepath.Join(dir, "STOP"), o.twoOperators, os.Getuid(), nobodyUID, o.extra)
+`, stateDir, e.agent, group, e.admin, group, o.hsm, e.policy,
+		maxWait, filepath.Join(e.dir, "STOP"), o.twoOperators, os.Getuid(), nobodyUID, o.extra)
 	if err := os.WriteFile(e.cfg, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
-	t.Cleanup(func() { e.stop() })
-	return e
 }
 
 func (e *env) writePolicy(p string) {
 	e.t.Helper()
-	p = strings.ReplaceAll(p, "{{WALLET}}", wallet1)
+	p = strings.ReplaceAll(p, "{{WALLET}}", e.wallet)
 	tmp := e.policy + ".tmp"
 	if err := os.WriteFile(tmp, []byte(p), 0o600); err != nil {
 		e.t.Fatal(err)
