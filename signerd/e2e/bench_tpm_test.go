@@ -169,5 +169,9 @@ func TestCounterReadsTheDaemonsMetrics(t *testing.T) {
 	if v, ok := e.counter("signerd_decisions_total"); !ok || v < 1 {
 		t.Fatalf("signerd_decisions_total: %v %v, want at least 1", v, ok)
 	}
+	// One signed guarantee: its intent needed one fsync (shared or not), its signature none.
+	if v, ok := e.counter("signerd_ledger_syncs_total"); !ok || v < 1 {
+		t.Fatalf("signerd_ledger_syncs_total: %v %v, want at least 1", v, ok)
+	}
 	e.stopClean()
 }

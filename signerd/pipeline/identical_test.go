@@ -4,7 +4,6 @@ import (
 	"context"
 	"sync"
 	"testing"
-
 )
 
 // TestIdenticalConcurrentRequestsOneSignature: many identical requests at once get one

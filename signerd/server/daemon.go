@@ -207,7 +207,7 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 			return 1
 		}
 		return 0
-	})
+	}, d.ledger.Stats)
 	d.pipe, err = pipeline.New(pipeline.Options{
 		Domain: dom, Network: cfg.Protocol.Network, Ledger: d.ledger, KillSwitch: d.ks, Keys: d.keys,
 		Approvals: stampedApprovals{approvals.ForPipeline(d.approvals)}, MaxWait: cfg.Approvals.MaxWait,

@@ -7,6 +7,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/signerd/signerd/signerd/ledger"
 )
 
 // metrics are the daemon's Prometheus series, served at /metrics on the admin socket.
@@ -19,7 +21,24 @@ type metrics struct {
 	inflight   prometheus.Gauge
 }
 
-func newMetrics(engaged func() float64) *metrics {
+// ledgerCounters are the ledger's write counters as Prometheus counters read at scrape time:
+// synced WAL appends (fdatasyncs), groups applied and operations applied.
+func ledgerCounters(stats func() ledger.Stats) []prometheus.Collector {
+	counter := func(name, help string, v func(ledger.Stats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+			func() float64 { return float64(v(stats())) })
+	}
+	return []prometheus.Collector{
+		counter("signerd_ledger_syncs_total", "Synced write-ahead-log appends (fdatasyncs) of the ledger; each is shared by every group applied before it.",
+			func(s ledger.Stats) uint64 { return s.Syncs }),
+		counter("signerd_ledger_groups_total", "Groups of ledger writes applied (one transaction each).",
+			func(s ledger.Stats) uint64 { return s.Groups }),
+		counter("signerd_ledger_ops_total", "Ledger write operations applied.",
+			func(s ledger.Stats) uint64 { return s.Ops }),
+	}
+}
+
+func newMetrics(engaged func() float64, stats func() ledger.Stats) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -37,6 +56,7 @@ func newMetrics(engaged func() float64) *metrics {
 	}
 	m.reg.MustRegister(m.decisions, m.requests, m.latency, m.killSwitch, m.inflight,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.MustRegister(ledgerCounters(stats)...)
 	return m
 }
 
