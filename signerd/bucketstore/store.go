@@ -29,9 +29,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 )
 
 // Errors.
@@ -54,7 +56,7 @@ var (
 type Options struct {
 	// ReadOnly opens an existing store for reading only (offline inspection tools).
 	ReadOnly bool
-	// CacheBytes is the block cache size. Default 8 MiB.
+	// CacheBytes is the block cache size. Default 32 MiB.
 	CacheBytes int64
 }
 
@@ -65,6 +67,13 @@ type DB struct {
 	dir   string
 	ro    bool
 	syncs atomic.Uint64
+
+	// known caches the names of buckets that exist in committed state, so that a transaction
+	// finds a bucket without reading its marker. DeleteBucket bumps deleteGen and clears it; a
+	// transaction adds the names it found only if no delete committed since it began.
+	knownMu   sync.Mutex
+	known     map[string]bool
+	deleteGen uint64
 }
 
 // IsStore reports whether dir looks like a store directory (it has a pebble manifest pointer).
@@ -82,7 +91,7 @@ func Open(dir string, o Options) (db *DB, err error) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, dir)
 	}
 	if o.CacheBytes <= 0 {
-		o.CacheBytes = 8 << 20
+		o.CacheBytes = 32 << 20
 	}
 	cache := pebble.NewCache(o.CacheBytes)
 	defer cache.Unref()
@@ -93,12 +102,17 @@ func Open(dir string, o Options) (db *DB, err error) {
 		FormatMajorVersion: pebble.FormatNewest,
 		MemTableSize:       4 << 20,
 	}
+	// Bloom filters on every level: a Get of an absent key (a new replay key, say) reads no
+	// table block.
+	for i := range opts.Levels {
+		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+	}
 	defer recoverCorrupt(&err, "open")
 	p, err := pebble.Open(dir, opts)
 	if err != nil {
 		return nil, classify(err, "open "+dir)
 	}
-	return &DB{p: p, dir: dir, ro: o.ReadOnly}, nil
+	return &DB{p: p, dir: dir, ro: o.ReadOnly, known: map[string]bool{}}, nil
 }
 
 // Close closes the store. Transactions must have ended.
@@ -117,13 +131,18 @@ func (d *DB) Syncs() uint64 { return d.syncs.Load() }
 // View runs fn in a read-only transaction over a consistent snapshot.
 func (d *DB) View(fn func(*Tx) error) (err error) {
 	defer recoverCorrupt(&err, "read")
+	gen := d.generation()
 	snap := d.p.NewSnapshot()
 	tx := &Tx{db: d, r: snap}
 	defer func() {
 		tx.closeCursors()
 		_ = snap.Close()
 	}()
-	return classify(fn(tx), "read")
+	if err := fn(tx); err != nil {
+		return classify(err, "read")
+	}
+	d.remember(gen, tx.buckets)
+	return nil
 }
 
 // Update runs fn in a write transaction and commits it with a synced WAL write if fn returns
@@ -143,6 +162,7 @@ func (d *DB) update(fn func(*Tx) error, sync bool) (err error) {
 		return ErrNotWritable
 	}
 	defer recoverCorrupt(&err, "write")
+	gen := d.generation()
 	b := d.p.NewIndexedBatch()
 	tx := &Tx{db: d, r: b, b: b}
 	defer func() {
@@ -153,6 +173,7 @@ func (d *DB) update(fn func(*Tx) error, sync bool) (err error) {
 		return err
 	}
 	if b.Empty() {
+		d.remember(gen, tx.buckets)
 		return nil
 	}
 	wo := pebble.NoSync
@@ -160,7 +181,51 @@ func (d *DB) update(fn func(*Tx) error, sync bool) (err error) {
 		wo = pebble.Sync
 		d.syncs.Add(1)
 	}
-	return classify(b.Commit(wo), "commit")
+	if err := b.Commit(wo); err != nil {
+		return classify(err, "commit")
+	}
+	if tx.deleted {
+		d.forget()
+	} else {
+		d.remember(gen, tx.buckets)
+	}
+	return nil
+}
+
+func (d *DB) generation() uint64 {
+	d.knownMu.Lock()
+	defer d.knownMu.Unlock()
+	return d.deleteGen
+}
+
+// remember adds the buckets a transaction that began at gen found or created, unless a bucket
+// was deleted since.
+func (d *DB) remember(gen uint64, found map[string]*Bucket) {
+	if len(found) == 0 {
+		return
+	}
+	d.knownMu.Lock()
+	defer d.knownMu.Unlock()
+	if gen != d.deleteGen {
+		return
+	}
+	for name := range found {
+		d.known[name] = true
+	}
+}
+
+// forget clears the cache after a transaction that deleted a bucket.
+func (d *DB) forget() {
+	d.knownMu.Lock()
+	defer d.knownMu.Unlock()
+	d.deleteGen++
+	clear(d.known)
+}
+
+func (d *DB) isKnown(name []byte) bool {
+	d.knownMu.Lock()
+	defer d.knownMu.Unlock()
+	return d.known[string(name)]
 }
 
 // Sync makes every transaction applied before it durable with one synced WAL write.
@@ -187,7 +252,9 @@ type Tx struct {
 	r       reader
 	b       *pebble.Batch // nil in a read-only transaction
 	gen     uint64        // bumped by every write, so cursors see them
+	deleted bool          // the transaction deleted a bucket
 	cursors []*Cursor
+	buckets map[string]*Bucket // buckets known to exist in this transaction
 }
 
 type reader interface {
@@ -241,14 +308,33 @@ func validName(name []byte) bool { return len(name) > 0 && bytes.IndexByte(name,
 
 // Bucket returns the bucket named name, or nil if it does not exist.
 func (tx *Tx) Bucket(name []byte) *Bucket {
+	if b := tx.buckets[string(name)]; b != nil {
+		return b
+	}
 	if !validName(name) {
 		return nil
+	}
+	if !tx.deleted && tx.db.isKnown(name) {
+		return tx.known(name)
 	}
 	v, err := tx.get(markerKey(name))
 	if err != nil || v == nil {
 		return nil
 	}
-	return newBucket(tx, name)
+	return tx.known(name)
+}
+
+// known returns the transaction's Bucket for name, which exists.
+func (tx *Tx) known(name []byte) *Bucket {
+	if b := tx.buckets[string(name)]; b != nil {
+		return b
+	}
+	if tx.buckets == nil {
+		tx.buckets = map[string]*Bucket{}
+	}
+	b := newBucket(tx, append([]byte(nil), name...))
+	tx.buckets[string(name)] = b
+	return b
 }
 
 // CreateBucketIfNotExists returns the bucket named name, creating it if needed.
@@ -265,7 +351,7 @@ func (tx *Tx) CreateBucketIfNotExists(name []byte) (*Bucket, error) {
 			return nil, err
 		}
 	}
-	return newBucket(tx, name), nil
+	return tx.known(name), nil
 }
 
 // DeleteBucket deletes the bucket named name and every key in it.
@@ -277,6 +363,8 @@ func (tx *Tx) DeleteBucket(name []byte) error {
 		return ErrNotWritable
 	}
 	b := newBucket(tx, name)
+	delete(tx.buckets, string(name))
+	tx.deleted = true
 	tx.gen++
 	if err := tx.b.DeleteRange(b.prefix, b.upper, nil); err != nil {
 		return err

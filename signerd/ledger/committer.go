@@ -150,6 +150,8 @@ func (l *Ledger) runGroup(group []op) {
 		now := l.clock()
 		l.updates.Add(1)
 		l.idHWTx = 0
+		l.prunedAt = time.Time{}
+		l.usage.discard()
 		err = l.db.Apply(func(tx *bucketstore.Tx) error { return l.applyGroup(tx, now, group, failed) })
 		if errors.Is(err, errNothingWritten) {
 			err = nil
@@ -159,9 +161,16 @@ func (l *Ledger) runGroup(group []op) {
 			break
 		}
 	}
+	if err == nil {
+		l.usage.merge()
+		if !l.prunedAt.IsZero() {
+			l.usage.prune(l.prunedAt)
+		}
+	}
 	l.groups.Add(1)
 	l.ops.Add(uint64(len(group)))
 	if err != nil {
+		l.usage.discard()
 		// The group's effect is unknown: stop writing for good.
 		se := &StoreError{Op: "commit", Err: err}
 		l.fatal.CompareAndSwap(nil, se)
@@ -225,6 +234,7 @@ func (l *Ledger) applyGroup(tx *bucketstore.Tx, now time.Time, group []op, faile
 		}
 		l.pruned.Add(uint64(n))
 		l.lastPrune, l.pruneAt = now, at
+		l.prunedAt = at
 	}
 	if l.testHookAfterApply != nil {
 		if err := l.testHookAfterApply(); err != nil {

@@ -1,8 +1,6 @@
 package ledger
 
 import (
-	"bytes"
-
 	"github.com/signerd/signerd/signerd/bucketstore"
 )
 
@@ -40,11 +38,9 @@ func (h *hotRecords) take(id RecordID) *PaymentRecord {
 }
 
 // isPending reports whether record id is in the pending index (reserved, neither signed nor
-// released). A cursor is used because the index's values are empty.
+// released).
 func isPending(tx *bucketstore.Tx, id RecordID) bool {
-	k := id.key()
-	got, _ := tx.Bucket(bucketPending).Cursor().Seek(k)
-	return bytes.Equal(got, k)
+	return tx.Bucket(bucketPending).Get(id.key()) != nil
 }
 
 // appendOnly sets b's fill percent to 100% for this transaction and returns b. Used for the

@@ -176,13 +176,15 @@ type Ledger struct {
 	synced chan struct{} // closed when the syncer exits
 	once   sync.Once
 
-	lastPrune time.Time  // committer-only: clock value at the last sweep (with its monotonic reading, if any)
-	pruneAt   time.Time  // committer-only: wall time the last sweep pruned relative to
-	maxSeen   time.Time  // committer-only: latest wall time the committer's clock has shown
-	lastID    uint64     // committer-only: last record id handed out (never goes back, even if a tx fails)
-	idHW      uint64     // committer-only: durable id high-water mark: no id above it was handed out
-	idHWTx    uint64     // committer-only: high-water mark written by the current attempt (0: none)
-	hot       hotRecords // committer-only: records reserved by this process (see hot.go)
+	lastPrune time.Time   // committer-only: clock value at the last sweep (with its monotonic reading, if any)
+	pruneAt   time.Time   // committer-only: wall time the last sweep pruned relative to
+	maxSeen   time.Time   // committer-only: latest wall time the committer's clock has shown
+	lastID    uint64      // committer-only: last record id handed out (never goes back, even if a tx fails)
+	idHW      uint64      // committer-only: durable id high-water mark: no id above it was handed out
+	idHWTx    uint64      // committer-only: high-water mark written by the current attempt (0: none)
+	hot       hotRecords  // committer-only: records reserved by this process (see hot.go)
+	prunedAt  time.Time   // committer-only: the time usage was swept at in the group being applied
+	usage     *usageIndex // usage per counter bucket, in memory (see usage.go)
 
 	// testHookAfterApply, if set, runs inside the group's transaction after every operation
 	// was applied and early results were released; an error fails the transaction (tests).
@@ -225,11 +227,17 @@ func Open(opts Options) (*Ledger, error) {
 		return nil, &StoreError{Op: "init", Err: err}
 	}
 	l := &Ledger{db: db, opts: opts, clock: opts.Clock, q: make(chan op, opts.QueueSize), done: make(chan struct{}),
-		syncq: make(chan []op, 1024), synced: make(chan struct{}), hot: hotRecords{m: map[RecordID]*PaymentRecord{}}}
+		syncq: make(chan []op, 1024), synced: make(chan struct{}), hot: hotRecords{m: map[RecordID]*PaymentRecord{}},
+		usage: newUsageIndex()}
 	l.lastPrune = opts.Clock()
 	l.pruneAt = l.lastPrune.Round(0)
 	l.maxSeen = l.pruneAt
-	if err := db.View(l.loadIDs); err != nil {
+	if err := db.View(func(tx *bucketstore.Tx) error {
+		if err := l.loadIDs(tx); err != nil {
+			return err
+		}
+		return l.usage.load(tx)
+	}); err != nil {
 		_ = db.Close()
 		return nil, &StoreError{Op: "init", Err: err}
 	}

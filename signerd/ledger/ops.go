@@ -271,11 +271,7 @@ func (o *reserveOp) apply(tx *bucketstore.Tx, now time.Time) error {
 			pending[k] = p
 		}
 		p.Add(p, c.Amount)
-		used, err := usageTx(tx, c.Key, c.Window, now)
-		if err != nil {
-			o.err = err
-			return nil
-		}
+		used := o.l.usage.current(c.Key, c.Window, now)
 		if new(big.Int).Add(used, p).Cmp(c.Limit) > 0 {
 			cc := c
 			o.res.Outcome, o.res.Charge = BudgetExhausted, &cc
@@ -304,7 +300,7 @@ func (o *reserveOp) apply(tx *bucketstore.Tx, now time.Time) error {
 		rec.Charges = append(rec.Charges, ChargeRecord{Budget: c.Budget, Key: c.Key, Window: c.Window,
 			Bucket: b, Amount: new(big.Int).Set(c.Amount), Count: c.Count})
 		if c.Amount.Sign() > 0 {
-			if err := addUsage(tx, c.Key, c.Window, b, c.Amount); err != nil {
+			if err := o.l.addUsage(tx, c.Key, c.Window, b, c.Amount); err != nil {
 				return err
 			}
 		}
@@ -496,17 +492,17 @@ func (o *releaseOp) apply(tx *bucketstore.Tx, now time.Time) error {
 		o.err = ErrAlreadySigned
 		return nil
 	}
-	return releaseRecord(tx, now, rec, o.code, o.reason)
+	return o.l.releaseRecord(tx, now, rec, o.code, o.reason)
 }
 
 // releaseRecord refunds rec's charges, marks it released, frees its replay key, drops it from
 // the pending index and writes the two audit records. rec must be reserved.
-func releaseRecord(tx *bucketstore.Tx, now time.Time, rec *PaymentRecord, code, reason string) error {
+func (l *Ledger) releaseRecord(tx *bucketstore.Tx, now time.Time, rec *PaymentRecord, code, reason string) error {
 	for _, c := range rec.Charges {
 		if c.Amount.Sign() == 0 {
 			continue
 		}
-		if err := addUsage(tx, c.Key, c.Window, c.Bucket, new(big.Int).Neg(c.Amount)); err != nil {
+		if err := l.addUsage(tx, c.Key, c.Window, c.Bucket, new(big.Int).Neg(c.Amount)); err != nil {
 			return err
 		}
 	}
@@ -543,6 +539,7 @@ const CodeOrphaned = "orphaned_reservation"
 
 type unsentOp struct {
 	opBase
+	l              *Ledger
 	scheme, reason string
 	n              int
 }
@@ -562,7 +559,7 @@ func (l *Ledger) ReleaseUnsent(ctx context.Context, scheme, reason string) (int,
 	if scheme == "" {
 		return 0, fmt.Errorf("%w: scheme required", ErrInvalid)
 	}
-	o := &unsentOp{opBase: newBase(false), scheme: scheme, reason: reason}
+	o := &unsentOp{opBase: newBase(false), l: l, scheme: scheme, reason: reason}
 	err := l.submit(ctx, o)
 	return o.n, err
 }
@@ -587,7 +584,7 @@ func (o *unsentOp) apply(tx *bucketstore.Tx, now time.Time) error {
 		if rec.Status != StatusReserved || rec.Scheme != o.scheme {
 			continue
 		}
-		if err := releaseRecord(tx, now, rec, CodeOrphaned, o.reason); err != nil {
+		if err := o.l.releaseRecord(tx, now, rec, CodeOrphaned, o.reason); err != nil {
 			return err
 		}
 		o.n++

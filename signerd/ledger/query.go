@@ -23,10 +23,9 @@ var _ policyengine.UsageReader = (*Ledger)(nil)
 // window ending at now. It reads committed state only; Reserve re-checks inside its transaction.
 func (l *Ledger) Usage(key string, window time.Duration, now time.Time) (*big.Int, error) {
 	var out *big.Int
-	err := l.view("usage", func(tx *bucketstore.Tx) error {
-		var err error
-		out, err = usageTx(tx, key, window, now)
-		return err
+	err := l.view("usage", func(*bucketstore.Tx) error {
+		out = l.usage.applied(key, window, now)
+		return nil
 	})
 	return out, err
 }

@@ -397,18 +397,6 @@ func usageTx(tx *bucketstore.Tx, key string, window time.Duration, now time.Time
 	return sum, nil
 }
 
-// addUsage adds delta (may be negative) to one bucket; a bucket that reaches ≤ 0 is deleted.
-func addUsage(tx *bucketstore.Tx, key string, window time.Duration, bucket int64, delta *big.Int) error {
-	b := tx.Bucket(bucketUsage)
-	k := usageKey(usagePrefix(key, window), bucket)
-	cur := new(big.Int).SetBytes(b.Get(k))
-	cur.Add(cur, delta)
-	if cur.Sign() <= 0 {
-		return b.Delete(k)
-	}
-	return b.Put(k, cur.Bytes())
-}
-
 // pruneUsage deletes every bucket older than its window's first bucket at now. Lifetime
 // counters (window 0) are kept. The committer calls it with a conservative time (see runGroup):
 // never a clock that went backwards, never ahead of the elapsed monotonic time.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -155,12 +156,17 @@ func (p *Pipeline) observe(out Outcome, err error, replayed bool) {
 	p.o.Observe(out)
 }
 
-// signAndVerify signs with the HSM and verifies the signature by recovery under Core's rule,
-// against the claims' user_address.
+// signAndVerify signs with the HSM. It verifies by recovery once: the backend has recovered
+// the signature to its key's address before returning it (the hsm.Signer contract: low s, v in
+// {27, 28}, recovers to Address), so what is left to check is that this address is the claims'
+// user_address and that v is Core's.
 func signAndVerify(ctx context.Context, s hsm.Signer, digest [32]byte, wallet common.Address) ([65]byte, error) {
+	if s.Address() != wallet {
+		return [65]byte{}, fmt.Errorf("%w: the key signs for %s, not %s", hsm.ErrSignature, s.Address(), wallet)
+	}
 	sig, err := s.SignDigest(ctx, digest)
-	if err == nil {
-		err = verify(digest, sig, wallet)
+	if err == nil && sig[64] != 27 && sig[64] != 28 {
+		err = fmt.Errorf("%w: recovery id %d", hsm.ErrSignature, sig[64])
 	}
 	if err != nil {
 		clear(sig[:])
@@ -284,12 +290,6 @@ func (p *Pipeline) release(id ledger.RecordID, code, reason string) {
 	if err := p.o.Ledger.Release(ctx, id, code, reason); err != nil {
 		p.o.Logger.Error("releasing a reservation failed", "record_id", uint64(id), "err", err)
 	}
-}
-
-// verify checks the signature by recovery, with Core's rule (v 27/28 accepted, recovered
-// address must equal user_address).
-func verify(digest [32]byte, sig [65]byte, wallet common.Address) error {
-	return fourmica.VerifySignature(digest, sig[:], fourmica.Address(wallet))
 }
 
 func backendFault(err error) *Error {

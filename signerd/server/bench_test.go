@@ -63,14 +63,7 @@ func BenchmarkRawSign(b *testing.B) {
 }
 
 func BenchmarkEndToEnd(b *testing.B) {
-	for _, mode := range []string{"durable", "early", "deferred"} {
-		b.Run(mode, func(b *testing.B) { benchEndToEnd(b, mode) })
-	}
-}
-
-func benchEndToEnd(b *testing.B, mode string) {
 	d := startDaemon(b, func(c *config.Config) {
-		c.Performance.Reservation = mode
 		// SIGNERD_BENCH_STATE_DIR=/dev/shm puts the ledger on tmpfs, to separate the daemon's
 		// own cost from the disk's fsync latency (diagnostic only: tmpfs is not durable).
 		if dir := os.Getenv("SIGNERD_BENCH_STATE_DIR"); dir != "" {
