@@ -2,7 +2,7 @@
 GO ?= go
 export CGO_ENABLED := 1
 
-.PHONY: setup run test unit fuzz bench build
+.PHONY: setup run test unit fuzz bench build crash
 
 setup:
 	./scripts/setup.sh
@@ -28,3 +28,8 @@ fuzz:
 
 bench: setup
 	./scripts/bench.sh
+
+# SIGKILL crash test at full size: 100 kills, 16 clients (CRASH_KILLS, CRASH_CLIENTS override;
+# go test ./... runs it with 20 kills). Needs SoftHSM2 (make setup).
+crash:
+	./scripts/crash.sh

@@ -17,16 +17,25 @@ import (
 
 // record is a payment record as the admin API shows it.
 type record struct {
-	ID        string `json:"record_id"`
-	Status    string `json:"status"`
-	Wallet    string `json:"wallet"`
-	TabID     string `json:"tab_id"`
-	ReqID     string `json:"req_id"`
-	Claims    string `json:"claims"`
-	ClaimsHsh string `json:"claims_hash"`
-	Signature string `json:"signature"`
-	TaskID    string `json:"task_id"`
-	Digest    string `json:"digest"`
+	ID        string         `json:"record_id"`
+	Status    string         `json:"status"`
+	Wallet    string         `json:"wallet"`
+	TabID     string         `json:"tab_id"`
+	ReqID     string         `json:"req_id"`
+	Claims    string         `json:"claims"`
+	ClaimsHsh string         `json:"claims_hash"`
+	Signature string         `json:"signature"`
+	TaskID    string         `json:"task_id"`
+	Digest    string         `json:"digest"`
+	Code      string         `json:"code"`
+	Charges   []recordCharge `json:"charges"`
+}
+
+// recordCharge is one budget charge of a payment record as the admin API shows it.
+type recordCharge struct {
+	Key     string `json:"key"`
+	WindowS int64  `json:"window_s"`
+	Amount  string `json:"amount"`
 }
 
 func (e *env) records(t *testing.T) []record {
