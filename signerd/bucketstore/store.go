@@ -124,8 +124,8 @@ func (d *DB) Close() (err error) {
 // Path returns the store directory.
 func (d *DB) Path() string { return d.dir }
 
-// Syncs returns how many synced WAL writes (fdatasyncs) this handle made: Update commits and
-// Sync calls.
+// Syncs returns how many synced WAL writes (fdatasyncs) this handle completed: Update commits
+// and Sync calls.
 func (d *DB) Syncs() uint64 { return d.syncs.Load() }
 
 // View runs fn in a read-only transaction over a consistent snapshot.
@@ -179,10 +179,12 @@ func (d *DB) update(fn func(*Tx) error, sync bool) (err error) {
 	wo := pebble.NoSync
 	if sync {
 		wo = pebble.Sync
-		d.syncs.Add(1)
 	}
 	if err := b.Commit(wo); err != nil {
 		return classify(err, "commit")
+	}
+	if sync {
+		d.syncs.Add(1)
 	}
 	if tx.deleted {
 		d.forget()
@@ -234,8 +236,11 @@ func (d *DB) Sync() (err error) {
 		return ErrNotWritable
 	}
 	defer recoverCorrupt(&err, "sync")
+	if err := d.p.LogData(nil, pebble.Sync); err != nil {
+		return classify(err, "sync")
+	}
 	d.syncs.Add(1)
-	return classify(d.p.LogData(nil, pebble.Sync), "sync")
+	return nil
 }
 
 // Checkpoint writes a consistent copy of the store into the new directory dir (hard links where

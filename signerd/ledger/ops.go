@@ -46,6 +46,11 @@ type Reservation struct {
 	Digest     [32]byte // digest that will be signed
 	Scheme     string   // "eip712" | "eip191"
 	TaskID     string
+	// ResumeOnly asks only for the intent already recorded under the key with the same claims
+	// and digest (Duplicate or Resumable); anything else is NotResumable and nothing is written
+	// or charged. For a retry the policy denied because of the very request it retries (budget,
+	// rate, clock): it gets that request's signature, or a new one over the recorded digest.
+	ResumeOnly bool
 }
 
 func (r *Reservation) validate() error {
@@ -97,6 +102,9 @@ const (
 	Conflict
 	// BudgetExhausted: a charge does not fit; Result.Budget names it. Nothing written but the audit record.
 	BudgetExhausted
+	// NotResumable: a ResumeOnly reservation found no intent with its claims to resume. Nothing
+	// written, no audit record: the caller's own denial stands and the caller audits it.
+	NotResumable
 )
 
 func (o Outcome) String() string {
@@ -111,6 +119,8 @@ func (o Outcome) String() string {
 		return "conflict"
 	case BudgetExhausted:
 		return "budget_exhausted"
+	case NotResumable:
+		return "not_resumable"
 	}
 	return "invalid"
 }
@@ -149,12 +159,13 @@ type reserveOp struct {
 // Duplicate signatures, conflicts and denials wait for durability.
 func (o *reserveOp) earlyOK() bool { return o.res.Outcome == Reserved || o.res.Outcome == Resumable }
 
-// wroteNothing: a Resumable of an intent still in flight in this process writes nothing.
+// wroteNothing: a NotResumable answer writes nothing.
 func (o *reserveOp) wroteNothing() bool {
-	return o.err == nil && o.res.AuditSeq == 0 && o.res.Outcome == Resumable
+	return o.err == nil && o.res.AuditSeq == 0 && o.res.Outcome == NotResumable
 }
 
-func (o *reserveOp) lazy() bool { return false }
+// lazy: a NotResumable answer wrote nothing and needs no fsync.
+func (o *reserveOp) lazy() bool { return o.err == nil && o.res.Outcome == NotResumable }
 
 // Reserve decides a request's intent and records it: it checks the replay key and every budget
 // charge and, if all pass, writes the payment record (status reserved), the replay entry and the
@@ -219,42 +230,12 @@ func (o *reserveOp) apply(tx *bucketstore.Tx, now time.Time) error {
 	ev := o.event()
 
 	// 1. Replay.
-	if v := tx.Bucket(bucketReplay).Get(rk); v != nil {
-		e, err := parseReplay(rk, v)
-		if err != nil {
-			o.err = err
-			return nil
-		}
-		if e.status == replayPruned {
-			// Signed long ago and pruned (archived, see prune.go): never signed or charged again.
-			o.res.Outcome, o.res.RecordID, ev.RecordID = Conflict, e.id, uint64(e.id)
-			ev.Decision, ev.Code = "deny", CodeReplayConflict
-			ev.Reason = fmt.Sprintf("(wallet, tab_id, req_id) was used by record %d, signed and since pruned (archived): it is not signed again", e.id)
-			return o.audit(tx, now, ev)
-		}
-		if e.status != StatusReleased.byte() {
-			rec, err := getRecord(tx, e.id)
-			if err != nil {
-				o.err = fmt.Errorf("replay entry points to record %d: %w", e.id, err)
-				return nil
-			}
-			o.res.RecordID, ev.RecordID = e.id, uint64(e.id)
-			switch {
-			case e.claims != o.h || rec.Digest != r.Digest: // other claims, or the same claims under another scheme
-				o.res.Outcome = Conflict
-				ev.Decision, ev.Code = "deny", CodeReplayConflict
-				ev.Reason = fmt.Sprintf("(wallet, tab_id, req_id) already used by record %d with different claims or scheme", e.id)
-			case rec.Status == StatusSigned:
-				o.res.Outcome, o.res.Signature, o.res.Digest = Duplicate, rec.Signature, rec.Digest
-				ev.Decision, ev.Code, ev.Signature = "allow", CodeReplayDuplicate, rec.Signature
-				ev.Reason = "retry of a signed request: stored signature returned"
-			default:
-				o.res.Outcome, o.res.Digest = Resumable, rec.Digest
-				ev.Decision, ev.Code = "allow", CodeReplayResume
-				ev.Reason = "retry of a reserved, unsigned request"
-			}
-			return o.audit(tx, now, ev)
-		}
+	if done, err := o.replay(tx, now, rk, ev); done || err != nil {
+		return err
+	}
+	if r.ResumeOnly { // no intent with these claims to resume: the caller's denial stands
+		o.res.Outcome = NotResumable
+		return nil
 	}
 
 	// 2. Budgets: check every charge (charges of this request on the same counter add up).
@@ -318,6 +299,54 @@ func (o *reserveOp) apply(tx *bucketstore.Tx, now time.Time) error {
 	o.res.Outcome, o.res.RecordID, o.res.Digest = Reserved, rec.ID, r.Digest
 	ev.Decision, ev.RecordID, ev.Charges = "allow", uint64(rec.ID), auditCharges(rec.Charges)
 	return o.audit(tx, now, ev)
+}
+
+// replay answers a request whose key is in use: done reports that it was answered (Conflict,
+// Duplicate, Resumable, or NotResumable for a ResumeOnly request with other claims).
+func (o *reserveOp) replay(tx *bucketstore.Tx, now time.Time, rk []byte, ev audit.Event) (bool, error) {
+	v := tx.Bucket(bucketReplay).Get(rk)
+	if v == nil {
+		return false, nil
+	}
+	e, err := parseReplay(rk, v)
+	if err != nil {
+		o.err = err
+		return true, nil
+	}
+	if e.status == StatusReleased.byte() {
+		return false, nil
+	}
+	o.res.RecordID, ev.RecordID = e.id, uint64(e.id)
+	var rec *PaymentRecord
+	if e.status != replayPruned {
+		if rec, err = getRecord(tx, e.id); err != nil {
+			o.err = fmt.Errorf("replay entry points to record %d: %w", e.id, err)
+			return true, nil
+		}
+	}
+	switch {
+	case o.r.ResumeOnly && (rec == nil || e.claims != o.h || rec.Digest != o.r.Digest):
+		o.res = Result{Outcome: NotResumable}
+		return true, nil
+	case rec == nil:
+		// Signed long ago and pruned (archived, see prune.go): never signed or charged again.
+		o.res.Outcome = Conflict
+		ev.Decision, ev.Code = "deny", CodeReplayConflict
+		ev.Reason = fmt.Sprintf("(wallet, tab_id, req_id) was used by record %d, signed and since pruned (archived): it is not signed again", e.id)
+	case e.claims != o.h || rec.Digest != o.r.Digest: // other claims, or the same claims under another scheme
+		o.res.Outcome = Conflict
+		ev.Decision, ev.Code = "deny", CodeReplayConflict
+		ev.Reason = fmt.Sprintf("(wallet, tab_id, req_id) already used by record %d with different claims or scheme", e.id)
+	case rec.Status == StatusSigned:
+		o.res.Outcome, o.res.Signature, o.res.Digest = Duplicate, rec.Signature, rec.Digest
+		ev.Decision, ev.Code, ev.Signature = "allow", CodeReplayDuplicate, rec.Signature
+		ev.Reason = "retry of a signed request: stored signature returned"
+	default:
+		o.res.Outcome, o.res.Digest = Resumable, rec.Digest
+		ev.Decision, ev.Code = "allow", CodeReplayResume
+		ev.Reason = "retry of a reserved, unsigned request (possibly signed before a restart): re-signed, not charged again"
+	}
+	return true, o.audit(tx, now, ev)
 }
 
 func (o *reserveOp) audit(tx *bucketstore.Tx, now time.Time, ev audit.Event) error {

@@ -1,7 +1,6 @@
 package pipeline
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -60,6 +59,7 @@ func (p *Pipeline) Sign(ctx context.Context, a *Admission, req *Request) (res *R
 	}
 
 	var approvalID string // the approval that let the request through (audited by the approvals manager)
+	resumeOnly := false   // the policy denied: only an identical recorded intent may be answered
 	switch dec.Outcome {
 	case policyengine.Allow:
 	case policyengine.NeedsApproval:
@@ -74,15 +74,14 @@ func (p *Pipeline) Sign(ctx context.Context, a *Admission, req *Request) (res *R
 			p.o.Logger.Error("policy could not read usage", "err", dec.Err)
 			return nil, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the budget ledger is unavailable", dec.Err)
 		}
-		// An agent retrying a request that was already signed may now be over its budget, rate
-		// or timestamp skew because of that very request: it gets the stored signature.
-		if res := p.storedRetry(ctx, dec.Code, wallet, pay, req, canon, base); res != nil {
-			return res, nil
+		if !deniedByItself(dec.Code) {
+			return nil, p.deny(ctx, base, dec)
 		}
-		ev := base
-		ev.Decision, ev.Code, ev.Rule, ev.Reason = "deny", dec.Code, dec.Rule, dec.Reason
-		p.auditAsync(ctx, ev)
-		return nil, denied(http.StatusForbidden, dec.Code, dec.Rule, dec.Reason)
+		// An agent retrying a request that was signed, or possibly signed before a restart, may
+		// now be over its budget, rate or timestamp skew because of that very request: the
+		// ledger answers from that request's intent (its signature, or a new one over its
+		// digest, with no charge), or not at all and the denial stands.
+		resumeOnly = true
 	}
 
 	// The key must exist before anything is reserved.
@@ -104,13 +103,19 @@ func (p *Pipeline) Sign(ctx context.Context, a *Admission, req *Request) (res *R
 	resv := ledger.Reservation{
 		Wallet: wallet, TabID: pay.TabID.Big(), ReqID: pay.ReqID.Big(), Claims: canon, Charges: dec.Charges,
 		Principal: a.Principal(), Agent: a.Agent, PolicyHash: phash[:], Rule: dec.Rule, Digest: digest,
-		Scheme: string(req.Scheme), TaskID: req.TaskID,
+		Scheme: string(req.Scheme), TaskID: req.TaskID, ResumeOnly: resumeOnly,
+	}
+	if resumeOnly {
+		resv.Charges = nil
 	}
 	// The intent is decided in memory and answered at once; its write-ahead-log append and
 	// fsync run while the key signs, and the signature leaves only once both are done.
 	rr, rerr := p.o.Ledger.Reserve(ctx, resv)
 	if rerr != nil {
 		return nil, fault(http.StatusServiceUnavailable, CodeStoreUnavailable, "the ledger could not record the request", rerr)
+	}
+	if rr.Outcome == ledger.NotResumable {
+		return nil, p.deny(ctx, base, dec)
 	}
 	if res, err, done := p.reserved(rr, req, digest, wallet, nil); done {
 		return res, err
@@ -443,47 +448,21 @@ func (p *Pipeline) auditAsync(ctx context.Context, ev audit.Event) {
 	}
 }
 
-// storedRetry returns the stored signature of an identical, already signed request when the
-// policy denied its retry for a reason the first request itself causes (budget, rate, clock).
-//
-// The record is read outside the committer, and bbolt readers can see a group whose fdatasync
-// has not returned yet. So the answer is audited with AppendAudit before it is returned: the
-// committer runs that write after the group holding the signature has finished, which makes it
-// a durability barrier as well as the decision's audit record. If it fails, the stored
-// signature is not returned (the caller gets the policy's denial).
-func (p *Pipeline) storedRetry(ctx context.Context, code string, wallet common.Address, pay *fourmica.ClaimsV1, req *Request, canon []byte, base audit.Event) *Result {
+// deniedByItself reports whether a policy denial may be caused by the very request an agent
+// retries (it charged the budget, counted against the rate, or its timestamp aged): such a
+// denial is put to the ledger as a ResumeOnly reservation first.
+func deniedByItself(code string) bool {
 	switch code {
 	case policyengine.CodeBudgetExhausted, policyengine.CodeRateLimited, policyengine.CodeStaleTimestamp:
-	default:
-		return nil
+		return true
 	}
-	rec, err := p.Lookup(wallet, pay.TabID.Big(), pay.ReqID.Big())
-	if err != nil || rec == nil || rec.Status != ledger.StatusSigned || len(rec.Signature) != 65 ||
-		!bytes.Equal(rec.Claims, canon) || rec.Scheme != string(req.Scheme) {
-		return nil
-	}
-	digest, err := p.o.Domain.Digest(req.Claims, req.Scheme)
-	if err != nil || digest != rec.Digest {
-		return nil
-	}
-	if err := fourmica.VerifySignature(digest, rec.Signature, fourmica.Address(wallet)); err != nil {
-		p.o.Logger.Error("stored signature does not verify: ledger damaged; not returned", "record_id", rec.ID, "err", err)
-		return nil
-	}
-	release, ok := p.o.KillSwitch.Pass()
-	if !ok {
-		return nil
-	}
+	return false
+}
+
+// deny audits a policy denial (asynchronously: no signature leaves) and returns it.
+func (p *Pipeline) deny(ctx context.Context, base audit.Event, dec policyengine.Decision) *Error {
 	ev := base
-	ev.Decision, ev.Code, ev.RecordID = "allow", ledger.CodeReplayDuplicate, uint64(rec.ID)
-	ev.Reason = "identical retry of a signed request (policy: " + code + "): stored signature returned"
-	ev.Digest, ev.Signature = digest[:], rec.Signature
-	if _, err := p.o.Ledger.AppendAudit(ctx, ev); err != nil {
-		release()
-		p.o.Logger.Error("stored signature withheld: its audit record could not be written", "record_id", rec.ID, "err", err)
-		return nil
-	}
-	res := &Result{Claims: req.Claims, Scheme: req.Scheme, Digest: digest, RecordID: rec.ID, Replayed: true, release: release}
-	copy(res.Signature[:], rec.Signature)
-	return res
+	ev.Decision, ev.Code, ev.Rule, ev.Reason = "deny", dec.Code, dec.Rule, dec.Reason
+	p.auditAsync(ctx, ev)
+	return denied(http.StatusForbidden, dec.Code, dec.Rule, dec.Reason)
 }

@@ -15,12 +15,10 @@ import (
 	"github.com/signerd/signerd/signerd/ledger"
 )
 
-// TestStoredRetryHandsOutSignatureBeforeDurable: storedRetry reads the ledger with a
-// bbolt read transaction (Lookup → ByTab), which sees a Commit's group after bbolt's meta
-// pwrite but before its fdatasync has returned. An identical retry the policy denies
-// (budget/rate/stale) is then given the signature while the first request's Commit is still
-// in progress — i.e. before its record is durable. (Reserve's Duplicate path does not have
-// this problem: it runs in the committer, after the previous group's fsync.)
+// TestStoredRetryHandsOutSignatureBeforeDurable: a signature is recorded without an fsync of
+// its own (RecordSignature) and readers see it at once. An identical retry the policy denies
+// (budget/rate/stale) is answered from the ledger (ResumeOnly): the stored signature must not
+// be handed out until a sync that began after the signature was applied has completed.
 func TestStoredRetryHandsOutSignatureBeforeDurable(t *testing.T) {
 	early := 0
 	const rounds = 40
@@ -31,8 +29,6 @@ func TestStoredRetryHandsOutSignatureBeforeDurable(t *testing.T) {
 	ctx := context.Background()
 	for i := 1; i <= rounds; i++ {
 		req := uint64(i)
-		var g0 atomic.Uint64
-		f.l.afterReserve = func() { g0.Store(f.l.Stats().Groups) } // Commit's group has not run yet
 		var stop atomic.Bool
 		got := make(chan bool, 1)
 		go func() {
@@ -41,12 +37,13 @@ func TestStoredRetryHandsOutSignatureBeforeDurable(t *testing.T) {
 				if rec == nil || rec.Status != ledger.StatusSigned {
 					continue
 				}
+				seen := f.l.Stats().Syncs // completed syncs when the signature was first visible
 				r, err := f.p.Sign(ctx, admDeny, f.request(req, 1))
 				if err != nil {
 					got <- false
 					return
 				}
-				before := f.l.Stats().Groups == g0.Load() // no group has finished since the Commit was queued
+				before := f.l.Stats().Syncs == seen // no sync completed since
 				r.Done()
 				got <- before
 				return
@@ -64,7 +61,7 @@ func TestStoredRetryHandsOutSignatureBeforeDurable(t *testing.T) {
 		}
 	}
 	if early > 0 {
-		t.Fatalf("%d of %d retries were given the stored signature before the group holding it had finished its fsync", early, rounds)
+		t.Fatalf("%d of %d retries were given the stored signature before any sync after it had completed", early, rounds)
 	}
 }
 
