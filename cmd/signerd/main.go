@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -63,8 +64,17 @@ func run(args []string, stderr io.Writer) int {
 		fs := flag.NewFlagSet("run", flag.ContinueOnError)
 		fs.SetOutput(stderr)
 		path := fs.String("config", "/etc/signerd/signerd.yaml", "configuration file")
+		prof := fs.String("cpuprofile", "", "write a Go CPU profile to this file until the daemon stops (diagnostics)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return helpOrUsage(err)
+		}
+		if *prof != "" {
+			stop, err := startCPUProfile(*prof)
+			if err != nil {
+				fmt.Fprintln(stderr, "signerd:", err)
+				return 1
+			}
+			defer stop()
 		}
 		if cfg, err = config.Load(*path); err != nil {
 			fmt.Fprintln(stderr, "signerd:", err)
@@ -249,4 +259,21 @@ func provisionDev(dir string, stderr io.Writer) (*config.Config, hsm.Backend, er
 	fmt.Fprintf(stderr, "signerd dev: agents use %s; operators: export SIGNERD_ADMIN_SOCKET=%s (signerctl --socket)\n",
 		cfg.Sockets.Agent.Path, cfg.Sockets.Admin.Path)
 	return cfg, b, nil
+}
+
+// startCPUProfile writes a CPU profile to path (created 0600, never overwritten) until the
+// returned function is called.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpuprofile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }

@@ -344,7 +344,11 @@ func (e *env) start() {
 		e.t.Fatal(err)
 	}
 	e.logf = f
-	cmd := exec.Command(signerdBin, "run", "--config", e.cfg)
+	args := []string{"run", "--config", e.cfg}
+	if p := os.Getenv("SIGNERD_E2E_CPUPROFILE"); p != "" { // diagnostics: profile the daemon
+		args = append(args, "--cpuprofile", fmt.Sprintf("%s.%d", p, time.Now().UnixNano()))
+	}
+	cmd := exec.Command(signerdBin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
