@@ -706,6 +706,13 @@ func auditVerify(a *adminFlags, dbPath string, anchors []audit.Anchor, archives 
 			return exitRefused
 		}
 		rep, err = audit.VerifyAnchored(db, anchors)
+		if err == nil {
+			err = db.View(func(tx *bucketstore.Tx) error {
+				var err error
+				rep, err = ledger.AddStateCheck(tx, rep, time.Now())
+				return err
+			})
+		}
 		db.Close()
 		if err != nil && !errors.Is(err, audit.ErrCorrupt) {
 			fmt.Fprintf(stderr, "signerctl: verifying %s: %v\n", dbPath, err)
@@ -747,6 +754,13 @@ func auditVerify(a *adminFlags, dbPath string, anchors []audit.Anchor, archives 
 		printJSON(stdout, rep)
 	case rep.FirstBad == nil && len(failed) == 0 && rep.OK:
 		fmt.Fprintf(stdout, "audit log OK: %d records, chain unbroken, head seq %d hash %s\n", rep.Records, rep.HeadSeq, rep.HeadHash)
+		switch rep.State {
+		case "ok":
+			fmt.Fprintln(stdout, "ledger state OK: payment records, signatures, replay keys, budget usage and operator state match the audit log")
+		case "":
+		default:
+			fmt.Fprintf(stdout, "ledger state not compared: %s\n", rep.State)
+		}
 		if rep.PrunedThrough > 0 {
 			fmt.Fprintf(stdout, "records 1..%d were pruned (archived); the chain is verified from the checkpoint seq %d hash %s\n",
 				rep.PrunedThrough, rep.PrunedThrough, rep.CheckpointHash)
@@ -765,6 +779,9 @@ func auditVerify(a *adminFlags, dbPath string, anchors []audit.Anchor, archives 
 		if rep.FirstBad != nil {
 			fmt.Fprintf(stdout, "audit log BROKEN: first bad record %d: %s (records 1..%d are good, last good hash %s)\n",
 				rep.FirstBad.Seq, rep.FirstBad.Problem, rep.HeadSeq, rep.HeadHash)
+		} else if rep.State != "" && rep.State != "ok" && !rep.OK && len(failed) == 0 {
+			fmt.Fprintf(stdout, "audit log OK (%d records, head seq %d) but the ledger state does NOT match it: %s\n",
+				rep.Records, rep.HeadSeq, rep.State)
 		} else if len(failed) > 0 {
 			fmt.Fprintf(stdout, "audit log does NOT match its anchors: the chain is unbroken (%d records, head seq %d hash %s) but %d of %d anchors FAILED\n",
 				rep.Records, rep.HeadSeq, rep.HeadHash, len(failed), len(rep.Anchors))

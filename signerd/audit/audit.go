@@ -294,6 +294,10 @@ type Report struct {
 	FirstBad       *CorruptError `json:"first_bad,omitempty"` // nil when the chain is unbroken
 	// Anchors holds the result of each anchor checked (VerifyAnchored); OK is false if any failed.
 	Anchors []AnchorResult `json:"anchors,omitempty"`
+	// State is the ledger's check of the state bound to the chain (ledger.VerifyState): "ok",
+	// a note why it was not compared, or the first difference (then OK is false). Empty when
+	// not checked.
+	State string `json:"state,omitempty"`
 }
 
 // MarshalJSON renders a CorruptError for reports.

@@ -222,3 +222,58 @@ func CheckAnchorsAfter(anchors []Anchor, head uint64, cp Checkpoint, get RecordL
 }
 
 var errPruned = errors.New("audit: record pruned")
+
+// VerifyRecentTx verifies the last n records of the chain (fewer after a prune checkpoint): each
+// decodes, links to the one before it, the last one is the head, and nothing follows the head.
+// It is the daemon's start-up check; Verify walks the whole chain.
+func VerifyRecentTx(tx *bucketstore.Tx, n uint64) (Report, error) {
+	rep := Report{}
+	cp, err := CheckpointTx(tx)
+	if err != nil {
+		return rep, err
+	}
+	head, hh, err := Head(tx)
+	if err != nil {
+		return rep, err
+	}
+	if head < cp.Seq {
+		return rep, &CorruptError{Seq: head, Problem: fmt.Sprintf("head says seq %d, before the prune checkpoint (seq %d)", head, cp.Seq)}
+	}
+	start := cp.Seq + 1
+	if n > 0 && head > n && head-n+1 > start {
+		start = head - n + 1
+	}
+	prev := cp.Hash
+	if start > cp.Seq+1 {
+		r, ok, err := Get(tx, start-1)
+		if err != nil {
+			return rep, err
+		}
+		if !ok {
+			return rep, &CorruptError{Seq: start - 1, Problem: "record missing"}
+		}
+		prev = r.Hash
+	}
+	for seq := start; seq <= head; seq++ {
+		r, ok, err := Get(tx, seq)
+		if err != nil {
+			return rep, err
+		}
+		if !ok {
+			return rep, &CorruptError{Seq: seq, Problem: "record missing before the head"}
+		}
+		if !bytes.Equal(r.Prev, prev[:]) {
+			return rep, &CorruptError{Seq: seq, Problem: fmt.Sprintf("record %d does not link to record %d", seq, seq-1)}
+		}
+		prev = r.Hash
+		rep.Records++
+	}
+	if head > cp.Seq && prev != hh {
+		return rep, &CorruptError{Seq: head, Problem: "last record does not match the head hash"}
+	}
+	if _, ok, _ := Get(tx, head+1); ok {
+		return rep, &CorruptError{Seq: head + 1, Problem: fmt.Sprintf("record %d is beyond the head (seq %d): appended outside the log", head+1, head)}
+	}
+	rep.OK, rep.HeadSeq, rep.HeadHash = true, head, "0x"+hex.EncodeToString(prev[:])
+	return rep, nil
+}

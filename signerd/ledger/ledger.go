@@ -233,17 +233,43 @@ func Open(opts Options) (*Ledger, error) {
 	l.pruneAt = l.lastPrune.Round(0)
 	l.maxSeen = l.pruneAt
 	if err := db.View(func(tx *bucketstore.Tx) error {
+		if _, err := audit.VerifyRecentTx(tx, startWindow); err != nil {
+			return fmt.Errorf("the last %d audit records do not verify (run signerctl audit verify --db %s): %w", startWindow, opts.Path, err)
+		}
 		if err := l.loadIDs(tx); err != nil {
 			return err
 		}
 		return l.usage.load(tx)
-	}); err != nil {
+	}); errors.Is(err, ErrCorrupt) {
+		_ = db.Close()
+		return nil, err
+	} else if err != nil {
 		_ = db.Close()
 		return nil, &StoreError{Op: "init", Err: err}
 	}
 	go l.commitLoop()
 	go l.syncLoop()
 	return l, nil
+}
+
+// startWindow is how many of the newest audit records Open verifies before the ledger serves;
+// CheckInBackground verifies the rest, and the state bound to the chain.
+const startWindow = 4096
+
+// CheckInBackground verifies the whole audit chain and the state bound to it (VerifyAudit) in a
+// goroutine, then calls done with the outcome (nil: intact). On a mismatch the ledger stops
+// taking writes, as after a failed group: Health reports the problem (readiness fails with the
+// reason) and every write — every signature — is refused until an operator has looked.
+func (l *Ledger) CheckInBackground(done func(error)) {
+	go func() {
+		_, err := l.VerifyAudit()
+		if errors.Is(err, ErrCorrupt) {
+			l.fatal.CompareAndSwap(nil, &StoreError{Op: "integrity check", Err: err})
+		}
+		if done != nil {
+			done(err)
+		}
+	}()
 }
 
 // initStore creates the buckets and checks the schema version.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/big"
@@ -661,6 +662,17 @@ func (l *Ledger) PutState(ctx context.Context, key string, value []byte, ev audi
 	if value != nil {
 		o.value = append([]byte{}, value...)
 	}
+	// Bind the value to the chain (see verifystate.go).
+	attrs := make(map[string]string, len(ev.Attrs)+2)
+	for k, v := range ev.Attrs {
+		attrs[k] = v
+	}
+	attrs[attrStateKey], attrs[attrStateSHA256] = key, ""
+	if value != nil {
+		h := sha256.Sum256(value)
+		attrs[attrStateSHA256] = hex.EncodeToString(h[:])
+	}
+	o.ev.Attrs = attrs
 	return l.submit(ctx, o)
 }
 

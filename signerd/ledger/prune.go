@@ -591,6 +591,13 @@ func (o *pruneOp) apply(tx *bucketstore.Tx, now time.Time) error {
 	}
 	o.sum = ArchiveSummary{Before: o.req.Before, From: p.from, Through: p.through,
 		AuditRecords: int(p.through.Seq - p.from.Seq), PaymentRecords: len(p.ids), Plan: p.digest(), SHA256: o.req.ArchiveSHA256}
+	// The state the chain implies now, before its beginning is deleted (nil: a ledger pruned
+	// before state binding, which stays unbound).
+	base, err := pruneBase(tx)
+	if err != nil {
+		o.err = err
+		return nil
+	}
 	// Writes from here on: any error rolls the group back (returned, not set in o.err).
 	if p.through.Seq > p.from.Seq {
 		if _, _, err := audit.PruneTx(tx, p.through.Seq, p.through.Hash); err != nil {
@@ -627,17 +634,25 @@ func (o *pruneOp) apply(tx *bucketstore.Tx, now time.Time) error {
 		if err := sb.Delete(id.key()); err != nil {
 			return err
 		}
+		base.forget(uint64(id))
+	}
+	attrs, err := storeBase(tx, base)
+	if err != nil {
+		return err
+	}
+	for k, v := range map[string]string{
+		"before":          o.req.Before.UTC().Format(time.RFC3339Nano),
+		"pruned_through":  strconv.FormatUint(p.through.Seq, 10),
+		"checkpoint_hash": hash32(p.through.Hash),
+		"audit_records":   strconv.Itoa(o.sum.AuditRecords),
+		"payment_records": strconv.Itoa(o.sum.PaymentRecords),
+		"plan":            hash32(o.sum.Plan),
+		"archive_sha256":  hash32(o.req.ArchiveSHA256),
+	} {
+		attrs[k] = v
 	}
 	o.rec, err = audit.Append(tx, now, audit.Event{Kind: audit.KindRetention, Operator: o.req.Operator,
-		Reason: "archived and pruned", Attrs: map[string]string{
-			"before":          o.req.Before.UTC().Format(time.RFC3339Nano),
-			"pruned_through":  strconv.FormatUint(p.through.Seq, 10),
-			"checkpoint_hash": hash32(p.through.Hash),
-			"audit_records":   strconv.Itoa(o.sum.AuditRecords),
-			"payment_records": strconv.Itoa(o.sum.PaymentRecords),
-			"plan":            hash32(o.sum.Plan),
-			"archive_sha256":  hash32(o.req.ArchiveSHA256),
-		}})
+		Reason: "archived and pruned", Attrs: attrs})
 	return err
 }
 

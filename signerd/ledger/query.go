@@ -238,10 +238,38 @@ func (l *Ledger) VerifyAudit() (audit.Report, error) {
 	var rep audit.Report
 	err := l.view("audit_verify", func(tx *bucketstore.Tx) error {
 		var err error
-		rep, err = audit.VerifyTx(tx)
+		rep, err = VerifyTx(tx, l.clock())
 		return err
 	})
 	return rep, err
+}
+
+// VerifyTx verifies the audit chain and, if it is unbroken, the state bound to it (see
+// verifystate.go), in one read transaction; rep.State says how the state compared. A broken
+// chain or a state difference is an error matching ErrCorrupt.
+func VerifyTx(tx *bucketstore.Tx, now time.Time) (audit.Report, error) {
+	rep, err := audit.VerifyTx(tx)
+	if err != nil {
+		return rep, err
+	}
+	return AddStateCheck(tx, rep, now)
+}
+
+// AddStateCheck runs VerifyStateTx and records its outcome in rep.
+func AddStateCheck(tx *bucketstore.Tx, rep audit.Report, now time.Time) (audit.Report, error) {
+	st, err := VerifyStateTx(tx, now)
+	switch {
+	case err != nil && errors.Is(err, ErrCorrupt):
+		rep.OK, rep.State = false, err.Error()
+		return rep, err
+	case err != nil:
+		return rep, err
+	case st.Unbound != "":
+		rep.State = st.Unbound
+	default:
+		rep.State = "ok"
+	}
+	return rep, nil
 }
 
 // ExportAudit writes audit records with seq ≥ from as JSON lines (see audit.Export).

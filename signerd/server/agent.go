@@ -571,7 +571,11 @@ func (d *Daemon) ready(ctx context.Context) (bool, map[string]any) {
 	h := d.be().Health(ctx)
 	st := map[string]any{"backend": h}
 	ok := h.OK
-	if err := d.ledger.Health(); err != nil {
+	if err := d.ledger.Health(); errors.Is(err, ledger.ErrCorrupt) {
+		st["store"] = map[string]any{"ok": false, "reason": "the ledger failed its integrity check: " + err.Error()}
+		d.log.Error("readiness: ledger integrity", "err", err)
+		ok = false
+	} else if err != nil {
 		st["store"] = map[string]any{"ok": false, "reason": "the ledger cannot take writes"}
 		d.log.Error("readiness: ledger unhealthy", "err", err)
 		ok = false
