@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime/debug"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/signerd/signerd/signerd/audit"
 	"github.com/signerd/signerd/signerd/bucketstore"
@@ -43,18 +47,34 @@ func IsBoltFile(path string) (bool, error) {
 // current store, once: every bucket is copied with its sequences into path+".migrating", the
 // copy is verified (the audit chain verifies and every bucket holds the same keys and values as
 // the original), the original is renamed to path+".bbolt-backup-<UTC time>" and kept, and the
-// copy is renamed to path. A crash at any step leaves either the original in place (the next
-// start migrates again from scratch) or the finished store.
-func migrateIfBolt(path string, lockTimeout time.Duration) error {
+// copy is renamed to path. A crash at any step leaves the original in place (the next start
+// migrates again from scratch), the finished store, or — between the two renames — the backup
+// and the copy but nothing at path, which the next start undoes (see undoInterruptedSwitch)
+// before migrating again.
+func migrateIfBolt(path string, lockTimeout time.Duration) (err error) {
+	if err := undoInterruptedSwitch(path); err != nil {
+		return err
+	}
 	ok, err := IsBoltFile(path)
 	if !ok || err != nil {
 		return err
 	}
-	src, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: lockTimeout})
+	// A damaged file can make bbolt panic or fault on its memory map: that is corruption.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			_ = os.RemoveAll(path + ".migrating")
+			err = fmt.Errorf("%w: %s: the bbolt ledger cannot be read (%v); the file was left as it is", ErrCorrupt, path, r)
+		}
+	}()
+	src, err := openBolt(path, lockTimeout)
 	if err != nil {
-		return &StoreError{Op: "migrate: open the bbolt ledger", Err: err}
+		return err
 	}
 	defer src.Close()
+	if err := checkSchema(src, path); err != nil {
+		return err
+	}
 	tmp := path + ".migrating"
 	if err := os.RemoveAll(tmp); err != nil {
 		return &StoreError{Op: "migrate", Err: err}
@@ -63,12 +83,98 @@ func migrateIfBolt(path string, lockTimeout time.Duration) error {
 		_ = os.RemoveAll(tmp)
 		return err
 	}
-	backup := path + ".bbolt-backup-" + time.Now().UTC().Format("20060102T150405Z")
+	dir := filepath.Dir(path)
+	if err := syncDir(dir); err != nil { // the copy's directory entry is durable before the renames
+		return err
+	}
+	backup := backupName(path, time.Now())
 	if err := os.Rename(path, backup); err != nil {
 		return &StoreError{Op: "migrate: keep the bbolt ledger as " + backup, Err: err}
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return &StoreError{Op: "migrate: switch to the new store", Err: err}
+	}
+	return syncDir(dir)
+}
+
+// openBolt opens the bbolt ledger at path read-only. A file bbolt cannot read is ErrCorrupt.
+func openBolt(path string, lockTimeout time.Duration) (*bolt.DB, error) {
+	src, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: lockTimeout})
+	switch {
+	case errors.Is(err, berrors.ErrInvalid) || errors.Is(err, berrors.ErrChecksum) || errors.Is(err, berrors.ErrVersionMismatch):
+		return nil, fmt.Errorf("%w: %s is not a readable bbolt ledger: %v", ErrCorrupt, path, err)
+	case err != nil:
+		return nil, &StoreError{Op: "migrate: open the bbolt ledger", Err: err}
+	}
+	return src, nil
+}
+
+// checkSchema checks that src is a signerd ledger (ErrCorrupt if it is a bbolt file of
+// something else) of the schema this build migrates (ErrInvalid if another).
+func checkSchema(src *bolt.DB, path string) error {
+	return src.View(func(tx *bolt.Tx) error {
+		m := tx.Bucket(bucketMeta)
+		if m == nil || m.Get(schemaKey) == nil {
+			return fmt.Errorf("%w: %s is a bbolt file but not a signerd ledger (no schema in it)", ErrCorrupt, path)
+		}
+		if v := m.Get(schemaKey); !bytes.Equal(v, schemaVersion) {
+			return fmt.Errorf("%w: %s: ledger schema %q, this build migrates %q", ErrInvalid, path, v, schemaVersion)
+		}
+		return nil
+	})
+}
+
+// backupPrefix is what the name of a bbolt ledger kept by a migration starts with, after the
+// ledger's own name.
+const backupPrefix = ".bbolt-backup-"
+
+// backupName names the backup of the bbolt ledger at path migrated at now: path+
+// ".bbolt-backup-<UTC time>", with "-N" added if a file of that name exists (a rename would
+// replace it).
+func backupName(path string, now time.Time) string {
+	name := path + backupPrefix + now.UTC().Format("20060102T150405Z")
+	for n, cand := 1, name; ; n++ {
+		if _, err := os.Lstat(cand); errors.Is(err, fs.ErrNotExist) {
+			return cand
+		}
+		cand = fmt.Sprintf("%s-%d", name, n)
+	}
+}
+
+// undoInterruptedSwitch repairs a migration that stopped between its two renames: nothing at
+// path, the verified copy at path+".migrating" and the original already renamed to its backup.
+// Without it Open would create an empty ledger at path, forgetting every signature, replay key
+// and charge. The newest backup is renamed back to path, so the migration runs again from
+// scratch (re-copied, re-verified). With nothing at path, a copy, and no backup, it refuses.
+func undoInterruptedSwitch(path string) error {
+	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if _, err := os.Lstat(path + ".migrating"); err != nil {
+		return nil
+	}
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return &StoreError{Op: "migrate: look for the bbolt backup", Err: err}
+	}
+	last := ""
+	for _, e := range entries { // names sort by their UTC time: the last one is the newest
+		if e.Type().IsRegular() && strings.HasPrefix(e.Name(), base+backupPrefix) {
+			last = filepath.Join(dir, e.Name())
+		}
+	}
+	if last == "" {
+		return &StoreError{Op: "migrate", Err: fmt.Errorf("%s is missing and %s.migrating, an interrupted migration's copy, is there, but no %s%s* file: restore the ledger file (or remove %s.migrating if the ledger is meant to start empty)", path, path, path, backupPrefix, path)}
+	}
+	if ok, err := IsBoltFile(last); !ok {
+		return fmt.Errorf("%w: %s, the backup of an interrupted migration, is not a bbolt ledger (%v)", ErrCorrupt, last, err)
+	}
+	if err := os.Rename(last, path); err != nil {
+		return &StoreError{Op: "migrate: put the bbolt ledger back from " + last, Err: err}
 	}
 	return syncDir(filepath.Dir(path))
 }
@@ -119,7 +225,7 @@ func copyBucket(dst *bucketstore.DB, name []byte, sb *bolt.Bucket) error {
 			}
 			for n := 0; k != nil && n < 4096; k, v = c.Next() {
 				if v == nil {
-					return fmt.Errorf("bucket %q holds a nested bucket %x (not a ledger)", name, k)
+					return fmt.Errorf("%w: bucket %q holds a nested bucket %x (not a ledger)", ErrCorrupt, name, k)
 				}
 				if err := b.Put(k, v); err != nil {
 					return err
