@@ -708,6 +708,10 @@ func auditVerify(a *adminFlags, dbPath string, anchors []audit.Anchor, archives 
 		rep, err = audit.VerifyAnchored(db, anchors)
 		if err == nil {
 			err = db.View(func(tx *bucketstore.Tx) error {
+				if err := ledger.CheckHeadMark(tx, dbPath); err != nil {
+					rep.OK, rep.State = false, err.Error()
+					return err
+				}
 				var err error
 				rep, err = ledger.AddStateCheck(tx, rep, time.Now())
 				return err
@@ -780,7 +784,7 @@ func auditVerify(a *adminFlags, dbPath string, anchors []audit.Anchor, archives 
 			fmt.Fprintf(stdout, "audit log BROKEN: first bad record %d: %s (records 1..%d are good, last good hash %s)\n",
 				rep.FirstBad.Seq, rep.FirstBad.Problem, rep.HeadSeq, rep.HeadHash)
 		} else if rep.State != "" && rep.State != "ok" && !rep.OK && len(failed) == 0 {
-			fmt.Fprintf(stdout, "audit log OK (%d records, head seq %d) but the ledger state does NOT match it: %s\n",
+			fmt.Fprintf(stdout, "audit chain unbroken (%d records, head seq %d) but the ledger is NOT intact: %s\n",
 				rep.Records, rep.HeadSeq, rep.State)
 		} else if len(failed) > 0 {
 			fmt.Fprintf(stdout, "audit log does NOT match its anchors: the chain is unbroken (%d records, head seq %d hash %s) but %d of %d anchors FAILED\n",

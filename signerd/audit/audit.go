@@ -143,8 +143,10 @@ type Record struct {
 	Hash [32]byte `cbor:"-"`
 }
 
-// ErrCorrupt is the class of every corruption error (match with errors.Is).
-var ErrCorrupt = errors.New("audit: corrupt")
+// ErrCorrupt is the class of every corruption error (match with errors.Is). It is the store's
+// corruption class (bucketstore.ErrCorrupt): a damaged store file and an altered record are
+// both corruption.
+var ErrCorrupt = bucketstore.ErrCorrupt
 
 // CorruptError says which record is bad and why.
 type CorruptError struct {

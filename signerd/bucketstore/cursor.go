@@ -27,6 +27,16 @@ func (b *Bucket) Cursor() *Cursor {
 // Err returns the first iteration fault the cursor met (a walk that met one ends early).
 func (c *Cursor) Err() error { return c.err }
 
+// fail records an iteration fault on the cursor and its transaction.
+func (c *Cursor) fail(err error) {
+	if c.err == nil {
+		c.err = err
+	}
+	if c.b.tx.err == nil {
+		c.b.tx.err = err
+	}
+}
+
 func (c *Cursor) close() {
 	if c.it != nil {
 		_ = c.it.Close()
@@ -42,7 +52,7 @@ func (c *Cursor) iter() *pebble.Iterator {
 	c.close()
 	it, err := c.b.tx.r.NewIter(&pebble.IterOptions{LowerBound: c.b.prefix, UpperBound: c.b.upper})
 	if err != nil {
-		c.err = classify(err, "iterate")
+		c.fail(classify(err, "iterate"))
 		return nil
 	}
 	c.it, c.gen = it, c.b.tx.gen
@@ -52,8 +62,8 @@ func (c *Cursor) iter() *pebble.Iterator {
 // at returns the current position's key and value.
 func (c *Cursor) at(ok bool) ([]byte, []byte) {
 	if !ok {
-		if err := c.it.Error(); err != nil && c.err == nil {
-			c.err = classify(err, "iterate")
+		if err := c.it.Error(); err != nil {
+			c.fail(classify(err, "iterate"))
 		}
 		c.cur = nil
 		return nil, nil
@@ -61,7 +71,7 @@ func (c *Cursor) at(ok bool) ([]byte, []byte) {
 	c.cur = append(c.cur[:0], c.it.Key()...)
 	v, err := c.it.ValueAndErr()
 	if err != nil {
-		c.err = classify(err, "read value")
+		c.fail(classify(err, "read value"))
 		c.cur = nil
 		return nil, nil
 	}

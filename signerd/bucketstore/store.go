@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -38,8 +39,9 @@ import (
 
 // Errors.
 var (
-	// ErrCorrupt is the class of every error caused by damaged store files.
-	ErrCorrupt = errors.New("bucketstore: store damaged")
+	// ErrCorrupt is the class of every error caused by damaged store files or altered contents
+	// (audit.ErrCorrupt and ledger.ErrCorrupt are this error).
+	ErrCorrupt = errors.New("corrupt")
 	// ErrLocked means another process holds the store open.
 	ErrLocked = errors.New("bucketstore: store in use by another process")
 	// ErrNotWritable is returned by writes in a read-only transaction.
@@ -67,6 +69,8 @@ type DB struct {
 	dir   string
 	ro    bool
 	syncs atomic.Uint64
+	// damage is the first corruption pebble reported from its own goroutines (see Damage).
+	damage *atomic.Pointer[CorruptError]
 
 	// known caches the names of buckets that exist in committed state, so that a transaction
 	// finds a bucket without reading its marker. DeleteBucket bumps deleteGen and clears it; a
@@ -95,7 +99,20 @@ func Open(dir string, o Options) (db *DB, err error) {
 	}
 	cache := pebble.NewCache(o.CacheBytes)
 	defer cache.Unref()
+	damage := new(atomic.Pointer[CorruptError])
 	opts := &pebble.Options{
+		// Damage found in the background (a compaction reading a table) is recorded for Damage,
+		// not fatal: pebble's default would end the process with a stack dump.
+		EventListener: &pebble.EventListener{
+			DataCorruption: func(info pebble.DataCorruptionInfo) {
+				damage.CompareAndSwap(nil, &CorruptError{Op: "background read", Cause: info.String()})
+			},
+			BackgroundError: func(err error) {
+				if errors.Is(err, pebble.ErrCorruption) {
+					damage.CompareAndSwap(nil, &CorruptError{Op: "background work", Cause: err.Error()})
+				}
+			},
+		},
 		ReadOnly:           o.ReadOnly,
 		Cache:              cache,
 		Logger:             quietLogger{},
@@ -110,9 +127,9 @@ func Open(dir string, o Options) (db *DB, err error) {
 	defer recoverCorrupt(&err, "open")
 	p, err := pebble.Open(dir, opts)
 	if err != nil {
-		return nil, classify(err, "open "+dir)
+		return nil, openError(dir, err)
 	}
-	return &DB{p: p, dir: dir, ro: o.ReadOnly, known: map[string]bool{}}, nil
+	return &DB{p: p, dir: dir, ro: o.ReadOnly, known: map[string]bool{}, damage: damage}, nil
 }
 
 // Close closes the store. Transactions must have ended.
@@ -123,6 +140,15 @@ func (d *DB) Close() (err error) {
 
 // Path returns the store directory.
 func (d *DB) Path() string { return d.dir }
+
+// Damage returns the first corruption found by the store's background work (compactions,
+// flushes), or nil. Reads and writes that meet damage return it themselves.
+func (d *DB) Damage() error {
+	if e := d.damage.Load(); e != nil {
+		return e
+	}
+	return nil
+}
 
 // Syncs returns how many synced WAL writes (fdatasyncs) this handle completed: Update commits
 // and Sync calls.
@@ -138,7 +164,11 @@ func (d *DB) View(fn func(*Tx) error) (err error) {
 		tx.closeCursors()
 		_ = snap.Close()
 	}()
-	if err := fn(tx); err != nil {
+	err = fn(tx)
+	if tx.err != nil { // a read fault is never taken for an absent key
+		return tx.err
+	}
+	if err != nil {
 		return classify(err, "read")
 	}
 	d.remember(gen, tx.buckets)
@@ -169,7 +199,10 @@ func (d *DB) update(fn func(*Tx) error, sync bool) (err error) {
 		tx.closeCursors()
 		_ = b.Close()
 	}()
-	if err := fn(tx); err != nil {
+	if err := fn(tx); err != nil || tx.err != nil {
+		if tx.err != nil { // a read fault is never taken for an absent key: nothing is written
+			return tx.err
+		}
 		return err
 	}
 	if b.Empty() {
@@ -258,6 +291,7 @@ type Tx struct {
 	b       *pebble.Batch // nil in a read-only transaction
 	gen     uint64        // bumped by every write, so cursors see them
 	deleted bool          // the transaction deleted a bucket
+	err     error         // the first read fault (View and Update return it)
 	cursors []*Cursor
 	buckets map[string]*Bucket // buckets known to exist in this transaction
 }
@@ -283,7 +317,11 @@ func (tx *Tx) get(k []byte) ([]byte, error) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, classify(err, "get")
+		err = classify(err, "get")
+		if tx.err == nil {
+			tx.err = err
+		}
+		return nil, err
 	}
 	out := make([]byte, len(v))
 	copy(out, v)
@@ -503,6 +541,18 @@ func (e *CorruptError) Error() string {
 // Is makes CorruptError match ErrCorrupt.
 func (e *CorruptError) Is(target error) bool { return target == ErrCorrupt }
 
+// openError classifies a failed open: an existing store that pebble cannot open for any reason
+// but a lock held elsewhere, a missing or unreadable path, is damaged.
+func openError(dir string, err error) error {
+	err = classify(err, "open "+dir)
+	switch {
+	case errors.Is(err, ErrCorrupt), errors.Is(err, ErrLocked), !IsStore(dir),
+		errors.Is(err, fs.ErrPermission), errors.Is(err, fs.ErrNotExist):
+		return err
+	}
+	return &CorruptError{Op: "open " + dir, Cause: err.Error()}
+}
+
 // classify maps pebble's corruption and lock errors to this package's classes.
 func classify(err error, op string) error {
 	switch {
@@ -510,7 +560,7 @@ func classify(err error, op string) error {
 		return nil
 	case errors.Is(err, ErrCorrupt), errors.Is(err, ErrNotWritable), errors.Is(err, ErrLocked):
 		return err
-	case errors.Is(err, pebble.ErrCorruption):
+	case errors.Is(err, pebble.ErrCorruption), pebble.IsCorruptionError(err):
 		return &CorruptError{Op: op, Cause: err.Error()}
 	case isLockErr(err):
 		return fmt.Errorf("%w (%v)", ErrLocked, err)
@@ -554,4 +604,10 @@ func CopyClosed(src, dst string) error {
 		}
 	}
 	return nil
+}
+
+// Flush writes the memtables to table files (for tools and tests; the store flushes on its own).
+func (d *DB) Flush() (err error) {
+	defer recoverCorrupt(&err, "flush")
+	return classify(d.p.Flush(), "flush")
 }

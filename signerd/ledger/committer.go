@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/signerd/signerd/signerd/audit"
 	"github.com/signerd/signerd/signerd/bucketstore"
 )
 
@@ -201,7 +202,7 @@ func (l *Ledger) runGroup(group []op) {
 		}
 	}
 	if len(durable) > 0 {
-		l.syncq <- durable
+		l.syncq <- syncGroup{ops: durable, head: l.appliedHead}
 	}
 }
 
@@ -244,6 +245,11 @@ func (l *Ledger) applyGroup(tx *bucketstore.Tx, now time.Time, group []op, faile
 	if !wrote {
 		return errNothingWritten
 	}
+	seq, h, err := audit.Head(tx)
+	if err != nil {
+		return err
+	}
+	l.appliedHead = audit.Checkpoint{Seq: seq, Hash: h}
 	return nil
 }
 
@@ -261,6 +267,12 @@ func (l *Ledger) finish(ops []op, err error) {
 	}
 }
 
+// syncGroup is an applied group waiting for durability, with the audit head it leaves.
+type syncGroup struct {
+	ops  []op
+	head audit.Checkpoint
+}
+
 // syncLoop is the syncer: it takes every applied group waiting for durability and makes them
 // all durable with one synced write-ahead-log append (one fdatasync), then finishes their ops.
 // While it syncs, the committer applies the next groups, which the next sync covers.
@@ -268,7 +280,8 @@ func (l *Ledger) syncLoop() {
 	defer close(l.synced)
 	var waiting []op
 	for g := range l.syncq {
-		waiting = append(waiting[:0], g...)
+		waiting = append(waiting[:0], g.ops...)
+		head := g.head
 	drain:
 		for {
 			select {
@@ -276,7 +289,8 @@ func (l *Ledger) syncLoop() {
 				if !ok {
 					break drain
 				}
-				waiting = append(waiting, g...)
+				waiting = append(waiting, g.ops...)
+				head = g.head
 			default:
 				break drain
 			}
@@ -290,6 +304,9 @@ func (l *Ledger) syncLoop() {
 			l.fatal.CompareAndSwap(nil, se)
 			l.finish(waiting, se)
 			continue
+		}
+		if err := l.mark.write(head); err != nil {
+			l.markErrs.Add(1)
 		}
 		l.finish(waiting, nil)
 	}

@@ -171,9 +171,9 @@ type Ledger struct {
 	mu     sync.RWMutex // guards closed and sending on q
 	closed bool
 	q      chan op
-	done   chan struct{} // closed when the committer exits
-	syncq  chan []op     // applied groups waiting for the shared fsync (see syncLoop)
-	synced chan struct{} // closed when the syncer exits
+	done   chan struct{}  // closed when the committer exits
+	syncq  chan syncGroup // applied groups waiting for the shared fsync (see syncLoop)
+	synced chan struct{}  // closed when the syncer exits
 	once   sync.Once
 
 	lastPrune time.Time   // committer-only: clock value at the last sweep (with its monotonic reading, if any)
@@ -185,6 +185,10 @@ type Ledger struct {
 	hot       hotRecords  // committer-only: records reserved by this process (see hot.go)
 	prunedAt  time.Time   // committer-only: the time usage was swept at in the group being applied
 	usage     *usageIndex // usage per counter bucket, in memory (see usage.go)
+
+	mark        *headMark        // the durable audit head, written after every shared fsync (headmark.go)
+	appliedHead audit.Checkpoint // committer-only: the audit head after the last applied group
+	markErrs    atomic.Uint64
 
 	// testHookAfterApply, if set, runs inside the group's transaction after every operation
 	// was applied and early results were released; an error fails the transaction (tests).
@@ -227,14 +231,33 @@ func Open(opts Options) (*Ledger, error) {
 		return nil, &StoreError{Op: "init", Err: err}
 	}
 	l := &Ledger{db: db, opts: opts, clock: opts.Clock, q: make(chan op, opts.QueueSize), done: make(chan struct{}),
-		syncq: make(chan []op, 1024), synced: make(chan struct{}), hot: hotRecords{m: map[RecordID]*PaymentRecord{}},
+		syncq: make(chan syncGroup, 1024), synced: make(chan struct{}), hot: hotRecords{m: map[RecordID]*PaymentRecord{}},
 		usage: newUsageIndex()}
 	l.lastPrune = opts.Clock()
 	l.pruneAt = l.lastPrune.Round(0)
 	l.maxSeen = l.pruneAt
+	if l.mark, err = openHeadMark(opts.Path + ".head"); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	mark, marked, err := l.mark.read()
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
 	if err := db.View(func(tx *bucketstore.Tx) error {
 		if _, err := audit.VerifyRecentTx(tx, startWindow); err != nil {
 			return fmt.Errorf("the last %d audit records do not verify (run signerctl audit verify --db %s): %w", startWindow, opts.Path, err)
+		}
+		if marked {
+			if err := checkHeadMark(tx, mark, opts.Path); err != nil {
+				return err
+			}
+		}
+		seq, h, err := audit.Head(tx)
+		l.appliedHead = audit.Checkpoint{Seq: seq, Hash: h}
+		if err != nil {
+			return err
 		}
 		if err := l.loadIDs(tx); err != nil {
 			return err
@@ -242,8 +265,10 @@ func Open(opts Options) (*Ledger, error) {
 		return l.usage.load(tx)
 	}); errors.Is(err, ErrCorrupt) {
 		_ = db.Close()
+		_ = l.mark.close()
 		return nil, err
 	} else if err != nil {
+		_ = l.mark.close()
 		_ = db.Close()
 		return nil, &StoreError{Op: "init", Err: err}
 	}
@@ -326,8 +351,11 @@ func (l *Ledger) Close() error {
 		if l.fatal.Load() == nil { // lazy ops applied last (signatures, async audit) reach the disk
 			if e := l.db.Sync(); e != nil {
 				err = &StoreError{Op: "close", Err: e}
+			} else {
+				_ = l.mark.write(l.appliedHead)
 			}
 		}
+		_ = l.mark.close()
 		if e := l.db.Close(); e != nil {
 			err = &StoreError{Op: "close", Err: e}
 		}
@@ -354,6 +382,9 @@ func (l *Ledger) Health() error {
 	}
 	if e := l.fatal.Load(); e != nil {
 		return e
+	}
+	if err := l.db.Damage(); err != nil {
+		return &StoreError{Op: "background work", Err: err}
 	}
 	return nil
 }

@@ -144,15 +144,6 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 	}
 
 	d.refusals = newRefusalAuditor(d.ledger, d.clock, d.log)
-	// Open verified the newest audit records; the whole chain and the state bound to it are
-	// verified while the daemon serves, and a mismatch stops every write (fail closed).
-	d.ledger.CheckInBackground(func(err error) {
-		if err != nil {
-			d.log.Error("ledger integrity check FAILED: signing stopped until an operator has looked (signerctl audit verify)", "err", err)
-			return
-		}
-		d.log.Info("ledger integrity check passed (audit chain and the state bound to it)")
-	})
 
 	// Intents left without a signature by a crash are possibly signed (the signature may have
 	// left before the crash): their charges stand, and a retry with the same claims re-signs
@@ -169,6 +160,15 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 	} else if n > 0 {
 		d.log.Warn("intents possibly signed before a restart (charges stand; an identical retry re-signs)", "count", n)
 	}
+	// Open verified the newest audit records; the whole chain and the state bound to it are
+	// verified while the daemon serves, and a mismatch stops every write (fail closed).
+	d.ledger.CheckInBackground(func(err error) {
+		if err != nil {
+			d.log.Error("ledger integrity check FAILED: signing stopped until an operator has looked (signerctl audit verify)", "err", err)
+			return
+		}
+		d.log.Info("ledger integrity check passed (audit chain and the state bound to it)")
+	})
 
 	// Policy.
 	lp, err := d.compilePolicy()
