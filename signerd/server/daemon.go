@@ -64,7 +64,7 @@ type Daemon struct {
 	backend   hsm.Backend
 	zeroized  atomic.Bool // the backend's in-memory keys were zeroized by the kill switch
 	keys      *keyring
-	ledger    *ledger.Ledger
+	ledger    ledger.Engine
 	ks        *killswitch.Switch
 	refusals  *refusalAuditor // decision records of kill-switch and unknown-caller refusals
 	approvals *approvals.Manager
@@ -482,7 +482,7 @@ func (d *Daemon) EngageKillSwitch(ctx context.Context, operator, reason string) 
 func (d *Daemon) KillSwitch() *killswitch.Switch { return d.ks }
 
 // Ledger exposes the ledger to tests and tools (read-only use).
-func (d *Daemon) Ledger() *ledger.Ledger { return d.ledger }
+func (d *Daemon) Ledger() ledger.Engine { return d.ledger }
 
 // Wallets lists the active wallet addresses, default first.
 func (d *Daemon) Wallets() []string {

@@ -26,7 +26,7 @@ import (
 // When the ledger queue is full the first refusal is counted instead (never blocking it), and
 // flush falls back to AppendAudit, blocking only the flusher.
 type refusalAuditor struct {
-	l     *ledger.Ledger
+	l     ledger.Engine
 	clock func() time.Time
 	log   *slog.Logger
 
@@ -52,7 +52,7 @@ type refusalCount struct {
 	reason      string
 }
 
-func newRefusalAuditor(l *ledger.Ledger, clock func() time.Time, log *slog.Logger) *refusalAuditor {
+func newRefusalAuditor(l ledger.Engine, clock func() time.Time, log *slog.Logger) *refusalAuditor {
 	return &refusalAuditor{l: l, clock: clock, log: log, counts: map[refusalKey]*refusalCount{}}
 }
 
