@@ -700,26 +700,9 @@ func auditVerify(a *adminFlags, dbPath string, anchors []audit.Anchor, archives 
 	}
 	var rep audit.Report
 	if dbPath != "" {
-		db, err := openLedgerReadOnly(dbPath)
-		if err != nil {
+		var err error
+		if rep, err = verifyDB(dbPath, anchors); err != nil {
 			fmt.Fprintf(stderr, "signerctl: %v\n", err)
-			return exitRefused
-		}
-		rep, err = audit.VerifyAnchored(db, anchors)
-		if err == nil {
-			err = db.View(func(tx *bucketstore.Tx) error {
-				if err := ledger.CheckHeadMark(tx, dbPath); err != nil {
-					rep.OK, rep.State = false, err.Error()
-					return err
-				}
-				var err error
-				rep, err = ledger.AddStateCheck(tx, rep, time.Now())
-				return err
-			})
-		}
-		db.Close()
-		if err != nil && !errors.Is(err, audit.ErrCorrupt) {
-			fmt.Fprintf(stderr, "signerctl: verifying %s: %v\n", dbPath, err)
 			return exitRefused
 		}
 	} else {
@@ -1434,4 +1417,30 @@ func cmdLedgerPrune(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "checkpoint seq=%d hash=0x%x  (keep it with the archive; check with: signerctl audit verify --archive %s)\n",
 		sum.Through.Seq, sum.Through.Hash, *archive)
 	return exitOK
+}
+
+// verifyDB verifies a stopped daemon's ledger: the audit chain with the anchors, the head mark
+// and the state bound to the chain. A corruption is reported in rep, not as an error.
+func verifyDB(dbPath string, anchors []audit.Anchor) (audit.Report, error) {
+	db, err := openLedgerReadOnly(dbPath)
+	if err != nil {
+		return audit.Report{}, err
+	}
+	defer db.Close()
+	rep, err := audit.VerifyAnchored(db, anchors)
+	if err == nil {
+		err = db.View(func(tx *bucketstore.Tx) error {
+			if err := ledger.CheckHeadMark(tx, dbPath); err != nil {
+				rep.OK, rep.State = false, err.Error()
+				return err
+			}
+			var err error
+			rep, err = ledger.AddStateCheck(tx, rep, time.Now())
+			return err
+		})
+	}
+	if err != nil && !errors.Is(err, audit.ErrCorrupt) {
+		return rep, fmt.Errorf("verifying %s: %w", dbPath, err)
+	}
+	return rep, nil
 }

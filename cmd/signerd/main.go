@@ -68,14 +68,12 @@ func run(args []string, stderr io.Writer) int {
 		if err := fs.Parse(args[1:]); err != nil {
 			return helpOrUsage(err)
 		}
-		if *prof != "" {
-			stop, err := startCPUProfile(*prof)
-			if err != nil {
-				fmt.Fprintln(stderr, "signerd:", err)
-				return 1
-			}
-			defer stop()
+		stop, err := startCPUProfile(*prof)
+		if err != nil {
+			fmt.Fprintln(stderr, "signerd:", err)
+			return 1
 		}
+		defer stop()
 		if cfg, err = config.Load(*path); err != nil {
 			fmt.Fprintln(stderr, "signerd:", err)
 			return 1
@@ -262,8 +260,11 @@ func provisionDev(dir string, stderr io.Writer) (*config.Config, hsm.Backend, er
 }
 
 // startCPUProfile writes a CPU profile to path (created 0600, never overwritten) until the
-// returned function is called.
+// returned function is called; no path, no profile.
 func startCPUProfile(path string) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("cpuprofile: %w", err)

@@ -640,15 +640,7 @@ func (o *pruneOp) apply(tx *bucketstore.Tx, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	for k, v := range map[string]string{
-		"before":          o.req.Before.UTC().Format(time.RFC3339Nano),
-		"pruned_through":  strconv.FormatUint(p.through.Seq, 10),
-		"checkpoint_hash": hash32(p.through.Hash),
-		"audit_records":   strconv.Itoa(o.sum.AuditRecords),
-		"payment_records": strconv.Itoa(o.sum.PaymentRecords),
-		"plan":            hash32(o.sum.Plan),
-		"archive_sha256":  hash32(o.req.ArchiveSHA256),
-	} {
+	for k, v := range retentionAttrs(o.req, o.sum) {
 		attrs[k] = v
 	}
 	o.rec, err = audit.Append(tx, now, audit.Event{Kind: audit.KindRetention, Operator: o.req.Operator,
@@ -674,4 +666,17 @@ func (s ArchiveSummary) RecordedBy(r audit.Record) bool {
 		a["pruned_through"] == strconv.FormatUint(s.Through.Seq, 10) &&
 		a["checkpoint_hash"] == hash32(s.Through.Hash) &&
 		a["plan"] == hash32(s.Plan) && a["archive_sha256"] == hash32(s.SHA256)
+}
+
+// retentionAttrs are the facts of a prune its retention audit record carries.
+func retentionAttrs(req PruneRequest, sum ArchiveSummary) map[string]string {
+	return map[string]string{
+		"before":          req.Before.UTC().Format(time.RFC3339Nano),
+		"pruned_through":  strconv.FormatUint(sum.Through.Seq, 10),
+		"checkpoint_hash": hash32(sum.Through.Hash),
+		"audit_records":   strconv.Itoa(sum.AuditRecords),
+		"payment_records": strconv.Itoa(sum.PaymentRecords),
+		"plan":            hash32(sum.Plan),
+		"archive_sha256":  hash32(req.ArchiveSHA256),
+	}
 }

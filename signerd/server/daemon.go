@@ -145,30 +145,9 @@ func Open(ctx context.Context, opts Options) (d *Daemon, err error) {
 
 	d.refusals = newRefusalAuditor(d.ledger, d.clock, d.log)
 
-	// Intents left without a signature by a crash are possibly signed (the signature may have
-	// left before the crash): their charges stand, and a retry with the same claims re-signs
-	// the recorded digest without a second charge.
-	// Collateral transactions are broadcast only after their durable commit: one left without
-	// it never left the daemon, and is released (budget refunded, request_id free again).
-	if n, err := d.ledger.ReleaseUnsent(ctx, pipeline.SchemeTx, "collateral transaction reserved but never committed before a restart"); err != nil {
-		return nil, fmt.Errorf("releasing uncommitted collateral transactions: %w", err)
-	} else if n > 0 {
-		d.log.Warn("released collateral transactions a restart left uncommitted (never broadcast)", "count", n)
+	if err := d.recoverLedger(ctx); err != nil {
+		return nil, err
 	}
-	if n, err := d.ledger.PossiblySigned(); err != nil {
-		return nil, fmt.Errorf("reading the ledger's open intents: %w", err)
-	} else if n > 0 {
-		d.log.Warn("intents possibly signed before a restart (charges stand; an identical retry re-signs)", "count", n)
-	}
-	// Open verified the newest audit records; the whole chain and the state bound to it are
-	// verified while the daemon serves, and a mismatch stops every write (fail closed).
-	d.ledger.CheckInBackground(func(err error) {
-		if err != nil {
-			d.log.Error("ledger integrity check FAILED: signing stopped until an operator has looked (signerctl audit verify)", "err", err)
-			return
-		}
-		d.log.Info("ledger integrity check passed (audit chain and the state bound to it)")
-	})
 
 	// Policy.
 	lp, err := d.compilePolicy()
@@ -581,4 +560,34 @@ func (d *Daemon) observeSpend(res *pipeline.Result) {
 		v = ^uint64(0)
 	}
 	d.ks.ObserveAssetSpend(common.Address(p.Asset), v)
+}
+
+// recoverLedger settles what a stop left in the ledger, before serving, and starts its
+// integrity check.
+func (d *Daemon) recoverLedger(ctx context.Context) error {
+	// Collateral transactions are broadcast only after their durable commit: one left without
+	// it never left the daemon, and is released (budget refunded, request_id free again).
+	if n, err := d.ledger.ReleaseUnsent(ctx, pipeline.SchemeTx, "collateral transaction reserved but never committed before a restart"); err != nil {
+		return fmt.Errorf("releasing uncommitted collateral transactions: %w", err)
+	} else if n > 0 {
+		d.log.Warn("released collateral transactions a restart left uncommitted (never broadcast)", "count", n)
+	}
+	// Intents left without a signature by a crash are possibly signed (the signature may have
+	// left before the crash): their charges stand, and a retry with the same claims re-signs
+	// the recorded digest without a second charge.
+	if n, err := d.ledger.PossiblySigned(); err != nil {
+		return fmt.Errorf("reading the ledger's open intents: %w", err)
+	} else if n > 0 {
+		d.log.Warn("intents possibly signed before a restart (charges stand; an identical retry re-signs)", "count", n)
+	}
+	// Open verified the newest audit records; the whole chain and the state bound to it are
+	// verified while the daemon serves, and a mismatch stops every write (fail closed).
+	d.ledger.CheckInBackground(func(err error) {
+		if err != nil {
+			d.log.Error("ledger integrity check FAILED: signing stopped until an operator has looked (signerctl audit verify)", "err", err)
+			return
+		}
+		d.log.Info("ledger integrity check passed (audit chain and the state bound to it)")
+	})
+	return nil
 }
