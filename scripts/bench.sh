@@ -27,8 +27,8 @@ trap 'rm -f "$out"' EXIT
 
 hsm_header="| concurrency | end-to-end ops/s | backend SignDigest ops/s | ratio | e2e p50 µs | SignDigest p50 µs | added p50 µs |
 |---|---|---|---|---|---|---|"
-tpm_header="| clients | end-to-end ops/s | e2e p50 µs | @4mica/sdk loop ops/s (same rounds) | e2e / SDK | ledger syncs per request |
-|---|---|---|---|---|---|"
+tpm_header="| clients | end-to-end ops/s | e2e p50 µs | @4mica/sdk loop ops/s (same rounds) | e2e / SDK | ledger syncs per request | daemon CPU µs per request |
+|---|---|---|---|---|---|---|"
 
 # run BENCH_REGEX [STATE_PARENT]: runs the benchmarks and leaves their output in $out.
 run() {
@@ -58,12 +58,13 @@ table() {
 }
 hsm_cols="conc e2e_ops_s raw_ops_s ratio e2e_p50_us raw_p50_us added_p50_us"
 
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
 run '^BenchmarkE2E(VsRaw|TPM)$'
 for row in BENCHROW TPMROW; do
   grep -q "^$row " "$out" || { cat "$out" >&2; echo "bench: no $row figures" >&2; exit 1; }
 done
 hsm=$(table BENCHROW "$hsm_cols")
-tpm=$(table TPMROW "conc e2e_ops_s e2e_p50_us sdk_ops_s vs_sdk syncs_per_request")
+tpm=$(table TPMROW "conc e2e_ops_s e2e_p50_us sdk_ops_s vs_sdk syncs_per_request daemon_cpu_us")
 ratio_c1=$(field BENCHROW ratio 1)
 ratio_hsm=$(printf '%s\n%s\n' "$(field BENCHROW ratio 2)" "$(field BENCHROW ratio 4)" | sort -g | head -1)
 added_c1=$(field BENCHROW added_p50_us 1)
@@ -99,7 +100,7 @@ echo
 when=$(date -u +%Y-%m-%dT%H:%MZ)
 {
   [ -f docs/performance.md ] || printf '# Performance\n\nMeasured figures, each with the command that produced it.\n'
-  printf '\n### scripts/bench.sh run %s (BENCH_OPS=%s, %s cores, load average %s)\n\n' "$when" "$ops" "$(nproc)" "$load"
+  printf '\n### scripts/bench.sh run %s (BENCH_OPS=%s, %s cores, load average %s before, %s after)\n\n' "$when" "$ops" "$(nproc)" "$load0" "$load"
   printf 'Command: `%s`\n\n' "$cmd"
   report
   printf '\nratio_hsm_c1=%s ratio_hsm=%s added_p50_us_c1=%s tpm_ops_s_c64=%s tpm_p50_us_c1=%s vs_sdk=%s syncs_per_request_c64=%s\n' \
