@@ -189,6 +189,7 @@ type Ledger struct {
 	mark        *headMark        // the durable audit head, written after every shared fsync (headmark.go)
 	appliedHead audit.Checkpoint // committer-only: the audit head after the last applied group
 	markErrs    atomic.Uint64
+	bg          sync.WaitGroup // background integrity checks
 
 	// testHookAfterApply, if set, runs inside the group's transaction after every operation
 	// was applied and early results were released; an error fails the transaction (tests).
@@ -286,7 +287,9 @@ const startWindow = 4096
 // taking writes, as after a failed group: Health reports the problem (readiness fails with the
 // reason) and every write — every signature — is refused until an operator has looked.
 func (l *Ledger) CheckInBackground(done func(error)) {
+	l.bg.Add(1)
 	go func() {
+		defer l.bg.Done()
 		_, err := l.VerifyAudit()
 		if errors.Is(err, ErrCorrupt) {
 			l.fatal.CompareAndSwap(nil, &StoreError{Op: "integrity check", Err: err})
@@ -348,6 +351,7 @@ func (l *Ledger) Close() error {
 		l.mu.Unlock()
 		<-l.done
 		<-l.synced
+		l.bg.Wait() // a running integrity check holds a snapshot of the store
 		if l.fatal.Load() == nil { // lazy ops applied last (signatures, async audit) reach the disk
 			if e := l.db.Sync(); e != nil {
 				err = &StoreError{Op: "close", Err: e}
