@@ -6,7 +6,7 @@
 // CoreDetEncOptions) and carries its sequence number, the appliance time, the SHA-256 hash of
 // the previous record's encoded bytes (32 zero bytes for the first record) and the event.
 //
-// Storage. The chain lives in two buckets of a bbolt file: BucketRecords maps the 8-byte
+// Storage. The chain lives in two buckets of the ledger's store (signerd/bucketstore): BucketRecords maps the 8-byte
 // big-endian sequence number to the record's encoded bytes, and BucketHead holds the head
 // (last sequence number and the hash of the last record). The audit package owns no file and no
 // transaction: callers append inside their own read-write transaction, so a ledger change and
@@ -46,7 +46,7 @@ import (
 	"github.com/signerd/signerd/signerd/bucketstore"
 )
 
-// Bucket names used in the bbolt file.
+// Bucket names used in the store.
 var (
 	// BucketRecords maps 8-byte big-endian seq → deterministic CBOR of Record.
 	BucketRecords = []byte("audit")
@@ -257,9 +257,6 @@ func Append(tx *bucketstore.Tx, now time.Time, ev Event) (Record, error) {
 	head := make([]byte, 40)
 	binary.BigEndian.PutUint64(head, r.Seq)
 	copy(head[8:], r.Hash[:])
-	// Records are appended at the end (increasing seq): full pages halve the page count; the
-	// layout changes, never the content.
-	rb.FillPercent = 1.0
 	if err := rb.Put(seqKey(r.Seq), b); err != nil {
 		return Record{}, fmt.Errorf("audit: put: %w", err)
 	}

@@ -434,8 +434,6 @@ type Bucket struct {
 	tx            *Tx
 	name          []byte
 	prefix, upper []byte
-	// FillPercent is accepted for source compatibility with bbolt and ignored.
-	FillPercent float64
 }
 
 func newBucket(tx *Tx, name []byte) *Bucket {

@@ -8,7 +8,7 @@ import (
 // file, as it does for records reserved by an earlier process).
 const maxHot = 4096
 
-// hotRecords is a committer-only cache of the records Reserve and ReserveEarly wrote in this
+// hotRecords is a committer-only cache of the records Reserve wrote in this
 // process, so that Commit does not read and decode the record it is about to sign.
 //
 // It is only a cache, never a source of truth: Commit uses an entry only after checking, in its
@@ -41,14 +41,4 @@ func (h *hotRecords) take(id RecordID) *PaymentRecord {
 // released).
 func isPending(tx *bucketstore.Tx, id RecordID) bool {
 	return tx.Bucket(bucketPending).Get(id.key()) != nil
-}
-
-// appendOnly sets b's fill percent to 100% for this transaction and returns b. Used for the
-// buckets keyed by an increasing sequence (payment records, signatures, the pending index):
-// they are appended at the end, so bbolt's default of half-full pages only doubles their page
-// count (and the size of the branch nodes a transaction reads and rewrites). It changes how
-// pages are laid out, never what is stored.
-func appendOnly(b *bucketstore.Bucket) *bucketstore.Bucket {
-	b.FillPercent = 1.0
-	return b
 }

@@ -1,61 +1,66 @@
 // Package ledger is signerd's durable ledger: replay records, budget usage per window, payment
-// records and generic operator state, kept in one bbolt file together with the hash-chained
-// audit log (package signerd/audit) so that a ledger change and the audit record describing it
-// become durable in the same transaction and the same fsync.
+// records and generic operator state, kept in one store (signerd/bucketstore, on pebble)
+// together with the hash-chained audit log (package signerd/audit), so that a ledger change and
+// the audit record describing it are applied and made durable together. Engine (engine.go) lists
+// the operations and their atomicity for other engines.
 //
-// # Writes: one committer, group commit
+// # Writes: one committer, one shared fsync
 //
-// Every write (Reserve, Commit, Release, PutState, AppendAudit, AuditAsync) is queued to a single
-// committer goroutine. The committer takes the first queued operation, drains whatever else is
-// queued (up to Options.MaxBatch) and applies the whole group in ONE db.Update: one fsync for
-// the group. There is no timer and no bbolt Batch. Each operation checks everything first and
-// writes last, so a rejected operation (budget exhausted, replay conflict, unknown record) writes
-// nothing but its audit record, and gets its own result; operations later in a group see the
-// writes of earlier ones. If an operation hits an internal write error the group's transaction
-// is rolled back and re-run without it. If the transaction itself fails (I/O), every operation
-// in the group gets that error, and the failure is fatal: the group's effect is unknown (a
-// failed fdatasync may come after bbolt wrote the new meta page, which its rollback does not
-// undo, so the group may be visible and may or may not survive a crash). The ledger then keeps
-// that *StoreError for good: every later write returns it without touching the file (writes
-// fail closed) and Health reports it until the process restarts and reopens the file.
+// Every write (Reserve, RecordSignature, Commit, Release, PutState, AppendAudit, AuditAsync, ...)
+// is queued to a single committer goroutine. The committer takes the first queued operation,
+// drains whatever else is queued (up to Options.MaxBatch) and applies the whole group in one
+// transaction without a sync: visible at once, durable later. It then hands the group to the
+// syncer goroutine, which makes every group applied since its last sync durable with ONE synced
+// write-ahead-log append (one fdatasync), while the committer goes on with the next groups (see
+// committer.go). Lazy operations (a signature recorded after its intent, AuditAsync) never cause
+// a sync: they become durable with the next one. Each operation checks everything first and
+// writes last, so a rejected operation writes nothing but its audit record; operations later in
+// a group see the writes of earlier ones. If an operation hits an internal write error the group
+// is re-run without it. If applying or syncing fails, the outcome is unknown and the ledger
+// keeps that *StoreError for good: every later write returns it (writes fail closed) and Health
+// reports it until the process restarts and reopens the store.
 //
-// When a write method returns without error, its effect and its audit record are on disk.
-// If its context ends before the committer takes the operation, the method returns the context
-// error and nothing is written; once taken, the method waits for the commit.
+// When a write method returns without error its effect and its audit record are durable — except
+// for an early answer (Reserve, below) and lazy operations, whose documentation says when they
+// are. If its context ends before the committer takes the operation, nothing is written.
 //
 // # The signing flow
 //
-//	res, err := l.Reserve(ctx, ledger.Reservation{...})  // replay check + all budget charges + record + audit
+//	res, err := l.Reserve(ctx, ledger.Reservation{...})  // replay check + all charges + record + audit, decided
 //	switch res.Outcome {
-//	case ledger.Reserved, ledger.Resumable:             // sign res.RecordID's digest now
-//	    sig, err := sign(...)
+//	case ledger.Reserved, ledger.Resumable:             // answered once applied: sign res.RecordID's digest now
+//	    sig, err := sign(...)                             // ... while the intent's fsync runs
 //	    if err != nil { l.Release(ctx, res.RecordID, "backend_unavailable", "..."); deny }
-//	    cr, err := l.Commit(ctx, res.RecordID, sig)       // durable before the signature leaves
-//	    send(cr.Signature)                                // cr.Signature, not sig (see Commit)
-//	case ledger.Duplicate:  send(res.Signature)           // an agent retry: the stored signature
+//	    cr, err := l.RecordSignature(ctx, res.RecordID, sig) // applied, durable with a later sync
+//	    err = res.Durable(ctx)                            // the intent is on disk: only now may it leave
+//	    send(cr.Signature)
+//	case ledger.Duplicate:  send(res.Signature)           // an agent retry: the stored signature (verify it)
 //	case ledger.Conflict:   409 replay_conflict
 //	case ledger.BudgetExhausted: 403 res.Budget.Code()
 //	}
 //
-// ReserveEarly is the same call for a caller that overlaps signing with the reservation's fsync
-// (the Reserved/Resumable result is released before the fsync; Commit still gates the signature).
-// ReserveDeferred holds the reservation in the committer's memory and lets Commit write it with
-// the signature: one transaction (one fsync) per signed request; see deferred.go for the
-// trade-off.
+// After a crash an intent without a signature is possibly signed (its signature may have been
+// sent): its charges stand, an identical retry resumes it (Resumable, no second charge) and other
+// claims for its key conflict. PossiblySigned counts them. Signatures that leave only after a
+// durable Commit (collateral transactions) are released at start-up by ReleaseUnsent instead.
 //
 // Reserve audits every outcome itself (allow with the reservation, replay duplicate/resume, or a
 // deny with its code); policy denials decided before the ledger is reached are audited with
-// AuditAsync (queued, made durable with the next group, the caller does not wait) or AppendAudit.
+// AuditAsync or AppendAudit.
 //
-// At start-up, before serving, call ReleaseOrphans: reservations a crash left unsigned are
-// released (their signatures never left), so their budget is given back.
+// # Integrity
+//
+// The state that decides is bound to the audit chain (verifystate.go): VerifyAudit replays the
+// chain and compares records, signatures, replay keys, usage and operator state with it. Open
+// verifies the newest audit records and the head mark (headmark.go), refusing a ledger that
+// lost durable records; CheckInBackground verifies everything and stops writes on a mismatch.
 //
 // # Reads
 //
-// Usage implements policyengine.UsageReader over committed state (the authoritative check is
-// the one inside Reserve's transaction). Record, Recent, ByTab, Spend, SpendAll, GetState,
-// VerifyAudit and ExportAudit serve the admin API. Reads run in bbolt read transactions and
-// never wait for the committer.
+// Usage implements policyengine.UsageReader from an in-memory index of applied usage
+// (usage.go; the authoritative check is the one inside Reserve's group). Record, Recent, ByTab,
+// Spend, SpendAll, GetState, VerifyAudit and ExportAudit serve the admin API from store
+// snapshots and never wait for the committer.
 //
 // # Storage
 //
@@ -65,8 +70,10 @@
 // the bucket of its window at the committer's clock, and usage is the sum of the window's
 // buckets and of any later bucket (charged while the clock was ahead, before a step back).
 // Buckets older than their window are pruned by the committer (Options.PruneEvery, never on a
-// clock that stepped back, and no faster than monotonic time passes), so usage state is bounded; payment records and the audit log are history, deleted only by an operator's
-// archive-then-prune run (ExportArchive, Prune; see prune.go).
+// clock that stepped back, and no faster than monotonic time passes), so usage state is
+// bounded; payment records and the audit log are history, deleted only by an operator's
+// archive-then-prune run (ExportArchive, Prune; see prune.go). A bbolt ledger file of an
+// earlier version is migrated at Open (migrate.go).
 // See docs/ledger.md for the data model and the durability guarantees.
 package ledger
 
@@ -116,7 +123,8 @@ func (e *StoreError) Unwrap() error { return e.Err }
 
 // Options configure Open. Path is required; the rest have defaults.
 type Options struct {
-	// Path of the bbolt file; created with mode 0600 if absent.
+	// Path of the store directory; created (0700) if absent. A bbolt ledger file found there
+	// is migrated (see migrate.go). The head mark is kept beside it as Path+".head".
 	Path string
 	// Clock is the appliance clock used for budget windows, record and audit times. Default time.Now.
 	Clock func() time.Time
@@ -351,7 +359,7 @@ func (l *Ledger) Close() error {
 		l.mu.Unlock()
 		<-l.done
 		<-l.synced
-		l.bg.Wait() // a running integrity check holds a snapshot of the store
+		l.bg.Wait()                // a running integrity check holds a snapshot of the store
 		if l.fatal.Load() == nil { // lazy ops applied last (signatures, async audit) reach the disk
 			if e := l.db.Sync(); e != nil {
 				err = &StoreError{Op: "close", Err: e}
@@ -458,5 +466,5 @@ func (l *Ledger) view(what string, fn func(tx *bucketstore.Tx) error) error {
 	return &StoreError{Op: what, Err: err}
 }
 
-// DB exposes the bbolt handle for read-only inspection by tests and tools. Never write to it.
+// DB exposes the store for read-only inspection by tests and tools. Never write to it.
 func (l *Ledger) DB() *bucketstore.DB { return l.db }

@@ -290,7 +290,7 @@ func (o *reserveOp) apply(tx *bucketstore.Tx, now time.Time) error {
 	if err := putRecord(tx, rec); err != nil {
 		return err
 	}
-	if err := appendOnly(tx.Bucket(bucketPending)).Put(rec.ID.key(), nil); err != nil {
+	if err := tx.Bucket(bucketPending).Put(rec.ID.key(), nil); err != nil {
 		return err
 	}
 	o.l.hot.put(rec)

@@ -247,8 +247,7 @@ const exportChunk = 256
 // (ErrInvalid). A write error is returned as it is (nothing was pruned, nothing will be).
 //
 // No transaction is open while w is written (w is the operator's connection, which may stall,
-// and an open bbolt read transaction blocks the remap a growing file needs, so every write
-// would wait): the selection is made in one read transaction, then the records are read in
+// and a long-held read snapshot pins the store's old files and memtables): the selection is made in one read transaction, then the records are read in
 // short ones, exportChunk at a time, each checked against the selection (audit records by the
 // chain up to the selection's through hash, payment records by their content hash). A record
 // pruned or changed meanwhile fails the export (ErrPlanChanged); nothing is pruned.

@@ -17,7 +17,7 @@ import (
 	"github.com/signerd/signerd/policyengine"
 )
 
-// Bucket names in the bbolt file (besides the audit package's buckets).
+// Bucket names in the store (besides the audit package's buckets).
 var (
 	bucketMeta    = []byte("meta")    // "schema" → version; "id_hw" → record id high-water mark (8 BE)
 	bucketRecords = []byte("records") // RecordID (8 bytes BE) → CBOR diskRecord
@@ -35,7 +35,7 @@ var (
 // idBlock is how many record ids one high-water mark write covers (see Ledger.nextID).
 const idBlock = 1024
 
-// RecordID identifies a payment record. IDs come from a bbolt sequence: unique, increasing and
+// RecordID identifies a payment record. IDs come from the records bucket's sequence: unique, increasing and
 // never reused in one ledger file. Its text form is the decimal number.
 type RecordID uint64
 
@@ -302,7 +302,7 @@ func loadRecord(tx *bucketstore.Tx, id RecordID, v []byte) (*PaymentRecord, erro
 func putSignature(tx *bucketstore.Tx, id RecordID, now time.Time, sig []byte) error {
 	v := make([]byte, 8, 8+len(sig))
 	binary.BigEndian.PutUint64(v, uint64(now.UnixNano()))
-	return appendOnly(tx.Bucket(bucketSigs)).Put(id.key(), append(v, sig...))
+	return tx.Bucket(bucketSigs).Put(id.key(), append(v, sig...))
 }
 
 // putRecord stores r without its signature (Status reserved or released; signatures live in
@@ -315,7 +315,7 @@ func putRecord(tx *bucketstore.Tx, r *PaymentRecord) error {
 	if err != nil {
 		return fmt.Errorf("ledger: encode record: %w", err)
 	}
-	return appendOnly(tx.Bucket(bucketRecords)).Put(r.ID.key(), b)
+	return tx.Bucket(bucketRecords).Put(r.ID.key(), b)
 }
 
 // replayKey is wallet(20) ‖ tab_id(32 BE) ‖ req_id(32 BE).

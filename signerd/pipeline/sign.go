@@ -239,8 +239,8 @@ func (p *Pipeline) reserved(rr ledger.Result, req *Request, digest [32]byte, wal
 }
 
 // deliver finishes a signed intent: if signing failed the intent is released durably; else the
-// signature is returned once the intent is durable (Result.Durable), and recorded in a later
-// group without an fsync of its own. It returns the result holding the pass.
+// signature is recorded in a later group without an fsync of its own, and returned once the
+// intent is durable (Result.Durable). It returns the result holding the pass.
 func (p *Pipeline) deliver(ctx context.Context, req *Request, rr ledger.Result, digest [32]byte, wallet common.Address,
 	sig [65]byte, err error, release func()) (*Result, error) {
 	id := rr.RecordID
@@ -264,9 +264,12 @@ func (p *Pipeline) deliver(ctx context.Context, req *Request, rr ledger.Result, 
 	// not leave the intent's fate to chance.
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
 	defer cancel()
-	var cr ledger.CommitResult
-	if err = rr.Durable(cctx); err == nil {
-		cr, err = p.o.Ledger.RecordSignature(cctx, id, sig[:])
+	// The signature is applied while the intent's fsync may still run (the write-ahead log is
+	// ordered: no sync covers the signature without the intent, and a replay answer waits for a
+	// sync of its own); it leaves only once the intent is durable.
+	cr, err := p.o.Ledger.RecordSignature(cctx, id, sig[:])
+	if err == nil {
+		err = rr.Durable(cctx)
 	}
 	if err == nil && len(cr.Signature) != 65 {
 		err = errors.New("ledger returned a malformed signature")
