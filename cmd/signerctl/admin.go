@@ -542,9 +542,9 @@ const anchorBatch = 512
 
 func cmdAudit(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	usage := func() int {
-		fmt.Fprintln(stderr, "usage: signerctl audit verify [--anchor SEQ:0xHASH]... [--anchors FILE] [--db LEDGER_FILE] [--socket PATH] [--json]\n"+
-			"       signerctl audit export [--out FILE] [--from SEQ] [--db LEDGER_FILE] [--socket PATH]\n"+
-			"       signerctl audit head [--db LEDGER_FILE] [--socket PATH] [--json]\n"+
+		fmt.Fprintln(stderr, "usage: signerctl audit verify [--anchor SEQ:0xHASH]... [--anchors FILE] [--db LEDGER_DIR] [--socket PATH] [--json]\n"+
+			"       signerctl audit export [--out FILE] [--from SEQ] [--db LEDGER_DIR] [--socket PATH]\n"+
+			"       signerctl audit head [--db LEDGER_DIR] [--socket PATH] [--json]\n"+
 			"  --db opens the ledger file read-only instead of asking the daemon (only while the daemon is stopped)\n"+
 			"  head prints the line to keep outside the appliance (seq=N hash=0x... time=...);\n"+
 			"  --anchors FILE ('-' for stdin) holds such lines (or SEQ:0xHASH), blank lines and # comments ignored")

@@ -40,7 +40,7 @@ func TestAuditVerifyDBAsksToMigrateV1Ledger(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, errs, code = ctl("audit", "verify", "--db", path)
-	if code != 0 || !strings.Contains(out, "audit log OK: 13 records") || !strings.Contains(out, "pruned") {
+	if code != 0 || !strings.Contains(out, "audit log OK: 16 records") || !strings.Contains(out, "pruned") {
 		t.Fatalf("verify --db after the migration: %d %q %q", code, out, errs)
 	}
 }

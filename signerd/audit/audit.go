@@ -84,11 +84,14 @@ const (
 	// KindRetention is a retention run: records up to a checkpoint archived and pruned (see
 	// checkpoint.go).
 	KindRetention Kind = "retention"
+	// KindMigration is a ledger migrated from an earlier storage format; one record per
+	// operator state key carried over binds its value to the chain.
+	KindMigration Kind = "migration"
 )
 
 // Kinds lists every known kind.
 var Kinds = []Kind{KindDecision, KindSignature, KindSigningFailed, KindReservationReleased,
-	KindKillSwitch, KindPolicyReload, KindKeyOp, KindApproval, KindBroadcast, KindRetention}
+	KindKillSwitch, KindPolicyReload, KindKeyOp, KindApproval, KindBroadcast, KindRetention, KindMigration}
 
 // Valid reports whether k is a known kind.
 func (k Kind) Valid() bool {

@@ -63,6 +63,9 @@ func (l *Ledger) enqueue(ctx context.Context, o op) error {
 	if e := l.fatal.Load(); e != nil {
 		return e
 	}
+	if err := l.db.Damage(); err != nil { // found by the store's background work: fail closed
+		return &StoreError{Op: "background work", Err: err}
+	}
 	select {
 	case l.q <- o:
 		return nil

@@ -194,10 +194,13 @@ type Ledger struct {
 	prunedAt  time.Time   // committer-only: the time usage was swept at in the group being applied
 	usage     *usageIndex // usage per counter bucket, in memory (see usage.go)
 
-	mark        *headMark        // the durable audit head, written after every shared fsync (headmark.go)
-	appliedHead audit.Checkpoint // committer-only: the audit head after the last applied group
-	markErrs    atomic.Uint64
-	bg          sync.WaitGroup // background integrity checks
+	mark           *headMark        // the durable audit head, written after every shared fsync (headmark.go)
+	appliedHead    audit.Checkpoint // committer-only: the audit head after the last applied group
+	markErrs       atomic.Uint64
+	bg             sync.WaitGroup // background integrity checks
+	stateUnchecked atomic.Bool
+	maxStateCheck  uint64 // maxStateCheck, lowered by tests
+	migratedTo     string // backup path of a bbolt ledger migrated at Open ("" if none)
 
 	// testHookAfterApply, if set, runs inside the group's transaction after every operation
 	// was applied and early results were released; an error fails the transaction (tests).
@@ -225,7 +228,8 @@ func Open(opts Options) (*Ledger, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
-	if err := migrateIfBolt(opts.Path, opts.LockTimeout); err != nil {
+	backup, err := migrateIfBolt(opts.Path, opts.LockTimeout)
+	if err != nil {
 		return nil, err
 	}
 	db, err := bucketstore.Open(opts.Path, bucketstore.Options{})
@@ -241,7 +245,7 @@ func Open(opts Options) (*Ledger, error) {
 	}
 	l := &Ledger{db: db, opts: opts, clock: opts.Clock, q: make(chan op, opts.QueueSize), done: make(chan struct{}),
 		syncq: make(chan syncGroup, 1024), synced: make(chan struct{}), hot: hotRecords{m: map[RecordID]*PaymentRecord{}},
-		usage: newUsageIndex()}
+		usage: newUsageIndex(), migratedTo: backup, maxStateCheck: maxStateCheck}
 	l.lastPrune = opts.Clock()
 	l.pruneAt = l.lastPrune.Round(0)
 	l.maxSeen = l.pruneAt
@@ -298,7 +302,7 @@ func (l *Ledger) CheckInBackground(done func(error)) {
 	l.bg.Add(1)
 	go func() {
 		defer l.bg.Done()
-		_, err := l.VerifyAudit()
+		err := l.backgroundCheck()
 		if errors.Is(err, ErrCorrupt) {
 			l.fatal.CompareAndSwap(nil, &StoreError{Op: "integrity check", Err: err})
 		}
@@ -307,6 +311,45 @@ func (l *Ledger) CheckInBackground(done func(error)) {
 		}
 	}()
 }
+
+// maxStateCheck bounds the audit records (since the last prune) whose implied state the
+// background check holds in memory (about 1.5 KB each); past it only the chain is verified at
+// start and `signerctl audit verify --db` checks the state offline (or a prune makes it small).
+const maxStateCheck = 200_000
+
+// backgroundCheck verifies the chain, and the state bound to it when the part of the chain to
+// replay is small enough to hold in memory.
+func (l *Ledger) backgroundCheck() error {
+	var big bool
+	err := l.view("integrity_check", func(tx *bucketstore.Tx) error {
+		head, _, err := audit.Head(tx)
+		if err != nil {
+			return err
+		}
+		cp, err := audit.CheckpointTx(tx)
+		big = head-cp.Seq > l.maxStateCheck
+		return err
+	})
+	if err != nil || !big {
+		if err == nil {
+			_, err = l.VerifyAudit()
+		}
+		return err
+	}
+	l.stateUnchecked.Store(true)
+	return l.view("audit_verify", func(tx *bucketstore.Tx) error {
+		_, err := audit.VerifyTx(tx)
+		return err
+	})
+}
+
+// MigratedFrom returns where Open kept the bbolt ledger file it migrated ("" when it migrated
+// nothing), for the daemon to say so.
+func (l *Ledger) MigratedFrom() string { return l.migratedTo }
+
+// StateUnchecked reports that the last background check verified the chain only (see
+// maxStateCheck).
+func (l *Ledger) StateUnchecked() bool { return l.stateUnchecked.Load() }
 
 // initStore creates the buckets and checks the schema version.
 func initStore(tx *bucketstore.Tx) error {

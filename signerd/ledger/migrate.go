@@ -2,6 +2,8 @@ package ledger
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -51,13 +53,13 @@ func IsBoltFile(path string) (bool, error) {
 // migrates again from scratch), the finished store, or — between the two renames — the backup
 // and the copy but nothing at path, which the next start undoes (see undoInterruptedSwitch)
 // before migrating again.
-func migrateIfBolt(path string, lockTimeout time.Duration) (err error) {
+func migrateIfBolt(path string, lockTimeout time.Duration) (backup string, err error) {
 	if err := undoInterruptedSwitch(path); err != nil {
-		return err
+		return "", err
 	}
 	ok, err := IsBoltFile(path)
 	if !ok || err != nil {
-		return err
+		return "", err
 	}
 	// A damaged file can make bbolt panic or fault on its memory map: that is corruption.
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
@@ -69,32 +71,32 @@ func migrateIfBolt(path string, lockTimeout time.Duration) (err error) {
 	}()
 	src, err := openBolt(path, lockTimeout)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer src.Close()
 	if err := checkSchema(src, path); err != nil {
-		return err
+		return "", err
 	}
 	tmp := path + ".migrating"
 	if err := os.RemoveAll(tmp); err != nil {
-		return &StoreError{Op: "migrate", Err: err}
+		return "", &StoreError{Op: "migrate", Err: err}
 	}
 	if err := copyBolt(src, tmp); err != nil {
 		_ = os.RemoveAll(tmp)
-		return err
+		return "", err
 	}
 	dir := filepath.Dir(path)
 	if err := syncDir(dir); err != nil { // the copy's directory entry is durable before the renames
-		return err
+		return "", err
 	}
-	backup := backupName(path, time.Now())
+	backup = backupName(path, time.Now())
 	if err := os.Rename(path, backup); err != nil {
-		return &StoreError{Op: "migrate: keep the bbolt ledger as " + backup, Err: err}
+		return "", &StoreError{Op: "migrate: keep the bbolt ledger as " + backup, Err: err}
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		return &StoreError{Op: "migrate: switch to the new store", Err: err}
+		return "", &StoreError{Op: "migrate: switch to the new store", Err: err}
 	}
-	return syncDir(dir)
+	return backup, syncDir(dir)
 }
 
 // openBolt opens the bbolt ledger at path read-only. A file bbolt cannot read is ErrCorrupt.
@@ -205,7 +207,39 @@ func copyBolt(src *bolt.DB, dir string) error {
 	}); err != nil {
 		return &StoreError{Op: "migrate: pending index", Err: err}
 	}
-	return verifyCopy(src, dst)
+	if err := verifyCopy(src, dst); err != nil {
+		return err
+	}
+	return bindMigratedState(dst)
+}
+
+// bindMigratedState appends, to the copy's audit log, one migration record per operator state
+// key the old ledger had (its SHA-256), so that the state check knows every key (see
+// verifystate.go); with no state, one record marks the migration.
+func bindMigratedState(dst *bucketstore.DB) error {
+	err := dst.Update(func(tx *bucketstore.Tx) error {
+		now := time.Now()
+		n := 0
+		c := tx.Bucket(bucketState).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			h := sha256.Sum256(v)
+			ev := audit.Event{Kind: audit.KindMigration, Reason: "operator state carried over from the bbolt ledger",
+				Attrs: map[string]string{attrStateKey: string(k), attrStateSHA256: hex.EncodeToString(h[:])}}
+			if _, err := audit.Append(tx, now, ev); err != nil {
+				return err
+			}
+			n++
+		}
+		if err := c.Err(); err != nil || n > 0 {
+			return err
+		}
+		_, err := audit.Append(tx, now, audit.Event{Kind: audit.KindMigration, Reason: "migrated from the bbolt ledger"})
+		return err
+	})
+	if err != nil {
+		return &StoreError{Op: "migrate: bind the state", Err: err}
+	}
+	return nil
 }
 
 // copyBucket copies one bucket in transactions of at most 4096 keys.

@@ -382,9 +382,18 @@ func usageName(k []byte) string {
 	return key + " window " + w.String() + " bucket " + strconv.FormatInt(b, 10)
 }
 
-// checkState compares operator state with the hashes the chain recorded. Keys last written
-// before the binding existed (no hash in the chain) are not compared.
+// checkState compares operator state with the hashes the chain recorded: every stored key
+// must be one the chain wrote (or a migration carried over), with its value.
 func checkState(tx *bucketstore.Tx, exp *expState, _ time.Time) error {
+	c := tx.Bucket(bucketState).Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		if _, ok := exp.State[string(k)]; !ok {
+			return corruptf("operator state %q was written outside the audit log", k)
+		}
+	}
+	if err := c.Err(); err != nil {
+		return err
+	}
 	keys := make([]string, 0, len(exp.State))
 	for k := range exp.State {
 		keys = append(keys, k)

@@ -142,6 +142,9 @@ func TestOfflineEditsOfDecidingStateAreDetected(t *testing.T) {
 		"operator state replaced": func(tx *bucketstore.Tx) error {
 			return tx.Bucket(bucketState).Put([]byte("ks"), []byte("engaged"))
 		},
+		"operator state forged": func(tx *bucketstore.Tx) error {
+			return tx.Bucket(bucketState).Put([]byte("approval/forged"), []byte(`{"state":"approved"}`))
+		},
 		"deleted operator state restored": func(tx *bucketstore.Tx) error {
 			return tx.Bucket(bucketState).Put([]byte("gone"), []byte("x"))
 		},
@@ -186,4 +189,28 @@ func bytesToID(k []byte) uint64 {
 		id = id<<8 | uint64(b)
 	}
 	return id
+}
+
+// TestBackgroundCheckComparesStateOnlyWhenSmall: the start-up check replays the state only when
+// the chain since the last prune is small enough to hold; past that it verifies the chain and
+// says the state was not compared.
+func TestBackgroundCheckComparesStateOnlyWhenSmall(t *testing.T) {
+	path, _ := stateFixture(t, false)
+	cp := filepath.Join(t.TempDir(), "copy.db")
+	if err := bucketstore.CopyClosed(path, cp); err != nil {
+		t.Fatal(err)
+	}
+	for _, limit := range []uint64{1 << 20, 3} {
+		l, err := Open(Options{Path: cp})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.maxStateCheck = limit
+		done := make(chan error, 1)
+		l.CheckInBackground(func(err error) { done <- err })
+		if err := <-done; err != nil || l.StateUnchecked() != (limit == 3) {
+			t.Fatalf("limit %d: %v, state unchecked %v", limit, err, l.StateUnchecked())
+		}
+		l.Close()
+	}
 }

@@ -1,11 +1,13 @@
 // Package pipeline is signerd's signing pipeline: the one path every signature takes, in a
-// fixed order — kill switch → caller → decode and validate → policy → replay check → durable
-// reservation (replay record + budget charges + payment record in one fsynced ledger
-// transaction) → kill switch again (an in-flight pass) → HSM signature → verification by
-// recovery → durable commit with its audit record → response → pass released.
+// fixed order — kill switch → caller → decode and validate → policy → replay check and intent
+// (replay record + budget charges + payment record + decision, decided atomically in the
+// ledger) → kill switch again (an in-flight pass) → HSM signature, while the intent's
+// write-ahead-log append is fsynced → signature recorded → response once the intent is
+// durable → pass released.
 //
-// A signature never leaves before its record is durable. If signing fails after the
-// reservation, the reservation is released and both facts are audited. The package talks to
+// A signature never leaves before its intent is durable; after a crash an intent without a
+// recorded signature is possibly signed (its charges stand, an identical retry re-signs it).
+// If signing fails, the intent is released durably and both facts are audited. The package talks to
 // its neighbours through the small interfaces below, so tests and the daemon can wire real
 // parts (ledger, policy, key backend, kill switch, approvals) or stand-ins.
 package pipeline

@@ -17,8 +17,9 @@ import (
 )
 
 // Sign runs the pipeline from the policy step on for an admitted caller: policy → replay
-// check and durable reservation → kill switch pass → HSM signature → verification → durable
-// commit. On success the caller must write the response and then call Result.Done.
+// check and intent → kill switch pass → HSM signature (while the intent is fsynced) →
+// signature recorded → intent durable. On success the caller must write the response and then
+// call Result.Done.
 func (p *Pipeline) Sign(ctx context.Context, a *Admission, req *Request) (res *Result, err error) {
 	out := Outcome{}
 	defer func() { p.observe(out, err, err == nil && res.Replayed) }()

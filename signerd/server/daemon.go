@@ -565,6 +565,9 @@ func (d *Daemon) observeSpend(res *pipeline.Result) {
 // recoverLedger settles what a stop left in the ledger, before serving, and starts its
 // integrity check.
 func (d *Daemon) recoverLedger(ctx context.Context) error {
+	if m, ok := d.ledger.(interface{ MigratedFrom() string }); ok && m.MigratedFrom() != "" {
+		d.log.Warn("migrated the bbolt ledger to the new store (verified); the original file is kept", "backup", m.MigratedFrom())
+	}
 	// Collateral transactions are broadcast only after their durable commit: one left without
 	// it never left the daemon, and is released (budget refunded, request_id free again).
 	if n, err := d.ledger.ReleaseUnsent(ctx, pipeline.SchemeTx, "collateral transaction reserved but never committed before a restart"); err != nil {
@@ -585,6 +588,10 @@ func (d *Daemon) recoverLedger(ctx context.Context) error {
 	d.ledger.CheckInBackground(func(err error) {
 		if err != nil {
 			d.log.Error("ledger integrity check FAILED: signing stopped until an operator has looked (signerctl audit verify)", "err", err)
+			return
+		}
+		if u, ok := d.ledger.(interface{ StateUnchecked() bool }); ok && u.StateUnchecked() {
+			d.log.Warn("ledger integrity check passed for the audit chain; the state bound to it was not compared (too many records since the last prune: run signerctl audit verify --db offline, or prune)")
 			return
 		}
 		d.log.Info("ledger integrity check passed (audit chain and the state bound to it)")
