@@ -35,6 +35,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // Errors.
@@ -68,7 +69,7 @@ type DB struct {
 	p     *pebble.DB
 	dir   string
 	ro    bool
-	syncs atomic.Uint64
+	syncs *atomic.Uint64 // fdatasyncs of write-ahead-log files (countingFS)
 	// damage is the first corruption pebble reported from its own goroutines (see Damage).
 	damage *atomic.Pointer[CorruptError]
 
@@ -100,7 +101,9 @@ func Open(dir string, o Options) (db *DB, err error) {
 	cache := pebble.NewCache(o.CacheBytes)
 	defer cache.Unref()
 	damage := new(atomic.Pointer[CorruptError])
+	syncs := new(atomic.Uint64)
 	opts := &pebble.Options{
+		FS: countingFS{FS: vfs.Default, syncs: syncs},
 		// Damage found in the background (a compaction reading a table) is recorded for Damage,
 		// not fatal: pebble's default would end the process with a stack dump.
 		EventListener: &pebble.EventListener{
@@ -129,7 +132,7 @@ func Open(dir string, o Options) (db *DB, err error) {
 	if err != nil {
 		return nil, openError(dir, err)
 	}
-	return &DB{p: p, dir: dir, ro: o.ReadOnly, known: map[string]bool{}, damage: damage}, nil
+	return &DB{p: p, dir: dir, ro: o.ReadOnly, known: map[string]bool{}, damage: damage, syncs: syncs}, nil
 }
 
 // Close closes the store. Transactions must have ended.
@@ -188,43 +191,94 @@ func (d *DB) Apply(fn func(*Tx) error) error {
 }
 
 func (d *DB) update(fn func(*Tx) error, sync bool) (err error) {
+	p, err := d.apply(fn, func() bool { return sync }, false)
+	if p != nil {
+		p.close()
+	}
+	return err
+}
+
+// ApplySync is Apply that, when wantSync (asked once fn has run) says so, also starts the
+// transaction's synced write-ahead-log append without waiting for it: once it returns the
+// writes are visible, and Pending.Wait returns once they (and everything applied before them)
+// are durable. The store shares one fdatasync between every append waiting for it.
+func (d *DB) ApplySync(fn func(*Tx) error, wantSync func() bool) (*Pending, error) {
+	return d.apply(fn, wantSync, true)
+}
+
+// Pending is an ApplySync transaction whose durability has not been awaited yet.
+type Pending struct {
+	b *pebble.Batch // nil: nothing was written
+}
+
+// Written reports whether the transaction wrote anything (and so started a synced append).
+func (p *Pending) Written() bool { return p != nil && p.b != nil }
+
+// Wait returns once the transaction is durable (or the sync failed).
+func (p *Pending) Wait() (err error) {
+	if p == nil || p.b == nil {
+		return nil
+	}
+	defer recoverCorrupt(&err, "sync")
+	defer p.close()
+	return classify(p.b.SyncWait(), "sync")
+}
+
+func (p *Pending) close() {
+	if p.b != nil {
+		_ = p.b.Close()
+		p.b = nil
+	}
+}
+
+// apply runs fn in a write transaction and commits it: synced (waiting unless noWait) or not.
+// With noWait the batch stays open in the returned Pending; otherwise it is closed.
+func (d *DB) apply(fn func(*Tx) error, wantSync func() bool, noWait bool) (p *Pending, err error) {
 	if d.ro {
-		return ErrNotWritable
+		return nil, ErrNotWritable
 	}
 	defer recoverCorrupt(&err, "write")
 	gen := d.generation()
 	b := d.p.NewIndexedBatch()
 	tx := &Tx{db: d, r: b, b: b}
+	p = &Pending{}
 	defer func() {
 		tx.closeCursors()
-		_ = b.Close()
+		if p.b == nil {
+			_ = b.Close()
+		}
 	}()
 	if err := fn(tx); err != nil || tx.err != nil {
 		if tx.err != nil { // a read fault is never taken for an absent key: nothing is written
-			return tx.err
+			return p, tx.err
 		}
-		return err
+		return p, err
 	}
 	if b.Empty() {
 		d.remember(gen, tx.buckets)
-		return nil
+		return p, nil
 	}
-	wo := pebble.NoSync
-	if sync {
-		wo = pebble.Sync
+	sync := wantSync()
+	switch {
+	case sync && noWait:
+		if err := d.p.ApplyNoSyncWait(b, pebble.Sync); err != nil {
+			return p, classify(err, "commit")
+		}
+		p.b = b
+	case sync:
+		err = b.Commit(pebble.Sync)
+	default:
+		err = b.Commit(pebble.NoSync)
 	}
-	if err := b.Commit(wo); err != nil {
-		return classify(err, "commit")
-	}
-	if sync {
-		d.syncs.Add(1)
+	if err != nil {
+		return p, classify(err, "commit")
 	}
 	if tx.deleted {
 		d.forget()
 	} else {
 		d.remember(gen, tx.buckets)
 	}
-	return nil
+	return p, nil
 }
 
 func (d *DB) generation() uint64 {
@@ -269,11 +323,7 @@ func (d *DB) Sync() (err error) {
 		return ErrNotWritable
 	}
 	defer recoverCorrupt(&err, "sync")
-	if err := d.p.LogData(nil, pebble.Sync); err != nil {
-		return classify(err, "sync")
-	}
-	d.syncs.Add(1)
-	return nil
+	return classify(d.p.LogData(nil, pebble.Sync), "sync")
 }
 
 // Checkpoint writes a consistent copy of the store into the new directory dir (hard links where

@@ -50,10 +50,15 @@ type op interface {
 
 func newBase(async bool) opBase { return opBase{done: make(chan struct{}), async: async} }
 
-// enqueue queues o without waiting for its outcome.
+// enqueue queues o without waiting for its outcome. With a nil ctx it does not wait for room
+// either: a full queue is ErrOverloaded.
 func (l *Ledger) enqueue(ctx context.Context, o op) error {
-	if err := ctx.Err(); err != nil {
-		return err
+	var wait <-chan struct{}
+	if ctx != nil {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		wait = ctx.Done()
 	}
 	l.mu.RLock()
 	defer l.mu.RUnlock()
@@ -66,10 +71,18 @@ func (l *Ledger) enqueue(ctx context.Context, o op) error {
 	if err := l.db.Damage(); err != nil { // found by the store's background work: fail closed
 		return &StoreError{Op: "background work", Err: err}
 	}
+	if wait == nil {
+		select {
+		case l.q <- o:
+			return nil
+		default:
+			return ErrOverloaded
+		}
+	}
 	select {
 	case l.q <- o:
 		return nil
-	case <-ctx.Done():
+	case <-wait:
 		return ctx.Err()
 	}
 }
@@ -150,13 +163,15 @@ func (l *Ledger) runGroup(group []op) {
 	}
 	failed := make([]bool, len(group))
 	var err error
+	var pending *bucketstore.Pending
 	for {
 		now := l.clock()
 		l.updates.Add(1)
 		l.idHWTx = 0
 		l.prunedAt = time.Time{}
 		l.usage.discard()
-		err = l.db.Apply(func(tx *bucketstore.Tx) error { return l.applyGroup(tx, now, group, failed) })
+		pending, err = l.db.ApplySync(func(tx *bucketstore.Tx) error { return l.applyGroup(tx, now, group, failed) },
+			func() bool { return needsSync(group) })
 		if errors.Is(err, errNothingWritten) {
 			err = nil
 			l.readOnlyGroups.Add(1)
@@ -205,8 +220,19 @@ func (l *Ledger) runGroup(group []op) {
 		}
 	}
 	if len(durable) > 0 {
-		l.syncq <- syncGroup{ops: durable, head: l.appliedHead}
+		l.syncq <- syncGroup{ops: durable, head: l.appliedHead, pending: pending}
 	}
+}
+
+// needsSync reports whether a group holds an op whose outcome must be durable before it is
+// answered (asked once the group is applied: an op's laziness may depend on its outcome).
+func needsSync(group []op) bool {
+	for _, o := range group {
+		if !o.lazy() {
+			return true
+		}
+	}
+	return false
 }
 
 // applyGroup applies every op of the group that has not failed and sweeps expired usage
@@ -270,71 +296,40 @@ func (l *Ledger) finish(ops []op, err error) {
 	}
 }
 
-// The syncer lingers at most maxLinger for queued requests to join a sync, and not once
-// lingerGroup ops wait for it.
-const (
-	maxLinger   = 300 * time.Microsecond
-	lingerGroup = 256
-)
-
 // syncGroup is an applied group waiting for durability, with the audit head it leaves.
 type syncGroup struct {
-	ops  []op
-	head audit.Checkpoint
+	ops     []op
+	head    audit.Checkpoint
+	pending *bucketstore.Pending // its synced append, started when it was applied
 }
 
-// syncLoop is the syncer: it takes every applied group waiting for durability and makes them
-// all durable with one synced write-ahead-log append (one fdatasync), then finishes their ops.
-// While it syncs, the committer applies the next groups, which the next sync covers.
+// syncLoop is the syncer: it waits, group by group in order, until each applied group is
+// durable, then finishes its ops. The store shares one fdatasync between every append waiting
+// for it, so concurrent groups pay for one sync; a group that wrote nothing (an answer read
+// from applied state) waits for a sync of its own so that what it read is durable too.
 func (l *Ledger) syncLoop() {
 	defer close(l.synced)
-	var waiting []op
 	for g := range l.syncq {
-		waiting = append(waiting[:0], g.ops...)
-		head := g.head
-		deadline := time.Now().Add(maxLinger)
-	drain:
-		for {
-			select {
-			case g, ok := <-l.syncq:
-				if !ok {
-					break drain
-				}
-				waiting = append(waiting, g.ops...)
-				head = g.head
-				continue
-			default:
-			}
-			// More requests are queued for the committer: their group follows within
-			// microseconds, and joining this fsync is cheaper than paying for another. With
-			// nothing queued (one client) the sync starts at once.
-			if len(l.q) == 0 || len(waiting) >= lingerGroup || !time.Now().Before(deadline) {
-				break drain
-			}
-			select {
-			case g, ok := <-l.syncq:
-				if !ok {
-					break drain
-				}
-				waiting = append(waiting, g.ops...)
-				head = g.head
-			case <-time.After(time.Until(deadline)):
-				break drain
-			}
-		}
 		if e := l.fatal.Load(); e != nil {
-			l.finish(waiting, e)
+			g.pending.Wait() // releases the batch; the group fails anyway
+			l.finish(g.ops, e)
 			continue
 		}
-		if err := l.db.Sync(); err != nil {
+		var err error
+		if g.pending.Written() {
+			err = g.pending.Wait()
+		} else {
+			err = l.db.Sync()
+		}
+		if err != nil {
 			se := &StoreError{Op: "sync", Err: err}
 			l.fatal.CompareAndSwap(nil, se)
-			l.finish(waiting, se)
+			l.finish(g.ops, se)
 			continue
 		}
-		if err := l.mark.write(head); err != nil {
+		if err := l.mark.write(g.head); err != nil {
 			l.markErrs.Add(1)
 		}
-		l.finish(waiting, nil)
+		l.finish(g.ops, nil)
 	}
 }

@@ -725,21 +725,7 @@ func (l *Ledger) AuditAsync(ev audit.Event) error {
 	if !ev.Kind.Valid() {
 		return fmt.Errorf("%w: audit kind %q", ErrInvalid, ev.Kind)
 	}
-	o := &auditOp{opBase: newBase(true), ev: ev}
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	if l.closed {
-		return ErrClosed
-	}
-	if e := l.fatal.Load(); e != nil {
-		return e
-	}
-	select {
-	case l.q <- o:
-		return nil
-	default:
-		return ErrOverloaded
-	}
+	return l.enqueue(nil, &auditOp{opBase: newBase(true), ev: ev})
 }
 
 // ErrOverloaded is returned by AuditAsync when the queue is full.
