@@ -350,6 +350,9 @@ func (e *env) start() {
 	}
 	cmd := exec.Command(signerdBin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	if n := os.Getenv("SIGNERD_E2E_GOMAXPROCS"); n != "" { // diagnostics: the daemon's GOMAXPROCS
+		cmd.Env = append(os.Environ(), "GOMAXPROCS="+n)
+	}
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}
