@@ -46,7 +46,7 @@ func BenchmarkE2ETPM(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ResetTimer()
-	for _, conc := range []int{1, 16, 64} {
+	for _, conc := range tpmConcurrencies() {
 		clients, err := warmClients(e, conc, e.wallet)
 		if err != nil {
 			b.Fatal("warm-up: ", err)
@@ -196,4 +196,19 @@ func procCPU(pid int) time.Duration {
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// tpmConcurrencies are the client counts BenchmarkE2ETPM measures: 1, 16 and 64, or the
+// comma-separated list in BENCH_TPM_CONC (diagnostics: profile one of them alone).
+func tpmConcurrencies() []int {
+	var out []int
+	for _, f := range strings.Split(os.Getenv("BENCH_TPM_CONC"), ",") {
+		if n, err := strconv.Atoi(strings.TrimSpace(f)); err == nil && n > 0 {
+			out = append(out, n)
+		}
+	}
+	if len(out) == 0 {
+		return []int{1, 16, 64}
+	}
+	return out
 }
