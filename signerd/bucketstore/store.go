@@ -351,9 +351,6 @@ type reader interface {
 	NewIter(o *pebble.IterOptions) (*pebble.Iterator, error)
 }
 
-// Writable reports whether tx may write.
-func (tx *Tx) Writable() bool { return tx.b != nil }
-
 func (tx *Tx) closeCursors() {
 	for _, c := range tx.cursors {
 		c.close()
@@ -509,9 +506,6 @@ func (b *Bucket) Get(k []byte) []byte {
 	return v
 }
 
-// GetErr is Get that reports a read fault instead of answering "absent".
-func (b *Bucket) GetErr(k []byte) ([]byte, error) { return b.tx.get(b.key(k)) }
-
 // Put sets k to v.
 func (b *Bucket) Put(k, v []byte) error {
 	if len(k) == 0 {
@@ -535,12 +529,6 @@ func (b *Bucket) Sequence() uint64 {
 // SetSequence sets the bucket's sequence.
 func (b *Bucket) SetSequence(n uint64) error {
 	return b.tx.set(markerKey(b.name), binary.BigEndian.AppendUint64(nil, n))
-}
-
-// NextSequence increments the sequence and returns the new value.
-func (b *Bucket) NextSequence() (uint64, error) {
-	n := b.Sequence() + 1
-	return n, b.SetSequence(n)
 }
 
 // ForEach calls fn for every key in order; an error from fn stops the walk and is returned.

@@ -22,7 +22,7 @@ type opBase struct {
 	state atomic.Int32
 	done  chan struct{} // closed once the op's outcome is final: durable, or applied for a lazy op
 	err   error         // per-op outcome error (set by apply) or the group's store error
-	async bool          // nobody waits for the outcome (AuditAsync, RecordSignature)
+	async bool          // nobody waits for the outcome (AuditAsync)
 	// early, when non-nil, is closed as soon as the op was applied in a group whose every op
 	// applied, before the group is durable — only if the op's earlyOK reports true.
 	early     chan struct{}
@@ -153,9 +153,10 @@ func (l *Ledger) commitLoop() {
 	}
 }
 
-// runGroup applies a group in one transaction without an fsync, then finishes its lazy ops at
-// once and hands the others to the syncer, which makes them durable with one shared fsync while
-// the committer goes on with the next group.
+// runGroup applies a group in one transaction — starting its synced write-ahead-log append if an
+// op must be durable — then releases early answers, finishes its lazy ops at once and hands the
+// others to the syncer, which completes them once the append is durable, while the committer
+// goes on with the next group.
 func (l *Ledger) runGroup(group []op) {
 	if e := l.fatal.Load(); e != nil { // queued before an earlier group failed: fail closed
 		l.finish(group, e)
@@ -328,7 +329,7 @@ func (l *Ledger) syncLoop() {
 			continue
 		}
 		if err := l.mark.write(g.head); err != nil {
-			l.markErrs.Add(1)
+			l.markErrs.Add(1) // the mark is a check, not the ledger: counted in Stats, not fatal
 		}
 		l.finish(g.ops, nil)
 	}

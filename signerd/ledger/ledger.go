@@ -136,7 +136,8 @@ type Options struct {
 	// PruneEvery is how much clock time passes between sweeps of expired usage buckets. Default
 	// one minute; negative disables pruning.
 	PruneEvery time.Duration
-	// LockTimeout is how long Open waits for the file lock held by another process. Default 1 s.
+	// LockTimeout is how long Open waits for the store (or a bbolt file to migrate) that another
+	// process holds open, for example a daemon still exiting. Default 1 s.
 	LockTimeout time.Duration
 }
 
@@ -220,6 +221,7 @@ type Stats struct {
 	Pruned      uint64 // usage buckets pruned
 	Queued      int    // operations waiting for the committer now
 	Syncs       uint64 // synced write-ahead-log appends (fdatasyncs), shared by groups
+	MarkErrors  uint64 // head mark writes that failed (see headmark.go)
 }
 
 // Open opens (or creates) the ledger store and starts the committer. A bbolt ledger file written
@@ -232,7 +234,7 @@ func Open(opts Options) (*Ledger, error) {
 	if err != nil {
 		return nil, err
 	}
-	db, err := bucketstore.Open(opts.Path, bucketstore.Options{})
+	db, err := openStore(opts.Path, opts.LockTimeout)
 	if err != nil {
 		return nil, &StoreError{Op: "open", Err: err}
 	}
@@ -288,6 +290,18 @@ func Open(opts Options) (*Ledger, error) {
 	go l.commitLoop()
 	go l.syncLoop()
 	return l, nil
+}
+
+// openStore opens the store, waiting up to timeout while another process holds it.
+func openStore(path string, timeout time.Duration) (*bucketstore.DB, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		db, err := bucketstore.Open(path, bucketstore.Options{})
+		if !errors.Is(err, bucketstore.ErrLocked) || !time.Now().Before(deadline) {
+			return db, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // startWindow is how many of the newest audit records Open verifies before the ledger serves;
@@ -421,7 +435,7 @@ func (l *Ledger) Close() error {
 // Stats returns the counters.
 func (l *Ledger) Stats() Stats {
 	return Stats{Updates: l.updates.Load(), ReadOnly: l.readOnlyGroups.Load(), Groups: l.groups.Load(), Ops: l.ops.Load(),
-		AsyncErrors: l.asyncErrs.Load(), Pruned: l.pruned.Load(), Queued: len(l.q), Syncs: l.db.Syncs()}
+		AsyncErrors: l.asyncErrs.Load(), Pruned: l.pruned.Load(), Queued: len(l.q), Syncs: l.db.Syncs(), MarkErrors: l.markErrs.Load()}
 }
 
 // Health reports whether the ledger can take writes: ErrClosed after Close, the *StoreError of

@@ -964,3 +964,22 @@ func auditCount(t *testing.T, l *Ledger) uint64 {
 	}
 	return seq
 }
+
+// TestOpenWaitsForAStoreStillHeld: a store held by another ledger (a daemon still exiting) is
+// opened once it is released within LockTimeout, and refused as locked after it.
+func TestOpenWaitsForAStoreStillHeld(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "held.db")
+	first, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(Options{Path: path, LockTimeout: 50 * time.Millisecond}); !errors.Is(err, bucketstore.ErrLocked) {
+		t.Fatalf("open of a held store: %v", err)
+	}
+	go func() { time.Sleep(100 * time.Millisecond); first.Close() }()
+	second, err := Open(Options{Path: path, LockTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("open once released: %v", err)
+	}
+	second.Close()
+}

@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"encoding/binary"
 	"math/big"
 	"sync"
 	"time"
@@ -143,7 +144,7 @@ func (u *usageIndex) prune(now time.Time) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for p, s := range u.m {
-		_, w, _, _ := splitUsageKey([]byte(p + "\x00\x00\x00\x00\x00\x00\x00\x00"))
+		w := prefixWindow(p)
 		if w <= 0 {
 			continue
 		}
@@ -157,6 +158,11 @@ func (u *usageIndex) prune(now time.Time) {
 			delete(u.m, p)
 		}
 	}
+}
+
+// prefixWindow is the window of a usagePrefix (its last 8 bytes).
+func prefixWindow(p string) time.Duration {
+	return time.Duration(binary.BigEndian.Uint64([]byte(p[len(p)-8:])))
 }
 
 // addUsage adds delta (may be negative) to one bucket in the store and stages it in the index; a

@@ -3,6 +3,7 @@ package ledger
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"path/filepath"
 	"strings"
@@ -129,7 +130,7 @@ func TestOfflineEditsOfDecidingStateAreDetected(t *testing.T) {
 		},
 		"record released": func(tx *bucketstore.Tx) error {
 			k := firstKey(tx, bucketPending, any2)
-			rec, err := getRecord(tx, RecordID(bytesToID(k)))
+			rec, err := getRecord(tx, RecordID(binary.BigEndian.Uint64(k)))
 			if err != nil {
 				return err
 			}
@@ -180,37 +181,5 @@ func TestStateBaseIsBoundToTheChain(t *testing.T) {
 	})
 	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "base") {
 		t.Fatalf("edited base: %v", err)
-	}
-}
-
-func bytesToID(k []byte) uint64 {
-	var id uint64
-	for _, b := range k {
-		id = id<<8 | uint64(b)
-	}
-	return id
-}
-
-// TestBackgroundCheckComparesStateOnlyWhenSmall: the start-up check replays the state only when
-// the chain since the last prune is small enough to hold; past that it verifies the chain and
-// says the state was not compared.
-func TestBackgroundCheckComparesStateOnlyWhenSmall(t *testing.T) {
-	path, _ := stateFixture(t, false)
-	cp := filepath.Join(t.TempDir(), "copy.db")
-	if err := bucketstore.CopyClosed(path, cp); err != nil {
-		t.Fatal(err)
-	}
-	for _, limit := range []uint64{1 << 20, 3} {
-		l, err := Open(Options{Path: cp})
-		if err != nil {
-			t.Fatal(err)
-		}
-		l.maxStateCheck = limit
-		done := make(chan error, 1)
-		l.CheckInBackground(func(err error) { done <- err })
-		if err := <-done; err != nil || l.StateUnchecked() != (limit == 3) {
-			t.Fatalf("limit %d: %v, state unchecked %v", limit, err, l.StateUnchecked())
-		}
-		l.Close()
 	}
 }

@@ -22,7 +22,7 @@ type metrics struct {
 }
 
 // ledgerCounters are the ledger's write counters as Prometheus counters read at scrape time:
-// synced WAL appends (fdatasyncs), groups applied and operations applied.
+// synced WAL appends (fdatasyncs), groups and operations applied, failed head mark writes.
 func ledgerCounters(stats func() ledger.Stats) []prometheus.Collector {
 	counter := func(name, help string, v func(ledger.Stats) uint64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
@@ -35,6 +35,8 @@ func ledgerCounters(stats func() ledger.Stats) []prometheus.Collector {
 			func(s ledger.Stats) uint64 { return s.Groups }),
 		counter("signerd_ledger_ops_total", "Ledger write operations applied.",
 			func(s ledger.Stats) uint64 { return s.Ops }),
+		counter("signerd_ledger_head_mark_errors_total", "Writes of the ledger's head mark (PATH.head) that failed; the mark then cannot detect lost records.",
+			func(s ledger.Stats) uint64 { return s.MarkErrors }),
 	}
 }
 
